@@ -1,0 +1,200 @@
+"""The policy file: lines and every threshold of the gate, validated on load."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from policies.e164 import to_e164
+from policies.errors import InvalidInput, PolicyFileError
+
+Provider = Literal["log", "linq", "360dialog"]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptOutMode(str, Enum):
+    """How inbound text is matched against the opt-out and opt-in keywords."""
+
+    #: The whole inbound text equals a keyword, case included (the provider's documented rule).
+    EXACT = "exact"
+    #: Linq's newer rule: trimmed, case exact except ``OPT OUT`` in any form; any later
+    #: non-keyword message opts the recipient back in.
+    LINQ = "linq"
+    #: Trimmed and case-insensitive: errs on the side of stopping.
+    STRICT = "strict"
+
+
+class OptOutScope(str, Enum):
+    """How far an opt-out reaches."""
+
+    #: The recipient on every line of the account, as Linq enforces it.
+    ACCOUNT = "account"
+    #: Only the chat the opt-out arrived in.
+    CHAT = "chat"
+
+
+class Caps(_Section):
+    """Line-level activity caps; every worker and host shares them."""
+
+    sends_per_minute: PositiveInt = 20
+    new_conversations_per_day: PositiveInt = 100
+    distinct_recipients_per_hour: PositiveInt = 60
+    sends_per_day: PositiveInt = 3000
+    sends_per_recipient_per_minute: PositiveInt = 5
+
+
+class CapsOverride(_Section):
+    """Per-line caps: any key left out takes the value of ``[caps]``."""
+
+    sends_per_minute: PositiveInt | None = None
+    new_conversations_per_day: PositiveInt | None = None
+    distinct_recipients_per_hour: PositiveInt | None = None
+    sends_per_day: PositiveInt | None = None
+    sends_per_recipient_per_minute: PositiveInt | None = None
+
+
+class LineConfig(_Section):
+    """One sending line as declared by the user."""
+
+    number: str
+    provider: Provider = "log"
+    caps: CapsOverride = CapsOverride()
+
+    @field_validator("number", mode="before")
+    @classmethod
+    def _e164(cls, value: object) -> str:
+        try:
+            return to_e164(value, "number")
+        except InvalidInput as exc:
+            raise ValueError(exc.problem) from None
+
+
+class ChatPolicy(_Section):
+    """What the gate does with AT_RISK and CRITICAL chats."""
+
+    #: Outbound messages an AT_RISK chat may have unanswered inside the window.
+    at_risk_max_unanswered: PositiveInt = 1
+    at_risk_window_hours: PositiveFloat = 24
+    #: How long a deferred message may be held before it expires.
+    critical_max_hold_hours: PositiveFloat = 72
+
+    @property
+    def at_risk_window(self) -> timedelta:
+        return timedelta(hours=self.at_risk_window_hours)
+
+    @property
+    def max_hold(self) -> timedelta:
+        return timedelta(hours=self.critical_max_hold_hours)
+
+
+class LinePolicy(_Section):
+    """What the gate does with AT_RISK and CRITICAL lines."""
+
+    #: Multiplier on every cap of an AT_RISK line.
+    at_risk_pace_factor: Annotated[float, Field(gt=0, le=1)] = 0.5
+    #: Whether an AT_RISK line may take new recipients when no HEALTHY line can.
+    at_risk_takes_new_recipients: bool = False
+
+
+class OptOutPolicy(_Section):
+    mode: OptOutMode = OptOutMode.EXACT
+    scope: OptOutScope = OptOutScope.ACCOUNT
+    opt_out_keywords: tuple[str, ...] = ("STOP", "UNSUBSCRIBE", "OPTOUT", "CANCEL", "END", "QUIT")
+    opt_in_keywords: tuple[str, ...] = ("OPTIN",)
+
+
+class DispatchPolicy(_Section):
+    """Retries after a provider's transient failure."""
+
+    max_attempts: PositiveInt = 5
+    retry_base_seconds: PositiveFloat = 30
+    retry_max_seconds: PositiveFloat = 3600
+
+
+class Policy(_Section):
+    """The whole policy file."""
+
+    lines: tuple[LineConfig, ...] = Field(min_length=1)
+    chat: ChatPolicy = ChatPolicy()
+    line: LinePolicy = LinePolicy()
+    caps: Caps = Caps()
+    opt_out: OptOutPolicy = OptOutPolicy()
+    dispatch: DispatchPolicy = DispatchPolicy()
+
+    # Merged caps per line, computed once: the gate asks for them on every message.
+    _caps: dict[str, Caps] = PrivateAttr(default_factory=dict)
+
+    @field_validator("lines")
+    @classmethod
+    def _unique_lines(cls, lines: tuple[LineConfig, ...]) -> tuple[LineConfig, ...]:
+        seen: set[str] = set()
+        for index, line in enumerate(lines):
+            if line.number in seen:
+                raise ValueError(f"[{index}].number {line.number!r} is declared twice")
+            seen.add(line.number)
+        return lines
+
+    def line_config(self, number: str) -> LineConfig | None:
+        return next((line for line in self.lines if line.number == number), None)
+
+    def caps_for(self, number: str) -> Caps:
+        """The caps of one line: its overrides on top of the defaults."""
+        merged = self._caps.get(number)
+        if merged is None:
+            line = self.line_config(number)
+            overrides = line.caps.model_dump(exclude_none=True) if line else {}
+            merged = self.caps.model_copy(update=overrides) if overrides else self.caps
+            self._caps[number] = merged
+        return merged
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def parse_policy(data: Mapping[str, Any], path: str) -> Policy:
+    """Validate parsed TOML, raising :class:`PolicyFileError` for the first bad key."""
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        problem = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            problem = "unknown key"
+        elif isinstance(error.get("input"), str | int | float | bool):
+            problem = f"{problem} (got {error['input']!r})"
+        raise PolicyFileError(path, _key(loc) or "(top level)", problem) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a TOML policy file."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyFileError(
+            name, "", "no such file (create one with `healthgate init`)"
+        ) from None
+    except OSError as exc:
+        raise PolicyFileError(name, "", f"cannot be read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyFileError(name, "", f"is not valid TOML ({exc})") from None
+    return parse_policy(data, name)

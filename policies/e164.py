@@ -1,0 +1,27 @@
+"""Phone numbers in E.164, the only form healthgate stores."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+from policies.errors import InvalidInput
+
+
+def to_e164(value: object, field: str) -> str:
+    """Return ``value`` as an E.164 string, or raise naming ``field`` and the value.
+
+    Spaces, dashes and brackets are tolerated, but the number must carry its country
+    code with a leading ``+``: guessing a region would send to the wrong country.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(field, value, "must be a phone number in E.164 form, e.g. +14155550123")
+    text = value.strip()
+    if not text.startswith("+"):
+        raise InvalidInput(field, value, "must start with '+' and the country code (E.164)")
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidInput(field, value, f"is not a phone number ({exc})") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidInput(field, value, "is not a valid phone number for its country")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

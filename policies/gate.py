@@ -1,0 +1,192 @@
+"""The health gate: a pure decision on one message, taken immediately before dispatch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from policies.config import Caps, Policy
+from policies.decision import Decision, send
+from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
+from policies.usage import DAY, MINUTE, LineUsage, earliest_allowed
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """What the gate needs to know about the message itself."""
+
+    recipient: str
+    expires_at: datetime | None = None
+    #: When the message's current hold began (None when it is not being held).
+    held_since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatFacts:
+    """The chat the message goes to, as known at decision time."""
+
+    health: ChatHealth = ChatHealth.HEALTHY
+    #: The recipient opted out on some chat and the opt-out covers the whole account.
+    recipient_opted_out: bool = False
+    #: Nothing has been dispatched on this chat yet: sending starts a new conversation.
+    is_new: bool = True
+    #: Dispatch times since the recipient's last reply, oldest first (bounded by the policy).
+    unanswered: tuple[datetime, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LineFacts:
+    """The sending line, as known at decision time."""
+
+    number: str
+    reputation: LineReputation = LineReputation.HEALTHY
+    status: LineStatus = LineStatus.ACTIVE
+
+
+def decide(
+    message: MessageFacts,
+    chat: ChatFacts,
+    line: LineFacts,
+    usage: LineUsage,
+    policy: Policy,
+    now: datetime,
+) -> Decision:
+    """Decide what to do with ``message`` at ``now``; reads no clock and no store."""
+    if chat.health is ChatHealth.OPTED_OUT:
+        return Decision(Action.DROP, "chat_opted_out", "the chat is OPTED_OUT")
+    if chat.recipient_opted_out:
+        return Decision(
+            Action.DROP, "recipient_opted_out", "the recipient opted out on another chat"
+        )
+    if message.expires_at is not None and now >= message.expires_at:
+        return Decision(
+            Action.EXPIRE, "expires_at", f"expires_at {message.expires_at.isoformat()} passed"
+        )
+    hold = _hold(message, chat, line, policy, now)
+    if hold is not None:
+        return hold
+    if chat.health is ChatHealth.AT_RISK:
+        throttle = _chat_throttle(chat, policy, now, message.expires_at)
+        if throttle is not None:
+            return throttle
+    return _caps(message, chat, line, usage, policy, now) or send()
+
+
+def _hold(
+    message: MessageFacts, chat: ChatFacts, line: LineFacts, policy: Policy, now: datetime
+) -> Decision | None:
+    """DEFER while the line or the chat cannot send, EXPIRE once held too long."""
+    if line.status is LineStatus.FLAGGED:
+        code, reason = "line_flagged", f"line {line.number} is FLAGGED by its provider"
+    elif line.reputation is LineReputation.CRITICAL:
+        code, reason = "line_critical", f"line {line.number} is CRITICAL: paused until HEALTHY"
+    elif chat.health is ChatHealth.CRITICAL:
+        code, reason = "chat_critical", "the chat is CRITICAL: held until HEALTHY"
+    else:
+        return None
+    since = message.held_since or now
+    deadline = since + policy.chat.max_hold
+    if now >= deadline:
+        return Decision(
+            Action.EXPIRE,
+            "max_hold",
+            f"held since {since.isoformat()}, longer than the maximum hold "
+            f"of {policy.chat.critical_max_hold_hours:g} h ({reason})",
+        )
+    return Decision(Action.DEFER, code, reason, _before(deadline, message.expires_at))
+
+
+def _chat_throttle(
+    chat: ChatFacts, policy: Policy, now: datetime, expires_at: datetime | None
+) -> Decision | None:
+    """An AT_RISK chat may have few unanswered messages inside the window."""
+    limit = policy.chat.at_risk_max_unanswered
+    allowed = earliest_allowed(chat.unanswered, limit, policy.chat.at_risk_window, now)
+    if allowed <= now:
+        return None
+    return Decision(
+        Action.THROTTLE,
+        "chat_at_risk",
+        f"the chat is AT_RISK and has {limit} unanswered message(s) in the last "
+        f"{policy.chat.at_risk_window_hours:g} h; a reply lifts the throttle",
+        _before(allowed, expires_at),
+    )
+
+
+def effective_limit(cap: int, reputation: LineReputation, policy: Policy) -> int:
+    """A cap as it applies to a line of this reputation (never below one)."""
+    if reputation is LineReputation.AT_RISK:
+        return max(1, math.floor(cap * policy.line.at_risk_pace_factor))
+    return cap
+
+
+def _caps(
+    message: MessageFacts,
+    chat: ChatFacts,
+    line: LineFacts,
+    usage: LineUsage,
+    policy: Policy,
+    now: datetime,
+) -> Decision | None:
+    """THROTTLE to the earliest moment every line cap allows, naming the cap that binds."""
+    caps: Caps = policy.caps_for(line.number)
+
+    def limit(cap: int) -> int:
+        return effective_limit(cap, line.reputation, policy)
+
+    recipient_sends = usage.by_recipient.get(message.recipient, [])
+    candidates: list[tuple[datetime, str, int]] = [
+        (
+            earliest_allowed(usage.sends, limit(caps.sends_per_minute), MINUTE, now),
+            "sends_per_minute",
+            limit(caps.sends_per_minute),
+        ),
+        (
+            earliest_allowed(usage.sends, limit(caps.sends_per_day), DAY, now),
+            "sends_per_day",
+            limit(caps.sends_per_day),
+        ),
+        (
+            earliest_allowed(
+                recipient_sends, limit(caps.sends_per_recipient_per_minute), MINUTE, now
+            ),
+            "sends_per_recipient_per_minute",
+            limit(caps.sends_per_recipient_per_minute),
+        ),
+        (
+            usage.distinct_recipients_allowed(
+                message.recipient, limit(caps.distinct_recipients_per_hour), now
+            ),
+            "distinct_recipients_per_hour",
+            limit(caps.distinct_recipients_per_hour),
+        ),
+    ]
+    if chat.is_new:
+        candidates.append(
+            (
+                earliest_allowed(
+                    usage.new_chats, limit(caps.new_conversations_per_day), DAY, now
+                ),
+                "new_conversations_per_day",
+                limit(caps.new_conversations_per_day),
+            )
+        )
+    allowed, cap_name, cap_value = max(candidates, key=lambda c: c[0])
+    if allowed <= now:
+        return None
+    paced = " (AT_RISK pace)" if line.reputation is LineReputation.AT_RISK else ""
+    return Decision(
+        Action.THROTTLE,
+        f"cap_{cap_name}",
+        f"line {line.number} reached {cap_name}={cap_value}{paced}",
+        _before(allowed, message.expires_at),
+    )
+
+
+def _before(moment: datetime, expires_at: datetime | None) -> datetime:
+    """Look again at ``moment``, or at expiry if that comes first, so expiry is on time."""
+    return moment if expires_at is None else min(moment, expires_at)
+
+
+__all__ = ["ChatFacts", "LineFacts", "MessageFacts", "decide", "effective_limit"]

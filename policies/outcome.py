@@ -1,0 +1,65 @@
+"""What a provider's refusal means for the message: the provider's answer is final."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import Enum
+
+from policies.config import Policy
+from policies.decision import Decision
+from policies.statuses import Action
+
+
+class Failure(str, Enum):
+    """How a send attempt failed, as far as the gate cares."""
+
+    #: The recipient opted out at the provider (Linq 403, code 2024).
+    RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"
+    #: The line cannot send (Linq 403, code 2027).
+    LINE_BLOCKED = "LINE_BLOCKED"
+    #: Over a provider limit (429); may carry a retry hint.
+    RATE_LIMITED = "RATE_LIMITED"
+    #: Network error or 5xx: the provider may or may not have sent; retry with the same key.
+    TRANSIENT = "TRANSIENT"
+    #: Refused for good (4xx other than the above).
+    REJECTED = "REJECTED"
+
+
+def after_failure(
+    failure: Failure,
+    detail: str,
+    attempts: int,
+    policy: Policy,
+    now: datetime,
+    retry_after: timedelta | None = None,
+) -> Decision:
+    """Decide what follows a failed attempt; ``attempts`` counts this one."""
+    if failure is Failure.RECIPIENT_OPTED_OUT:
+        return Decision(Action.DROP, "provider_opted_out", f"provider: recipient opted out ({detail})")
+    if failure is Failure.LINE_BLOCKED:
+        return Decision(
+            Action.DEFER, "provider_line_blocked", f"provider: line cannot send ({detail})", now
+        )
+    if failure is Failure.REJECTED:
+        return Decision(Action.FAIL, "provider_rejected", f"provider refused the message ({detail})")
+    if attempts >= policy.dispatch.max_attempts:
+        return Decision(
+            Action.FAIL,
+            "attempts_exhausted",
+            f"gave up after {attempts} attempts; last: {detail}",
+        )
+    backoff = timedelta(
+        seconds=min(
+            policy.dispatch.retry_base_seconds * 2 ** (attempts - 1),
+            policy.dispatch.retry_max_seconds,
+        )
+    )
+    wait = max(backoff, retry_after or timedelta(0))
+    code = "provider_rate_limited" if failure is Failure.RATE_LIMITED else "provider_unavailable"
+    return Decision(
+        Action.THROTTLE,
+        code,
+        f"provider: {detail}; attempt {attempts} of {policy.dispatch.max_attempts}, "
+        f"retry in {wait.total_seconds():g} s",
+        now + wait,
+    )

@@ -1,0 +1,80 @@
+"""The status vocabularies shared by the gate, the store and the providers."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ChatHealth(str, Enum):
+    """Health of one conversation, as a provider (or a person) reports it."""
+
+    #: A normal conversation: send, within the line's caps.
+    HEALTHY = "HEALTHY"
+    #: Weak engagement: throttle until the recipient replies.
+    AT_RISK = "AT_RISK"
+    #: Messages are not landing: hold everything until HEALTHY again.
+    CRITICAL = "CRITICAL"
+    #: The recipient asked to stop: drop, terminal until an opt-in.
+    OPTED_OUT = "OPTED_OUT"
+
+
+class LineReputation(str, Enum):
+    """Standing of one sending line; there is deliberately no OPTED_OUT."""
+
+    #: Good standing: send and take new recipients.
+    HEALTHY = "HEALTHY"
+    #: Trending down: run at a fraction of the caps, prefer other lines for new recipients.
+    AT_RISK = "AT_RISK"
+    #: Pause outbound until HEALTHY; route new recipients elsewhere.
+    CRITICAL = "CRITICAL"
+
+
+class LineStatus(str, Enum):
+    """Runtime status of a line at its provider, separate from its reputation."""
+
+    #: The provider lets the line send.
+    ACTIVE = "ACTIVE"
+    #: The provider has flagged the line: it sends nothing.
+    FLAGGED = "FLAGGED"
+
+
+class Action(str, Enum):
+    """What the gate (or the provider's answer) did with one message at one moment."""
+
+    #: Dispatch now.
+    SEND = "SEND"
+    #: Retry at a computed time.
+    THROTTLE = "THROTTLE"
+    #: Hold until health recovers (or the hold expires).
+    DEFER = "DEFER"
+    #: Terminal: never send (opt-out).
+    DROP = "DROP"
+    #: Choose another line before sending.
+    REROUTE = "REROUTE"
+    #: Terminal: the message outlived its deadline.
+    EXPIRE = "EXPIRE"
+    #: Terminal: the provider refused it for good.
+    FAIL = "FAIL"
+
+
+def parse_chat_health(value: str) -> ChatHealth:
+    """Parse a chat status, naming the value when it is not one."""
+    try:
+        return ChatHealth(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in ChatHealth)
+        raise ValueError(f"chat status {value!r} is not one of {allowed}") from None
+
+
+def parse_line_reputation(value: str) -> LineReputation:
+    """Parse a line reputation; OPTED_OUT is refused because it is per recipient."""
+    if value == ChatHealth.OPTED_OUT.value:
+        raise ValueError(
+            "line reputation 'OPTED_OUT' is not valid: opt-out applies to a recipient, "
+            "not to a line (allowed: HEALTHY, AT_RISK, CRITICAL)"
+        )
+    try:
+        return LineReputation(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in LineReputation)
+        raise ValueError(f"line reputation {value!r} is not one of {allowed}") from None
