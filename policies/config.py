@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,7 +24,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class OptOutMode(str, Enum):
+class OptOutMode(StrEnum):
     """How inbound text is matched against the opt-out and opt-in keywords."""
 
     #: The whole inbound text equals a keyword, case included (the provider's documented rule).
@@ -36,7 +36,7 @@ class OptOutMode(str, Enum):
     STRICT = "strict"
 
 
-class OptOutScope(str, Enum):
+class OptOutScope(StrEnum):
     """How far an opt-out reaches."""
 
     #: The recipient on every line of the account, as Linq enforces it.

@@ -165,9 +165,7 @@ def _caps(
     if chat.is_new:
         candidates.append(
             (
-                earliest_allowed(
-                    usage.new_chats, limit(caps.new_conversations_per_day), DAY, now
-                ),
+                earliest_allowed(usage.new_chats, limit(caps.new_conversations_per_day), DAY, now),
                 "new_conversations_per_day",
                 limit(caps.new_conversations_per_day),
             )

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 
 from policies.config import Policy
 from policies.decision import Decision
 from policies.statuses import Action
 
 
-class Failure(str, Enum):
+class Failure(StrEnum):
     """How a send attempt failed, as far as the gate cares."""
 
     #: The recipient opted out at the provider (Linq 403, code 2024).
@@ -35,13 +35,17 @@ def after_failure(
 ) -> Decision:
     """Decide what follows a failed attempt; ``attempts`` counts this one."""
     if failure is Failure.RECIPIENT_OPTED_OUT:
-        return Decision(Action.DROP, "provider_opted_out", f"provider: recipient opted out ({detail})")
+        return Decision(
+            Action.DROP, "provider_opted_out", f"provider: recipient opted out ({detail})"
+        )
     if failure is Failure.LINE_BLOCKED:
         return Decision(
             Action.DEFER, "provider_line_blocked", f"provider: line cannot send ({detail})", now
         )
     if failure is Failure.REJECTED:
-        return Decision(Action.FAIL, "provider_rejected", f"provider refused the message ({detail})")
+        return Decision(
+            Action.FAIL, "provider_rejected", f"provider refused the message ({detail})"
+        )
     if attempts >= policy.dispatch.max_attempts:
         return Decision(
             Action.FAIL,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ChatHealth(str, Enum):
+class ChatHealth(StrEnum):
     """Health of one conversation, as a provider (or a person) reports it."""
 
     #: A normal conversation: send, within the line's caps.
@@ -18,7 +18,7 @@ class ChatHealth(str, Enum):
     OPTED_OUT = "OPTED_OUT"
 
 
-class LineReputation(str, Enum):
+class LineReputation(StrEnum):
     """Standing of one sending line; there is deliberately no OPTED_OUT."""
 
     #: Good standing: send and take new recipients.
@@ -29,7 +29,7 @@ class LineReputation(str, Enum):
     CRITICAL = "CRITICAL"
 
 
-class LineStatus(str, Enum):
+class LineStatus(StrEnum):
     """Runtime status of a line at its provider, separate from its reputation."""
 
     #: The provider lets the line send.
@@ -38,7 +38,7 @@ class LineStatus(str, Enum):
     FLAGGED = "FLAGGED"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What the gate (or the provider's answer) did with one message at one moment."""
 
     #: Dispatch now.

@@ -63,9 +63,7 @@ class LineUsage:
         if new_chat:
             insort(self.new_chats, at)
 
-    def distinct_recipients_allowed(
-        self, recipient: str, limit: int, now: datetime
-    ) -> datetime:
+    def distinct_recipients_allowed(self, recipient: str, limit: int, now: datetime) -> datetime:
         """Earliest moment ``recipient`` fits under ``limit`` distinct recipients per hour."""
         start = now - HOUR
         latest = self.by_recipient.get(recipient)
