@@ -1,0 +1,24 @@
+"""Alembic environment: runs against the engine healthgate hands over, or the settings' URL."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Engine
+
+from scheduler.db import create_db_engine
+from scheduler.models import Base
+from scheduler.settings import Settings
+
+engine = context.config.attributes.get("engine")
+if not isinstance(engine, Engine):
+    engine = create_db_engine(Settings().database)
+
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()

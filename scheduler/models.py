@@ -1,0 +1,187 @@
+"""The store's tables: the database is the source of truth (an outbox)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class MessageState(StrEnum):
+    """Where a message is in its life; the last four are final."""
+
+    #: Waiting for its ``not_before`` (its ``send_at``, or now).
+    QUEUED = "queued"
+    #: Waiting for a computed time: a cap, an AT_RISK chat, a provider retry hint.
+    THROTTLED = "throttled"
+    #: Held until health recovers, or until the maximum hold / ``expires_at``.
+    DEFERRED = "deferred"
+    #: Leased to one dispatch task (fence token + lease expiry).
+    CLAIMED = "claimed"
+    #: Passed the gate; the provider call is under way or its answer not yet recorded.
+    SENDING = "sending"
+    #: The provider accepted it.
+    SENT = "sent"
+    #: Never to be sent: opt-out.
+    DROPPED = "dropped"
+    #: Outlived ``expires_at`` or the maximum hold.
+    EXPIRED = "expired"
+    #: The provider refused it for good, or retries ran out.
+    FAILED = "failed"
+
+
+WAITING_STATES = (MessageState.QUEUED, MessageState.THROTTLED, MessageState.DEFERRED)
+FINAL_STATES = (
+    MessageState.SENT,
+    MessageState.DROPPED,
+    MessageState.EXPIRED,
+    MessageState.FAILED,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python, whatever the database keeps (SQLite keeps naive)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: healthgate stores aware UTC times")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Line(Base):
+    """A sending number, declared in the policy file."""
+
+    __tablename__ = "lines"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[str] = mapped_column(String(20), unique=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    #: False once the line is no longer declared: it keeps its history but sends nothing.
+    enabled: Mapped[bool] = mapped_column(default=True)
+    reputation: Mapped[str] = mapped_column(String(16), default="HEALTHY")
+    reputation_updated_at: Mapped[datetime | None]
+    #: Provider runtime status (ACTIVE / FLAGGED), separate from reputation.
+    status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    status_updated_at: Mapped[datetime | None]
+    #: Why the provider says so (e.g. 360dialog additional_info / errors).
+    detail: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime]
+
+
+class Chat(Base):
+    """The conversation between one line and one recipient."""
+
+    __tablename__ = "chats"
+    __table_args__ = (
+        UniqueConstraint("line_id", "recipient", name="uq_chats_line_recipient"),
+        Index("ix_chats_recipient", "recipient"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id"))
+    recipient: Mapped[str] = mapped_column(String(20))
+    provider_chat_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    #: The provider's bucket (HEALTHY / AT_RISK / CRITICAL); an opt-out is kept apart
+    #: so that an opt-in returns the chat to the bucket its signals say.
+    health: Mapped[str] = mapped_column(String(16), default="HEALTHY")
+    health_updated_at: Mapped[datetime | None]
+    opted_out_at: Mapped[datetime | None]
+    last_inbound_at: Mapped[datetime | None]
+    first_sent_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class OptOut(Base):
+    """A recipient who opted out; covers every line of the account by default."""
+
+    __tablename__ = "opt_outs"
+
+    recipient: Mapped[str] = mapped_column(String(20), primary_key=True)
+    opted_out_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(200))
+
+
+class Message(Base):
+    """One outbound message and where it stands."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # The claim: waiting messages whose time has come, oldest first.
+        Index("ix_messages_state_not_before", "state", "not_before"),
+        # Caps: a line's dispatches inside a window.
+        Index("ix_messages_line_dispatched", "line_id", "dispatched_at"),
+        # Releases and opt-out drops: a chat's waiting messages.
+        Index("ix_messages_chat_state", "chat_id", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    #: Null until the router finds a line that may take the recipient.
+    line_id: Mapped[int | None] = mapped_column(ForeignKey("lines.id"))
+    chat_id: Mapped[int | None] = mapped_column(ForeignKey("chats.id"))
+    #: The caller chose the line: never rerouted.
+    pinned: Mapped[bool] = mapped_column(default=False)
+    recipient: Mapped[str] = mapped_column(String(20))
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    not_before: Mapped[datetime | None]
+    send_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    held_since: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None]
+    dispatched_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    provider_message_id: Mapped[str | None] = mapped_column(String(100))
+    last_code: Mapped[str | None] = mapped_column(String(64))
+    last_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class DecisionRecord(Base):
+    """Every decision taken on a message, so ``explain`` can answer 'why?'."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"), index=True)
+    at: Mapped[datetime]
+    #: A gate action (SEND, THROTTLE, ...) or a lifecycle step (ENQUEUE, SENT, RELEASE).
+    action: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    not_before: Mapped[datetime | None]
+    line: Mapped[str | None] = mapped_column(String(20))

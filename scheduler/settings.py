@@ -1,0 +1,63 @@
+"""Process settings from ``HEALTHGATE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scheduler import constants
+
+
+class Settings(BaseSettings):
+    """Where state lives and how to reach the services; policies live in the policy file."""
+
+    model_config = SettingsConfigDict(env_prefix="HEALTHGATE_", extra="ignore", frozen=True)
+
+    #: State of the embedded default (database, broker folders, send log).
+    data_dir: Path = Path(".healthgate")
+    policy_file: Path = Path("healthgate.toml")
+    #: Defaults to SQLite under ``data_dir``; ``postgresql://...`` in production.
+    database_url: str | None = None
+    #: Defaults to a folder broker under ``data_dir``; ``redis://...`` in production.
+    broker_url: str | None = None
+    #: Global limits in Redis when set; in the database otherwise.
+    redis_url: str | None = None
+    #: Where the ``log`` provider appends one JSON line per send.
+    send_log: Path | None = None
+
+    tick_seconds: float = Field(constants.TICK_SECONDS, gt=0)
+    dispatch_batch: int = Field(constants.DISPATCH_BATCH, gt=0)
+    claim_limit: int = Field(constants.CLAIM_LIMIT, gt=0)
+    max_in_flight: int = Field(constants.MAX_IN_FLIGHT, gt=0)
+    lease_seconds: float = Field(constants.LEASE_SECONDS, gt=0)
+
+    linq_api_key: SecretStr | None = None
+    linq_base_url: str | None = None
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL, with the psycopg 3 driver for plain PostgreSQL URLs."""
+        url = self.database_url or f"sqlite:///{self.data_dir / constants.SQLITE_FILE}"
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url.removeprefix(prefix)
+        return url
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / constants.BROKER_DIR
+
+    @property
+    def send_log_path(self) -> Path:
+        return self.send_log or self.data_dir / constants.SEND_LOG_FILE
+
+    @property
+    def embedded(self) -> bool:
+        """True when no server is needed at all."""
+        return self.database.startswith("sqlite") and self.broker == "filesystem://"
