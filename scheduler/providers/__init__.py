@@ -1,0 +1,44 @@
+"""Send providers behind one interface, built from settings when first needed."""
+
+from __future__ import annotations
+
+from policies.errors import HealthgateError
+from scheduler.providers.base import Outbound, Provider, SendFailed, Sent
+from scheduler.providers.log import LogProvider
+from scheduler.settings import Settings
+
+__all__ = ["Outbound", "Provider", "Providers", "SendFailed", "Sent"]
+
+
+class Providers:
+    """One client per provider name, per process, created on first use."""
+
+    def __init__(self, settings: Settings, overrides: dict[str, Provider] | None = None) -> None:
+        self.settings = settings
+        self._clients: dict[str, Provider] = dict(overrides or {})
+
+    def get(self, name: str) -> Provider:
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self._build(name)
+        return client
+
+    def _build(self, name: str) -> Provider:
+        if name == "log":
+            return LogProvider(self.settings.send_log_path)
+        if name == "linq":
+            from scheduler.providers.linq import LinqProvider
+
+            if self.settings.linq_api_key is None:
+                raise HealthgateError(
+                    "provider 'linq' needs HEALTHGATE_LINQ_API_KEY to be set"
+                )
+            return LinqProvider(
+                self.settings.linq_api_key.get_secret_value(), self.settings.linq_base_url
+            )
+        raise HealthgateError(f"provider {name!r} has no sender in this version")
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
