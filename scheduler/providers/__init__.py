@@ -30,9 +30,7 @@ class Providers:
             from scheduler.providers.linq import LinqProvider
 
             if self.settings.linq_api_key is None:
-                raise HealthgateError(
-                    "provider 'linq' needs HEALTHGATE_LINQ_API_KEY to be set"
-                )
+                raise HealthgateError("provider 'linq' needs HEALTHGATE_LINQ_API_KEY to be set")
             return LinqProvider(
                 self.settings.linq_api_key.get_secret_value(), self.settings.linq_base_url
             )

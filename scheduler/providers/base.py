@@ -35,9 +35,7 @@ class Sent:
 class SendFailed(HealthgateError):
     """The provider did not accept the message; ``failure`` says what that means."""
 
-    def __init__(
-        self, failure: Failure, detail: str, retry_after: timedelta | None = None
-    ) -> None:
+    def __init__(self, failure: Failure, detail: str, retry_after: timedelta | None = None) -> None:
         self.failure = failure
         self.detail = detail
         self.retry_after = retry_after

@@ -66,9 +66,7 @@ def _failure(exc: linq.APIStatusError) -> SendFailed:
         return SendFailed(Failure.LINE_BLOCKED, detail)
     if status == 429:
         hint = exc.retry_after or _retry_after_header(exc.response)
-        return SendFailed(
-            Failure.RATE_LIMITED, detail, timedelta(seconds=hint) if hint else None
-        )
+        return SendFailed(Failure.RATE_LIMITED, detail, timedelta(seconds=hint) if hint else None)
     if status >= 500 or status == 408:
         return SendFailed(Failure.TRANSIENT, detail)
     return SendFailed(Failure.REJECTED, detail)

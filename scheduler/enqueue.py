@@ -1,0 +1,251 @@
+"""Putting messages into the outbox: validated, idempotent, one transaction per call."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from policies.config import OptOutScope, Policy
+from policies.e164 import to_e164
+from policies.errors import InvalidInput
+from policies.statuses import Action
+from scheduler.lines import get_line
+from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
+from scheduler.router import lines_for_new_recipient, sticky_chat
+from scheduler.runtime import Runtime, utcnow
+
+#: Longer bodies are refused rather than split: splitting is the provider's business.
+MAX_BODY_CHARS = 10_000
+MAX_KEY_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message to enqueue, as the application gives it."""
+
+    to: str
+    body: str
+    line: str | None = None
+    chat_id: str | None = None
+    idempotency_key: str | None = None
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+def new_message_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+def enqueue_many(
+    runtime: Runtime,
+    messages: Iterable[NewMessage | Mapping[str, Any]],
+    now: datetime | None = None,
+) -> list[str]:
+    """Enqueue many messages in one transaction and return their ids, in order.
+
+    Every message is validated before anything is written: one bad message and
+    none is stored. A key seen before returns the existing message's id.
+    """
+    now = now or utcnow()
+    items = [_validated(item, f"messages[{i}]", now) for i, item in enumerate(messages)]
+    policy = runtime.policy
+    for attempt in range(2):
+        try:
+            with runtime.sessions.begin() as session:
+                return _store(session, items, policy, now)
+        except IntegrityError:
+            # A concurrent enqueue stored one of our idempotency keys first; the
+            # second pass finds it and returns its id.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def enqueue(runtime: Runtime, message: NewMessage, now: datetime | None = None) -> str:
+    return enqueue_many(runtime, [message], now)[0]
+
+
+def _validated(item: NewMessage | Mapping[str, Any], where: str, now: datetime) -> NewMessage:
+    if isinstance(item, Mapping):
+        fields = dict(item)
+        unknown = set(fields) - set(NewMessage.__dataclass_fields__)
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidInput(f"{where}.{name}", fields[name], "is not a message field")
+        try:
+            item = NewMessage(**fields)
+        except TypeError:
+            raise InvalidInput(where, fields, "needs at least 'to' and 'body'") from None
+    field = "" if where == "messages[0]" else f"{where}."
+    to = to_e164(item.to, f"{field}to")
+    line = to_e164(item.line, f"{field}line") if item.line is not None else None
+    if not isinstance(item.body, str) or not item.body.strip():
+        raise InvalidInput(f"{field}body", item.body, "must be non-empty text")
+    if len(item.body) > MAX_BODY_CHARS:
+        raise InvalidInput(
+            f"{field}body", item.body[:20] + "...", f"is longer than {MAX_BODY_CHARS} characters"
+        )
+    _check_text(item.idempotency_key, f"{field}idempotency_key", MAX_KEY_CHARS)
+    _check_text(item.chat_id, f"{field}chat_id", 64)
+    for name in ("send_at", "expires_at"):
+        value = getattr(item, name)
+        if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+            raise InvalidInput(f"{field}{name}", value, "must be a timezone-aware datetime")
+    if item.expires_at is not None:
+        if item.expires_at <= now:
+            raise InvalidInput(f"{field}expires_at", item.expires_at, "is already in the past")
+        if item.send_at is not None and item.expires_at <= item.send_at:
+            raise InvalidInput(f"{field}expires_at", item.expires_at, "is not after send_at")
+    return NewMessage(
+        to, item.body, line, item.chat_id, item.idempotency_key, item.send_at, item.expires_at
+    )
+
+
+def _check_text(value: object, field: str, limit: int) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise InvalidInput(field, value, f"must be text of 1 to {limit} characters")
+
+
+def _store(
+    session: Session, items: Sequence[NewMessage], policy: Policy, now: datetime
+) -> list[str]:
+    keys = [item.idempotency_key for item in items if item.idempotency_key]
+    known: dict[str, str] = {}
+    if keys:
+        known = dict(
+            session.execute(
+                select(Message.idempotency_key, Message.id).where(Message.idempotency_key.in_(keys))
+            ).tuples()  # type: ignore[arg-type]
+        )
+    opted_out = (
+        set(
+            session.scalars(
+                select(OptOut.recipient).where(OptOut.recipient.in_({item.to for item in items}))
+            )
+        )
+        if policy.opt_out.scope is OptOutScope.ACCOUNT
+        else set()
+    )
+    ids: list[str] = []
+    for index, item in enumerate(items):
+        if item.idempotency_key and item.idempotency_key in known:
+            ids.append(known[item.idempotency_key])
+            continue
+        field = "line" if len(items) == 1 else f"messages[{index}].line"
+        message = _new_row(session, item, field, policy, now, item.to in opted_out)
+        if item.idempotency_key:
+            known[item.idempotency_key] = message.id
+        ids.append(message.id)
+    return ids
+
+
+def _new_row(
+    session: Session,
+    item: NewMessage,
+    field: str,
+    policy: Policy,
+    now: datetime,
+    recipient_opted_out: bool,
+) -> Message:
+    line, chat = _route(session, item, field, policy, now)
+    message = Message(
+        id=new_message_id(),
+        idempotency_key=item.idempotency_key,
+        line_id=line.id if line else None,
+        chat_id=chat.id if chat else None,
+        pinned=item.line is not None,
+        recipient=item.to,
+        body=item.body,
+        state=MessageState.QUEUED.value,
+        not_before=item.send_at or now,
+        send_at=item.send_at,
+        expires_at=item.expires_at,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+    action, code, reason = "ENQUEUE", "enqueued", "enqueued"
+    if (chat is not None and chat.opted_out_at is not None) or recipient_opted_out:
+        # Later enqueues to an opted-out chat are dropped at once, with that reason.
+        message.state, message.not_before = MessageState.DROPPED.value, None
+        action, code, reason = Action.DROP.value, "chat_opted_out", "the recipient opted out"
+    elif line is None:
+        message.state = MessageState.DEFERRED.value
+        message.held_since = now
+        deadline = now + policy.chat.max_hold
+        message.not_before = min(deadline, item.expires_at) if item.expires_at else deadline
+        action, code = Action.DEFER.value, "no_line"
+        reason = "no line may take a new recipient now (all CRITICAL, FLAGGED or AT_RISK)"
+    message.last_code, message.last_reason = code, reason
+    session.add(message)
+    session.flush()
+    session.add(
+        DecisionRecord(
+            message_id=message.id,
+            at=now,
+            action=action,
+            code=code,
+            reason=reason,
+            not_before=message.not_before,
+            line=line.number if line else None,
+        )
+    )
+    return message
+
+
+def _route(
+    session: Session, item: NewMessage, field: str, policy: Policy, now: datetime
+) -> tuple[Line | None, Chat | None]:
+    if item.line is not None:
+        line = get_line(session, item.line, field)
+        return line, chat_for(session, line, item.to, now, item.chat_id)
+    if item.chat_id is not None:
+        chat = session.scalars(
+            select(Chat).where(Chat.provider_chat_id == item.chat_id)
+        ).one_or_none()
+        if chat is not None:
+            if chat.recipient != item.to:
+                raise InvalidInput("chat_id", item.chat_id, f"is a chat with {chat.recipient}")
+            return session.get_one(Line, chat.line_id), chat
+    existing = sticky_chat(session, item.to)
+    if existing is not None:
+        return session.get_one(Line, existing.line_id), existing
+    candidates = lines_for_new_recipient(session, policy, now)
+    if not candidates:
+        return None, None
+    return candidates[0], chat_for(session, candidates[0], item.to, now, item.chat_id)
+
+
+def chat_for(
+    session: Session,
+    line: Line,
+    recipient: str,
+    now: datetime,
+    provider_chat_id: str | None = None,
+) -> Chat:
+    """The chat of ``line`` with ``recipient``, created HEALTHY when new."""
+    chat = session.scalars(
+        select(Chat).where(Chat.line_id == line.id, Chat.recipient == recipient)
+    ).one_or_none()
+    if chat is None:
+        chat = Chat(
+            line_id=line.id,
+            recipient=recipient,
+            provider_chat_id=provider_chat_id,
+            health="HEALTHY",
+            created_at=now,
+        )
+        session.add(chat)
+        session.flush()
+    elif provider_chat_id and chat.provider_chat_id is None:
+        chat.provider_chat_id = provider_chat_id
+    return chat

@@ -1,0 +1,39 @@
+"""Lines in the store, kept in step with the policy file."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from policies.config import Policy
+from policies.e164 import to_e164
+from policies.errors import InvalidInput
+from scheduler.models import Line
+
+
+def sync_lines(session: Session, policy: Policy, now: datetime) -> None:
+    """Add newly declared lines, update providers, disable lines no longer declared."""
+    declared = {line.number: line for line in policy.lines}
+    existing = {line.number: line for line in session.scalars(select(Line))}
+    for number, config in declared.items():
+        row = existing.get(number)
+        if row is None:
+            session.add(Line(number=number, provider=config.provider, created_at=now))
+        else:
+            row.provider = config.provider
+            row.enabled = True
+    for number, row in existing.items():
+        if number not in declared:
+            row.enabled = False
+    session.flush()
+
+
+def get_line(session: Session, number: str, field: str = "line") -> Line:
+    """The declared line ``number``, or an error naming the field and the value."""
+    normalized = to_e164(number, field)
+    line = session.scalars(select(Line).where(Line.number == normalized)).one_or_none()
+    if line is None or not line.enabled:
+        raise InvalidInput(field, number, "is not a line declared in the policy file")
+    return line

@@ -1,0 +1,87 @@
+"""Everything a process needs, built from settings and passed around explicitly."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from policies.config import Policy, load_policy
+from policies.errors import PolicyFileError
+from scheduler.db import engine_for, session_factory
+from scheduler.providers import Provider, Providers
+from scheduler.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    """The one clock healthgate reads (tests freeze it with freezegun)."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class PolicySource:
+    """The policy file, reloaded when it changes so tuning needs no restart.
+
+    A file that no longer validates is reported and the last good policy is kept:
+    a typo must not stop dispatch.
+    """
+
+    path: Path
+    _policy: Policy | None = field(default=None, init=False)
+    _stamp: tuple[int, int] | None = field(default=None, init=False)
+
+    def current(self) -> Policy:
+        try:
+            stat = os.stat(self.path)
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None
+        if self._policy is not None and stamp == self._stamp:
+            return self._policy
+        try:
+            policy = load_policy(self.path)
+        except PolicyFileError as exc:
+            if self._policy is None:
+                raise
+            log.error("policy file not reloaded, keeping the previous one: %s", exc)
+            self._stamp = stamp
+            return self._policy
+        self._policy, self._stamp = policy, stamp
+        return policy
+
+
+@dataclass
+class Runtime:
+    """The database, the policy and the providers of one process."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    policies: PolicySource
+    providers: Providers
+
+    @classmethod
+    def build(cls, settings: Settings, providers: dict[str, Provider] | None = None) -> Runtime:
+        engine = engine_for(settings)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=session_factory(engine),
+            policies=PolicySource(settings.policy_file),
+            providers=Providers(settings, providers),
+        )
+
+    @property
+    def policy(self) -> Policy:
+        return self.policies.current()
+
+    def close(self) -> None:
+        self.providers.close()
+        self.engine.dispose()
