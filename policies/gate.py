@@ -20,6 +20,9 @@ class MessageFacts:
     expires_at: datetime | None = None
     #: When the message's current hold began (None when it is not being held).
     held_since: datetime | None = None
+    #: The router chose the line and nothing went out on the chat yet: the message
+    #: may move to another line instead of waiting on a paused one.
+    may_reroute: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +50,15 @@ class LineFacts:
 def decide(
     message: MessageFacts,
     chat: ChatFacts,
-    line: LineFacts,
+    line: LineFacts | None,
     usage: LineUsage,
     policy: Policy,
     now: datetime,
 ) -> Decision:
-    """Decide what to do with ``message`` at ``now``; reads no clock and no store."""
+    """Decide what to do with ``message`` at ``now``; reads no clock and no store.
+
+    ``line`` is None while no line may take the (new) recipient.
+    """
     if chat.health is ChatHealth.OPTED_OUT:
         return Decision(Action.DROP, "chat_opted_out", "the chat is OPTED_OUT")
     if chat.recipient_opted_out:
@@ -66,6 +72,7 @@ def decide(
     hold = _hold(message, chat, line, policy, now)
     if hold is not None:
         return hold
+    assert line is not None  # _hold holds every message without a line
     if chat.health is ChatHealth.AT_RISK:
         throttle = _chat_throttle(chat, policy, now, message.expires_at)
         if throttle is not None:
@@ -74,13 +81,24 @@ def decide(
 
 
 def _hold(
-    message: MessageFacts, chat: ChatFacts, line: LineFacts, policy: Policy, now: datetime
+    message: MessageFacts, chat: ChatFacts, line: LineFacts | None, policy: Policy, now: datetime
 ) -> Decision | None:
-    """DEFER while the line or the chat cannot send, EXPIRE once held too long."""
-    if line.status is LineStatus.FLAGGED:
-        code, reason = "line_flagged", f"line {line.number} is FLAGGED by its provider"
-    elif line.reputation is LineReputation.CRITICAL:
-        code, reason = "line_critical", f"line {line.number} is CRITICAL: paused until HEALTHY"
+    """DEFER while the line or the chat cannot send, EXPIRE once held too long.
+
+    A new recipient on a paused line is rerouted instead, when the router may move it.
+    """
+    if line is None:
+        code, reason = "no_line", "no line may take a new recipient now"
+    elif line.status is LineStatus.FLAGGED or line.reputation is LineReputation.CRITICAL:
+        state = "FLAGGED" if line.status is LineStatus.FLAGGED else "CRITICAL"
+        if message.may_reroute:
+            return Decision(
+                Action.REROUTE,
+                f"line_{state.lower()}",
+                f"line {line.number} is {state}: a new recipient goes to another line",
+            )
+        code = f"line_{state.lower()}"
+        reason = f"line {line.number} is {state}: paused until it recovers"
     elif chat.health is ChatHealth.CRITICAL:
         code, reason = "chat_critical", "the chat is CRITICAL: held until HEALTHY"
     else:
@@ -138,12 +156,12 @@ def _caps(
     recipient_sends = usage.by_recipient.get(message.recipient, [])
     candidates: list[tuple[datetime, str, int]] = [
         (
-            earliest_allowed(usage.sends, limit(caps.sends_per_minute), MINUTE, now),
+            earliest_allowed(usage.recent, limit(caps.sends_per_minute), MINUTE, now),
             "sends_per_minute",
             limit(caps.sends_per_minute),
         ),
         (
-            earliest_allowed(usage.sends, limit(caps.sends_per_day), DAY, now),
+            usage.day_allowed(limit(caps.sends_per_day), now),
             "sends_per_day",
             limit(caps.sends_per_day),
         ),

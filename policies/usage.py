@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right, insort
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -28,40 +28,42 @@ def earliest_allowed(
 
 @dataclass(slots=True)
 class LineUsage:
-    """Dispatches of one line over the last day, kept by the caller and read by the gate.
+    """Dispatches of one line, kept by the caller and read by the gate.
 
     The scheduler loads it from the store (or Redis) and records each SEND as a batch
-    progresses, so messages decided together still see each other.
+    progresses, so messages decided together still see each other. The last hour is
+    kept in full; the day only as a count, with its times loaded once the count comes
+    near the daily cap (the times are needed only to say when the cap frees up).
     """
 
-    #: Dispatch times of the line, oldest first.
-    sends: list[datetime] = field(default_factory=list)
-    #: First-dispatch times of the line's new conversations, oldest first.
+    #: Dispatch times over the last hour, oldest first.
+    recent: list[datetime] = field(default_factory=list)
+    #: Dispatches over the last day.
+    day_count: int = 0
+    #: Their times, oldest first, when loaded (None: far from the daily cap).
+    day: list[datetime] | None = None
+    #: First-dispatch times of new conversations over the last day, oldest first.
     new_chats: list[datetime] = field(default_factory=list)
     #: Dispatch times per recipient over the last hour, oldest first.
     by_recipient: dict[str, list[datetime]] = field(default_factory=dict)
 
-    @classmethod
-    def from_rows(
-        cls,
-        sends: Iterable[tuple[str, datetime]],
-        new_chats: Iterable[datetime],
-        now: datetime,
-    ) -> LineUsage:
-        """Build from (recipient, dispatched_at) rows and first-dispatch times."""
-        usage = cls(new_chats=sorted(new_chats))
-        for recipient, at in sorted(sends, key=lambda row: row[1]):
-            usage.sends.append(at)
-            if at > now - HOUR:
-                usage.by_recipient.setdefault(recipient, []).append(at)
-        return usage
-
     def record(self, recipient: str, at: datetime, *, new_chat: bool) -> None:
         """Count one dispatch."""
-        insort(self.sends, at)
+        insort(self.recent, at)
         insort(self.by_recipient.setdefault(recipient, []), at)
+        self.day_count += 1
+        if self.day is not None:
+            insort(self.day, at)
         if new_chat:
             insort(self.new_chats, at)
+
+    def day_allowed(self, limit: int, now: datetime) -> datetime:
+        """Earliest moment one more send fits under ``limit`` per day."""
+        if self.day_count < limit:
+            return now
+        if self.day is None:
+            raise ValueError("day_count reached the daily cap but the day's times were not loaded")
+        return earliest_allowed(self.day, limit, DAY, now)
 
     def distinct_recipients_allowed(self, recipient: str, limit: int, now: datetime) -> datetime:
         """Earliest moment ``recipient`` fits under ``limit`` distinct recipients per hour."""
