@@ -15,12 +15,20 @@ _RANK = {LineReputation.HEALTHY.value: 0, LineReputation.AT_RISK.value: 1}
 
 
 def sticky_chat(session: Session, recipient: str) -> Chat | None:
-    """The recipient's existing chat on an enabled line (the most recently active one)."""
+    """The recipient's conversation on an enabled line (the most recently started one).
+
+    Only chats something was sent on count: a chat created for a message that was then
+    rerouted is no conversation to stick to.
+    """
     return session.scalars(
         select(Chat)
         .join(Line, Line.id == Chat.line_id)
-        .where(Chat.recipient == recipient, Line.enabled.is_(True))
-        .order_by(Chat.first_sent_at.desc().nulls_last(), Chat.id.desc())
+        .where(
+            Chat.recipient == recipient,
+            Line.enabled.is_(True),
+            Chat.first_sent_at.is_not(None),
+        )
+        .order_by(Chat.first_sent_at.desc(), Chat.id.desc())
         .limit(1)
     ).one_or_none()
 

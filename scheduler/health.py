@@ -1,0 +1,278 @@
+"""Changing chat health and line reputation, and what follows at once: drops and releases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, and_, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from policies.config import OptOutScope, Policy
+from policies.e164 import to_e164
+from policies.errors import InvalidInput
+from policies.keywords import Inbound, classify, reply_opts_in
+from policies.statuses import (
+    Action,
+    ChatHealth,
+    LineReputation,
+    LineStatus,
+    parse_chat_health,
+    parse_line_reputation,
+)
+from scheduler.enqueue import chat_for
+from scheduler.lines import get_line
+from scheduler.models import (
+    WAITING_STATES,
+    Chat,
+    DecisionRecord,
+    Line,
+    Message,
+    MessageState,
+    OptOut,
+)
+
+T = TypeVar("T")
+
+#: Holds that end when the chat is HEALTHY again (CRITICAL defers, AT_RISK throttles).
+CHAT_HOLDS = ("chat_critical", "chat_at_risk")
+#: Holds that end when the line can send again.
+LINE_HOLDS = ("line_critical", "line_flagged", "provider_line_blocked")
+
+
+def lock_chat(session: Session, chat: Chat) -> Chat:
+    """Lock the chat row: opt-outs and dispatches of one chat serialize on it."""
+    return session.scalars(select(Chat).where(Chat.id == chat.id).with_for_update()).one()
+
+
+def set_chat_health(
+    session: Session,
+    policy: Policy,
+    line_number: str,
+    recipient: str,
+    status: str,
+    now: datetime,
+    *,
+    updated_at: datetime | None = None,
+    source: str = "set by hand",
+) -> bool:
+    """Set a chat's health; False when ``updated_at`` is older than what is stored.
+
+    OPTED_OUT drops every waiting message of the chat (of the recipient, with the
+    account scope); any other status set this way clears an opt-out, and HEALTHY
+    releases the chat's held messages.
+    """
+    health = _parse(parse_chat_health, "status", status)
+    line = get_line(session, line_number)
+    chat = lock_chat(session, chat_for(session, line, _recipient(recipient), now))
+    stamp = updated_at or now
+    if chat.health_updated_at is not None and stamp < chat.health_updated_at:
+        return False
+    chat.health_updated_at = stamp
+    if health is ChatHealth.OPTED_OUT:
+        opt_out(session, policy, chat, now, source)
+        return True
+    if chat.opted_out_at is not None:
+        opt_in(session, chat)
+    chat.health = health.value
+    if health is ChatHealth.HEALTHY:
+        release(
+            session,
+            and_(Message.chat_id == chat.id, Message.last_code.in_(CHAT_HOLDS)),
+            now,
+            "release_chat",
+            f"chat is HEALTHY ({source})",
+        )
+    return True
+
+
+def set_line_reputation(
+    session: Session,
+    line_number: str,
+    reputation: str,
+    now: datetime,
+    *,
+    updated_at: datetime | None = None,
+    source: str = "set by hand",
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Set a line's reputation; False when ``updated_at`` is older than what is stored."""
+    value = _parse(parse_line_reputation, "status", reputation)
+    line = _lock_line(session, line_number)
+    stamp = updated_at or now
+    if line.reputation_updated_at is not None and stamp < line.reputation_updated_at:
+        return False
+    line.reputation, line.reputation_updated_at = value.value, stamp
+    if detail is not None:
+        line.detail = detail
+    _release_line(session, line, now, source)
+    return True
+
+
+def set_line_status(
+    session: Session,
+    line_number: str,
+    status: str,
+    now: datetime,
+    *,
+    updated_at: datetime | None = None,
+    source: str = "set by hand",
+) -> bool:
+    """Set a line's runtime status (ACTIVE / FLAGGED)."""
+    value = _parse(LineStatus, "status", status)
+    line = _lock_line(session, line_number)
+    stamp = updated_at or now
+    if line.status_updated_at is not None and stamp < line.status_updated_at:
+        return False
+    line.status, line.status_updated_at = value.value, stamp
+    _release_line(session, line, now, source)
+    return True
+
+
+def record_inbound(
+    session: Session,
+    policy: Policy,
+    line_number: str,
+    recipient: str,
+    text: str,
+    now: datetime,
+) -> Inbound:
+    """Record a message from the recipient: a reply, an opt-out or an opt-in."""
+    line = get_line(session, line_number)
+    chat = lock_chat(session, chat_for(session, line, _recipient(recipient), now))
+    kind = classify(text, policy.opt_out)
+    chat.last_inbound_at = now
+    if kind is Inbound.OPT_OUT:
+        opt_out(session, policy, chat, now, "inbound opt-out keyword")
+        return kind
+    if chat.opted_out_at is not None or _account_opt_out(session, chat.recipient):
+        if kind is Inbound.REPLY and not reply_opts_in(policy.opt_out):
+            return kind  # an ordinary reply does not clear an opt-out in this mode
+        opt_in(session, chat)
+    # A reply lifts the AT_RISK throttle: its messages are looked at again now.
+    release(
+        session,
+        and_(Message.chat_id == chat.id, Message.last_code == "chat_at_risk"),
+        now,
+        "release_reply",
+        "the recipient replied",
+    )
+    return kind
+
+
+def opt_out(session: Session, policy: Policy, chat: Chat, now: datetime, source: str) -> int:
+    """Mark the opt-out and drop every waiting or claimed message it covers."""
+    chat.opted_out_at = chat.opted_out_at or now
+    if policy.opt_out.scope is OptOutScope.ACCOUNT:
+        values = {"recipient": chat.recipient, "opted_out_at": now, "source": source[:200]}
+        builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        session.execute(builder(OptOut).values(values).on_conflict_do_nothing())
+        covered: ColumnElement[bool] = Message.recipient == chat.recipient
+    else:
+        covered = Message.chat_id == chat.id
+    # Claimed messages are dropped too: their dispatch task's fence then fails. A
+    # message already SENDING was committed to go before this opt-out was recorded.
+    ids = session.scalars(
+        update(Message)
+        .where(covered, Message.state.in_([*WAITING_STATES, MessageState.CLAIMED]))
+        .values(
+            state=MessageState.DROPPED.value,
+            not_before=None,
+            claim_token=None,
+            last_code="chat_opted_out",
+            last_reason=f"opted out ({source})",
+            updated_at=now,
+        )
+        .returning(Message.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _record(session, ids, now, Action.DROP.value, "chat_opted_out", f"opted out ({source})")
+    return len(ids)
+
+
+def opt_in(session: Session, chat: Chat) -> None:
+    """Clear the opt-out: the chat returns to the bucket its health says."""
+    chat.opted_out_at = None
+    session.execute(delete(OptOut).where(OptOut.recipient == chat.recipient))
+    if chat.health == ChatHealth.OPTED_OUT.value:
+        chat.health = ChatHealth.HEALTHY.value
+
+
+def release(
+    session: Session, which: ColumnElement[bool], now: datetime, code: str, reason: str
+) -> int:
+    """Look at held messages again now; the gate (and its caps) decides what follows."""
+    ids = session.scalars(
+        update(Message)
+        .where(which, Message.state.in_([MessageState.DEFERRED, MessageState.THROTTLED]))
+        .values(
+            state=MessageState.QUEUED.value,
+            not_before=now,
+            held_since=None,
+            last_code=code,
+            last_reason=reason,
+            updated_at=now,
+        )
+        .returning(Message.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _record(session, ids, now, "RELEASE", code, reason)
+    return len(ids)
+
+
+def _release_line(session: Session, line: Line, now: datetime, source: str) -> None:
+    if line.status != LineStatus.ACTIVE.value:
+        return
+    if line.reputation == LineReputation.HEALTHY.value:
+        release(
+            session,
+            and_(Message.line_id == line.id, Message.last_code.in_(LINE_HOLDS)),
+            now,
+            "release_line",
+            f"line {line.number} can send again ({source})",
+        )
+    if line.reputation != LineReputation.CRITICAL.value:
+        # Messages waiting for any line that takes new recipients try again.
+        release(
+            session,
+            Message.last_code == "no_line",
+            now,
+            "release_line",
+            f"line {line.number} may take new recipients ({source})",
+        )
+
+
+def _record(
+    session: Session, ids: Sequence[str], now: datetime, action: str, code: str, reason: str
+) -> None:
+    if ids:
+        session.execute(
+            insert(DecisionRecord),
+            [
+                {"message_id": i, "at": now, "action": action, "code": code, "reason": reason}
+                for i in ids
+            ],
+        )
+
+
+def _lock_line(session: Session, number: str) -> Line:
+    line = get_line(session, number)
+    return session.scalars(select(Line).where(Line.id == line.id).with_for_update()).one()
+
+
+def _account_opt_out(session: Session, recipient: str) -> bool:
+    return session.get(OptOut, recipient) is not None
+
+
+def _recipient(value: str) -> str:
+    return to_e164(value, "recipient")
+
+
+def _parse(parser: Callable[[str], T], field: str, value: str) -> T:
+    try:
+        return parser(value)
+    except ValueError as exc:
+        raise InvalidInput(field, value, str(exc)) from None
