@@ -1,0 +1,70 @@
+"""Loading line usage for the gate from the store (the embedded and default limiter)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from policies.config import Policy
+from policies.gate import effective_limit
+from policies.statuses import LineReputation
+from policies.usage import DAY, HOUR, LineUsage
+from scheduler.models import Chat, Line, Message
+
+
+def load_usage(
+    session: Session, lines: Collection[Line], policy: Policy, now: datetime, headroom: int
+) -> dict[int, LineUsage]:
+    """Usage of ``lines``, counted from dispatched messages.
+
+    The day's times are loaded only for lines within ``headroom`` sends of their daily
+    cap; the rest need just the count.
+    """
+    ids = [line.id for line in lines]
+    usage = {line_id: LineUsage() for line_id in ids}
+    if not ids:
+        return usage
+    recent = session.execute(
+        select(Message.line_id, Message.recipient, Message.dispatched_at)
+        .where(Message.line_id.in_(ids), Message.dispatched_at > now - HOUR)
+        .order_by(Message.dispatched_at)
+    ).tuples()
+    for line_id, recipient, at in recent:
+        if line_id is None or at is None:
+            continue
+        entry = usage[line_id]
+        entry.recent.append(at)
+        entry.by_recipient.setdefault(recipient, []).append(at)
+    counts = session.execute(
+        select(Message.line_id, func.count())
+        .where(Message.line_id.in_(ids), Message.dispatched_at > now - DAY)
+        .group_by(Message.line_id)
+    ).tuples()
+    for line_id, count in counts:
+        if line_id is not None:
+            usage[line_id].day_count = count
+    for line in lines:
+        entry = usage[line.id]
+        cap = policy.caps_for(line.number).sends_per_day
+        if entry.day_count + headroom >= effective_limit(
+            cap, LineReputation(line.reputation), policy
+        ):
+            entry.day = list(
+                session.scalars(
+                    select(Message.dispatched_at)
+                    .where(Message.line_id == line.id, Message.dispatched_at > now - DAY)
+                    .order_by(Message.dispatched_at)
+                ).all()  # type: ignore[arg-type]
+            )
+    new_chats = session.execute(
+        select(Chat.line_id, Chat.first_sent_at)
+        .where(Chat.line_id.in_(ids), Chat.first_sent_at > now - DAY)
+        .order_by(Chat.first_sent_at)
+    ).tuples()
+    for line_id, first in new_chats:
+        if first is not None:
+            usage[line_id].new_chats.append(first)
+    return usage
