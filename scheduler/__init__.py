@@ -1,0 +1,73 @@
+"""healthgate: enqueue outbound messages; workers send them only when health allows.
+
+``from scheduler import enqueue`` uses a client built from ``HEALTHGATE_*`` settings on
+first use; build a :class:`Healthgate` yourself to choose the settings explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from policies.errors import HealthgateError, InvalidInput, PolicyFileError
+from scheduler.client import Healthgate
+from scheduler.enqueue import NewMessage
+from scheduler.settings import Settings
+
+__all__ = [
+    "Healthgate",
+    "HealthgateError",
+    "InvalidInput",
+    "NewMessage",
+    "PolicyFileError",
+    "Settings",
+    "configure",
+    "enqueue",
+    "enqueue_many",
+    "set_chat_health",
+    "set_line_health",
+]
+
+_default: Healthgate | None = None
+
+
+def configure(settings: Settings | None = None) -> Healthgate:
+    """Replace the client behind the module-level functions (closing the old one)."""
+    global _default
+    if _default is not None:
+        _default.close()
+    _default = Healthgate(settings)
+    return _default
+
+
+def _client() -> Healthgate:
+    return _default or configure()
+
+
+def enqueue(
+    to: str,
+    body: str,
+    line: str | None = None,
+    chat_id: str | None = None,
+    idempotency_key: str | None = None,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+) -> str:
+    """Enqueue one message; returns its id. See :meth:`Healthgate.enqueue`."""
+    return _client().enqueue(to, body, line, chat_id, idempotency_key, send_at, expires_at)
+
+
+def enqueue_many(messages: Iterable[NewMessage | Mapping[str, Any]]) -> list[str]:
+    """Enqueue many messages in one transaction; returns their ids in order."""
+    return _client().enqueue_many(messages)
+
+
+def set_chat_health(line: str, recipient: str, status: str) -> bool:
+    """Set a chat's health by hand (HEALTHY, AT_RISK, CRITICAL, OPTED_OUT)."""
+    return _client().set_chat_health(line, recipient, status)
+
+
+def set_line_health(line: str, status: str) -> bool:
+    """Set a line's reputation or runtime status by hand."""
+    return _client().set_line_health(line, status)

@@ -16,7 +16,7 @@ from policies.config import OptOutScope, Policy
 from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.statuses import Action
-from scheduler.lines import get_line
+from scheduler.lines import get_line, sync_lines
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
 from scheduler.router import lines_for_new_recipient, sticky_chat
 from scheduler.runtime import Runtime, utcnow
@@ -59,6 +59,7 @@ def enqueue_many(
     for attempt in range(2):
         try:
             with runtime.sessions.begin() as session:
+                sync_lines(session, policy, now)
                 return _store(session, items, policy, now)
         except IntegrityError:
             # A concurrent enqueue stored one of our idempotency keys first; the

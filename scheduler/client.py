@@ -1,0 +1,109 @@
+"""The Python API: one object that owns a runtime and speaks in phone numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from policies.keywords import Inbound
+from policies.statuses import LineStatus
+from scheduler import health, reports
+from scheduler.db import has_schema, upgrade
+from scheduler.dispatch import Report, drain
+from scheduler.enqueue import NewMessage, enqueue_many
+from scheduler.lines import sync_lines
+from scheduler.runtime import Runtime, utcnow
+from scheduler.settings import Settings
+
+
+class Healthgate:
+    """Enqueue, set health, drain and inspect, against the store the settings name."""
+
+    def __init__(self, settings: Settings | None = None, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime or Runtime.build(settings or Settings())
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema, then load the policy file's lines."""
+        upgrade(self.runtime.engine)
+        self.sync_lines()
+
+    def ensure_schema(self) -> None:
+        """Upgrade on the embedded default; elsewhere migrations are the operator's step."""
+        if self.runtime.settings.database.startswith("sqlite") or not has_schema(
+            self.runtime.engine
+        ):
+            self.migrate()
+        else:
+            self.sync_lines()
+
+    def sync_lines(self) -> None:
+        with self.runtime.sessions.begin() as session:
+            sync_lines(session, self.runtime.policy, utcnow())
+
+    def enqueue(
+        self,
+        to: str,
+        body: str,
+        line: str | None = None,
+        chat_id: str | None = None,
+        idempotency_key: str | None = None,
+        send_at: datetime | None = None,
+        expires_at: datetime | None = None,
+    ) -> str:
+        """Enqueue one message and return its id (the existing id for a known key)."""
+        message = NewMessage(to, body, line, chat_id, idempotency_key, send_at, expires_at)
+        return enqueue_many(self.runtime, [message])[0]
+
+    def enqueue_many(self, messages: Iterable[NewMessage | Mapping[str, Any]]) -> list[str]:
+        """Enqueue many messages in one transaction: all are stored, or none."""
+        return enqueue_many(self.runtime, messages)
+
+    def set_chat_health(
+        self, line: str, recipient: str, status: str, updated_at: datetime | None = None
+    ) -> bool:
+        with self.runtime.sessions.begin() as session:
+            sync_lines(session, self.runtime.policy, utcnow())
+            return health.set_chat_health(
+                session,
+                self.runtime.policy,
+                line,
+                recipient,
+                status,
+                utcnow(),
+                updated_at=updated_at,
+            )
+
+    def set_line_health(self, line: str, status: str, updated_at: datetime | None = None) -> bool:
+        """Set a line's reputation (HEALTHY / AT_RISK / CRITICAL) or status (ACTIVE / FLAGGED)."""
+        with self.runtime.sessions.begin() as session:
+            sync_lines(session, self.runtime.policy, utcnow())
+            if status in {s.value for s in LineStatus}:
+                return health.set_line_status(
+                    session, line, status, utcnow(), updated_at=updated_at
+                )
+            return health.set_line_reputation(
+                session, line, status, utcnow(), updated_at=updated_at
+            )
+
+    def record_inbound(self, line: str, recipient: str, text: str) -> Inbound:
+        """Record a message from a recipient (reply, opt-out or opt-in)."""
+        with self.runtime.sessions.begin() as session:
+            return health.record_inbound(
+                session, self.runtime.policy, line, recipient, text, utcnow()
+            )
+
+    def drain(self, now: datetime | None = None) -> Report:
+        """Dispatch everything due now in this process."""
+        return drain(self.runtime, now)
+
+    def status(self) -> dict[str, Any]:
+        with self.runtime.sessions() as session:
+            return reports.status(session, utcnow())
+
+    def explain(self, message_id: str) -> dict[str, Any]:
+        with self.runtime.sessions() as session:
+            return reports.explain(session, message_id)
+
+    def close(self) -> None:
+        self.runtime.close()

@@ -1,0 +1,84 @@
+"""Read-only views for people: the state of lines, chats and messages, and why."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from policies.errors import InvalidInput
+from scheduler.models import Chat, DecisionRecord, Line, Message
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def status(session: Session, now: datetime) -> dict[str, Any]:
+    """Lines with their reputation, chats by health, messages by state."""
+    sent_today = dict(
+        session.execute(
+            select(Message.line_id, func.count())
+            .where(Message.dispatched_at > now - timedelta(days=1))
+            .group_by(Message.line_id)
+        ).tuples()
+    )
+    lines = [
+        {
+            "number": line.number,
+            "provider": line.provider,
+            "enabled": line.enabled,
+            "reputation": line.reputation,
+            "reputation_updated_at": _iso(line.reputation_updated_at),
+            "status": line.status,
+            "dispatched_24h": sent_today.get(line.id, 0),
+            "detail": line.detail,
+        }
+        for line in session.scalars(select(Line).order_by(Line.id))
+    ]
+    health = case((Chat.opted_out_at.is_not(None), "OPTED_OUT"), else_=Chat.health)
+    chats: dict[str, int] = dict(
+        session.execute(select(health, func.count()).group_by(health)).tuples()
+    )
+    states = dict(
+        session.execute(select(Message.state, func.count()).group_by(Message.state)).tuples()
+    )
+    return {"lines": lines, "chats": chats, "messages": states}
+
+
+def explain(session: Session, message_id: str) -> dict[str, Any]:
+    """Every decision taken on one message, oldest first."""
+    message = session.get(Message, message_id)
+    if message is None:
+        raise InvalidInput("id", message_id, "no message has this id")
+    line = session.get(Line, message.line_id) if message.line_id is not None else None
+    decisions = session.scalars(
+        select(DecisionRecord)
+        .where(DecisionRecord.message_id == message_id)
+        .order_by(DecisionRecord.id)
+    )
+    return {
+        "id": message.id,
+        "to": message.recipient,
+        "line": line.number if line else None,
+        "state": message.state,
+        "not_before": _iso(message.not_before),
+        "expires_at": _iso(message.expires_at),
+        "attempts": message.attempts,
+        "idempotency_key": message.idempotency_key,
+        "created_at": _iso(message.created_at),
+        "sent_at": _iso(message.sent_at),
+        "decisions": [
+            {
+                "at": _iso(d.at),
+                "action": d.action,
+                "code": d.code,
+                "reason": d.reason,
+                "not_before": _iso(d.not_before),
+                "line": d.line,
+            }
+            for d in decisions
+        ],
+    }
