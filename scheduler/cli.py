@@ -1,0 +1,226 @@
+"""The `healthgate` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from policies.config import load_policy
+from policies.errors import HealthgateError, InvalidInput
+from scheduler import runner
+from scheduler.client import Healthgate
+from scheduler.settings import Settings
+
+app = typer.Typer(
+    help="Outbound send scheduler gated on chat health and line reputation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+policy_app = typer.Typer(help="Check the policy file.", no_args_is_help=True)
+health_app = typer.Typer(help="Set health by hand.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(health_app, name="health")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def _client(migrate: bool = True) -> Iterator[Healthgate]:
+    """A client for this command; every deliberate error becomes one line and exit code 2."""
+    try:
+        client = Healthgate(Settings())
+        try:
+            if migrate:
+                client.ensure_schema()
+            yield client
+        finally:
+            client.close()
+    except HealthgateError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _time(value: str | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(field, value, "is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise InvalidInput(field, value, "needs a timezone, e.g. 2026-11-22T09:00:00+00:00")
+    return moment
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data))
+
+
+@app.command()
+def init(
+    force: bool = typer.Option(False, help="Overwrite an existing policy file."),
+) -> None:
+    """Write a commented starter policy file and create the database."""
+    settings = Settings()
+    path = settings.policy_file
+    if path.exists() and not force:
+        err.print(f"[yellow]{path} exists; kept it (use --force to overwrite)[/yellow]")
+    else:
+        path.write_text(files("policies").joinpath("starter.toml").read_text(encoding="utf-8"))
+        out.print(f"wrote {path}")
+    with _client(migrate=False) as client:
+        client.migrate()
+    out.print(f"database ready: {settings.database}")
+
+
+@app.command()
+def run(
+    concurrency: int = typer.Option(2, min=1, help="Worker processes."),
+) -> None:
+    """Start the main job: a Celery worker and beat, until interrupted."""
+    settings = Settings()
+    with _client() as client:
+        lines = len(client.runtime.policy.lines)
+    out.print(
+        f"healthgate: {lines} line(s), database {settings.database}, broker {settings.broker}"
+    )
+    raise typer.Exit(runner.supervise(runner.commands(settings, concurrency)))
+
+
+@app.command()
+def enqueue(
+    to: str = typer.Option(..., help="Recipient, E.164."),
+    body: str = typer.Option(..., help="Message text."),
+    line: str | None = typer.Option(None, help="Sending line, E.164 (default: routed)."),
+    chat_id: str | None = typer.Option(None, help="The provider's chat id, if known."),
+    key: str | None = typer.Option(None, "--idempotency-key", help="Deduplication key."),
+    send_at: str | None = typer.Option(None, help="Not before this ISO 8601 time."),
+    expires_at: str | None = typer.Option(None, help="Drop if not sent by this ISO 8601 time."),
+) -> None:
+    """Enqueue one message and print its id."""
+    with _client() as client:
+        message_id = client.enqueue(
+            to, body, line, chat_id, key, _time(send_at, "send_at"), _time(expires_at, "expires_at")
+        )
+    out.print(message_id, highlight=False)
+
+
+@app.command()
+def drain(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Dispatch everything due now in this process, then exit."""
+    with _client() as client:
+        report = client.drain()
+    if as_json:
+        _print_json(report.counts)
+    else:
+        summary = ", ".join(f"{k.lower()} {v}" for k, v in sorted(report.counts.items()))
+        out.print(f"drained: {summary or 'nothing due'}")
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Lines with their reputation, chats by health, messages by state."""
+    with _client() as client:
+        data = client.status()
+    if as_json:
+        _print_json(data)
+        return
+    lines = Table("line", "provider", "reputation", "status", "sent 24h", title="lines")
+    for line in data["lines"]:
+        state = line["status"] if line["enabled"] else f"{line['status']} (not declared)"
+        lines.add_row(
+            line["number"], line["provider"], line["reputation"], state, str(line["dispatched_24h"])
+        )
+    out.print(lines)
+    for title, counts in (
+        ("chats by health", data["chats"]),
+        ("messages by state", data["messages"]),
+    ):
+        table = Table("", "count", title=title)
+        for name, count in sorted(counts.items()):
+            table.add_row(name, str(count))
+        out.print(table)
+
+
+@app.command()
+def explain(message_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every decision taken on a message, with time and reason."""
+    with _client() as client:
+        data = client.explain(message_id)
+    if as_json:
+        _print_json(data)
+        return
+    out.print(
+        f"{data['id']} to {data['to']} on {data['line'] or '(no line yet)'}: "
+        f"[bold]{data['state']}[/bold]",
+        highlight=False,
+    )
+    table = Table("at", "decision", "code", "reason", "until")
+    for d in data["decisions"]:
+        table.add_row(d["at"], d["action"], d["code"], d["reason"], d["not_before"] or "")
+    out.print(table)
+
+
+@policy_app.command("check")
+def policy_check(
+    file: Path | None = typer.Argument(None, help="Default: the settings' file."),
+) -> None:
+    """Validate a policy file: prints ok, or the file, the key and what is wrong."""
+    path = file or Settings().policy_file
+    try:
+        policy = load_policy(path)
+    except HealthgateError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    out.print(f"ok ({len(policy.lines)} line(s))")
+
+
+@health_app.command("chat")
+def health_chat(line: str, recipient: str, status: str) -> None:
+    """Set a chat's health: HEALTHY, AT_RISK, CRITICAL or OPTED_OUT."""
+    with _client() as client:
+        client.set_chat_health(line, recipient, status)
+    out.print(f"chat {line} → {recipient}: {status}")
+
+
+@health_app.command("line")
+def health_line(line: str, status: str) -> None:
+    """Set a line's reputation (HEALTHY, AT_RISK, CRITICAL) or status (ACTIVE, FLAGGED)."""
+    with _client() as client:
+        client.set_line_health(line, status)
+    out.print(f"line {line}: {status}")
+
+
+@app.command()
+def inbound(line: str, recipient: str, text: str) -> None:
+    """Record a message from a recipient: a reply, an opt-out or an opt-in keyword."""
+    with _client() as client:
+        kind = client.record_inbound(line, recipient, text)
+    out.print(f"inbound from {recipient}: {kind.value}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema to the newest migration."""
+    with _client(migrate=False) as client:
+        client.migrate()
+    out.print("schema up to date")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    app()

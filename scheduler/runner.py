@@ -1,0 +1,68 @@
+"""`healthgate run`: the worker and beat as supervised child processes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from types import FrameType
+
+from scheduler.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Seconds children get to finish their current task after SIGTERM before SIGKILL.
+STOP_GRACE_SECONDS = 20.0
+
+
+def commands(settings: Settings, concurrency: int) -> dict[str, list[str]]:
+    """The processes of the main job, the same ones the Procfile names."""
+    celery = [sys.executable, "-m", "celery", "-A", "tasks"]
+    worker = [*celery, "worker", "--loglevel=INFO", f"--concurrency={concurrency}"]
+    if settings.broker.startswith("filesystem"):
+        # A single-machine broker has no other workers to sync with or watch.
+        worker += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+    return {"worker": worker, "beat": [*celery, "beat", "--loglevel=INFO"]}
+
+
+def supervise(processes: dict[str, Sequence[str]]) -> int:
+    """Run every process until one exits or a signal arrives; stop the rest; return a code."""
+    children = {name: subprocess.Popen(list(argv)) for name, argv in processes.items()}
+    stopping = False
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        while not stopping:
+            exited = {name: p.returncode for name, p in children.items() if p.poll() is not None}
+            if exited:
+                name, code = next(iter(exited.items()))
+                log.error("%s exited with code %s; stopping the others", name, code)
+                code = code or 1
+                break
+            time.sleep(0.5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _terminate(children.values())
+    return code
+
+
+def _terminate(children: Iterable[subprocess.Popen[bytes]]) -> None:
+    procs = [p for p in children if p.poll() is None]
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,99 @@
+"""The Celery app, built from settings: broker, reliability options, beat schedule, tasks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_shutdown
+
+from scheduler import constants
+from scheduler.client import Healthgate
+from scheduler.runtime import Runtime
+from scheduler.settings import Settings
+from tasks.dispatch import register
+
+
+class RuntimeHolder:
+    """One runtime per process, built on first use after any fork.
+
+    Database connections and provider clients must not cross a fork, so a prefork
+    child builds its own instead of inheriting the parent's.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._runtime: Runtime | None = None
+        self._pid = 0
+
+    def get(self) -> Runtime:
+        if self._runtime is None or self._pid != os.getpid():
+            self._runtime = Runtime.build(self.settings)
+            self._pid = os.getpid()
+            if self.settings.database.startswith("sqlite"):
+                # The embedded default sets itself up; servers are migrated by the operator.
+                Healthgate(runtime=self._runtime).ensure_schema()
+        return self._runtime
+
+    def close(self) -> None:
+        if self._runtime is not None and self._pid == os.getpid():
+            self._runtime.close()
+        self._runtime = None
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app for ``settings`` (from the environment when not given)."""
+    settings = settings or Settings()
+    app = Celery("healthgate", broker=settings.broker, set_as_current=False)
+    app.conf.update(_config(settings))
+    holder = RuntimeHolder(settings)
+    register(app, holder.get, settings)
+
+    @worker_process_shutdown.connect(weak=False)
+    def _close(**_: Any) -> None:
+        holder.close()
+
+    return app
+
+
+def _config(settings: Settings) -> dict[str, Any]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "task_default_queue": constants.DEFAULT_QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        # A dispatch task is acknowledged only after it ran, and handed back if its
+        # worker dies: the claim's fence token keeps a redelivery from sending twice.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One task at a time per process: a prefetched batch would sit behind a slow one
+        # while its lease runs down.
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "beat_schedule": {
+            "healthgate-tick": {
+                "task": constants.TICK_TASK,
+                "schedule": settings.tick_seconds,
+                "options": {"expires": constants.TICK_EXPIRES_SECONDS},
+            }
+        },
+        "beat_schedule_filename": str(settings.data_dir / constants.BEAT_SCHEDULE_FILE),
+    }
+    if settings.broker.startswith("filesystem"):
+        folder = settings.broker_dir
+        (folder / "queue").mkdir(parents=True, exist_ok=True)
+        (folder / "control").mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+    elif settings.broker.startswith(("redis", "rediss")):
+        # Longer than any lease: Redis redelivers unacknowledged tasks after this.
+        config["broker_transport_options"] = {"visibility_timeout": int(settings.lease_seconds * 3)}
+    return config

@@ -1,0 +1,35 @@
+"""The two tasks: beat's tick claims due messages, dispatch gates and sends one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from celery import Celery
+
+from scheduler import constants
+from scheduler.dispatch import Claim, claim_due, dispatch_claimed
+from scheduler.lines import sync_lines
+from scheduler.runtime import Runtime, utcnow
+from scheduler.settings import Settings
+
+
+def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) -> None:
+    """Register healthgate's tasks on ``app``; ``runtime`` gives this process's runtime."""
+
+    @app.task(name=constants.DISPATCH_TASK, ignore_result=True)
+    def dispatch(token: str, ids: list[str]) -> dict[str, int]:
+        """Gate and send one claimed batch (a stale token does nothing)."""
+        return dispatch_claimed(runtime(), Claim(token, ids)).counts
+
+    @app.task(name=constants.TICK_TASK, ignore_result=True)
+    def tick() -> int:
+        """Claim what is due and hand it to dispatch tasks in batches."""
+        current = runtime()
+        now = utcnow()
+        with current.sessions.begin() as session:
+            sync_lines(session, current.policy, now)
+        claim = claim_due(current, now, settings.claim_limit)
+        size = settings.dispatch_batch
+        for start in range(0, len(claim.ids), size):
+            dispatch.apply_async(args=(claim.token, claim.ids[start : start + size]))
+        return len(claim.ids)
