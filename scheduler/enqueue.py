@@ -122,11 +122,10 @@ def _store(
     keys = [item.idempotency_key for item in items if item.idempotency_key]
     known: dict[str, str] = {}
     if keys:
-        known = dict(
-            session.execute(
-                select(Message.idempotency_key, Message.id).where(Message.idempotency_key.in_(keys))
-            ).tuples()  # type: ignore[arg-type]
-        )
+        rows = session.execute(
+            select(Message.idempotency_key, Message.id).where(Message.idempotency_key.in_(keys))
+        ).tuples()
+        known = {key: message_id for key, message_id in rows if key is not None}
     opted_out = (
         set(
             session.scalars(

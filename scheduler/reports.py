@@ -23,7 +23,9 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
             select(Message.line_id, func.count())
             .where(Message.dispatched_at > now - timedelta(days=1))
             .group_by(Message.line_id)
-        ).tuples()
+        )
+        .tuples()
+        .all()
     )
     lines = [
         {
@@ -40,10 +42,10 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
     ]
     health = case((Chat.opted_out_at.is_not(None), "OPTED_OUT"), else_=Chat.health)
     chats: dict[str, int] = dict(
-        session.execute(select(health, func.count()).group_by(health)).tuples()
+        session.execute(select(health, func.count()).group_by(health)).tuples().all()
     )
     states = dict(
-        session.execute(select(Message.state, func.count()).group_by(Message.state)).tuples()
+        session.execute(select(Message.state, func.count()).group_by(Message.state)).tuples().all()
     )
     return {"lines": lines, "chats": chats, "messages": states}
 

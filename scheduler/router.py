@@ -59,7 +59,9 @@ def lines_for_new_recipient(session: Session, policy: Policy, now: datetime) -> 
                 Message.dispatched_at > now - timedelta(days=1),
             )
             .group_by(Message.line_id)
-        ).tuples()
+        )
+        .tuples()
+        .all()
     )
 
     def headroom(line: Line) -> float:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
 
 from scheduler.settings import Settings
@@ -28,7 +28,7 @@ def commands(settings: Settings, concurrency: int) -> dict[str, list[str]]:
     return {"worker": worker, "beat": [*celery, "beat", "--loglevel=INFO"]}
 
 
-def supervise(processes: dict[str, Sequence[str]]) -> int:
+def supervise(processes: Mapping[str, Sequence[str]]) -> int:
     """Run every process until one exits or a signal arrives; stop the rest; return a code."""
     children = {name: subprocess.Popen(list(argv)) for name, argv in processes.items()}
     stopping = False
