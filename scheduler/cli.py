@@ -50,7 +50,7 @@ def _client(migrate: bool = True) -> Iterator[Healthgate]:
         finally:
             client.close()
     except HealthgateError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -169,10 +169,13 @@ def explain(message_id: str, as_json: bool = typer.Option(False, "--json")) -> N
         f"[bold]{data['state']}[/bold]",
         highlight=False,
     )
-    table = Table("at", "decision", "code", "reason", "until")
     for d in data["decisions"]:
-        table.add_row(d["at"], d["action"], d["code"], d["reason"], d["not_before"] or "")
-    out.print(table)
+        until = f" (until {d['not_before']})" if d["not_before"] else ""
+        out.print(
+            f"  {d['at']}  {d['action']:<8} {d['code']}: {d['reason']}{until}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @policy_app.command("check")
@@ -184,7 +187,7 @@ def policy_check(
     try:
         policy = load_policy(path)
     except HealthgateError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     out.print(f"ok ({len(policy.lines)} line(s))")
 

@@ -195,7 +195,8 @@ def _new_row(
             action=action,
             code=code,
             reason=reason,
-            not_before=message.not_before,
+            # A hold says until when; a plain enqueue only when send_at delays it.
+            not_before=message.not_before if action != "ENQUEUE" else item.send_at,
             line=line.number if line else None,
         )
     )
