@@ -207,7 +207,7 @@ def _unanswered(
             Message.dispatched_at > now - policy.chat.at_risk_window,
         )
         .order_by(Message.dispatched_at)
-    ).tuples()
+    )
     for chat_id, at in rows:
         chat = chats[chat_id] if chat_id is not None else None
         if chat is None or at is None:

@@ -124,7 +124,7 @@ def _store(
     if keys:
         rows = session.execute(
             select(Message.idempotency_key, Message.id).where(Message.idempotency_key.in_(keys))
-        ).tuples()
+        )
         known = {key: message_id for key, message_id in rows if key is not None}
     opted_out = (
         set(

@@ -24,7 +24,7 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
             .where(Message.dispatched_at > now - timedelta(days=1))
             .group_by(Message.line_id)
         )
-        .tuples()
+        
         .all()
     )
     lines = [
@@ -42,10 +42,10 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
     ]
     health = case((Chat.opted_out_at.is_not(None), "OPTED_OUT"), else_=Chat.health)
     chats: dict[str, int] = dict(
-        session.execute(select(health, func.count()).group_by(health)).tuples().all()
+        session.execute(select(health, func.count()).group_by(health)).all()
     )
     states = dict(
-        session.execute(select(Message.state, func.count()).group_by(Message.state)).tuples().all()
+        session.execute(select(Message.state, func.count()).group_by(Message.state)).all()
     )
     return {"lines": lines, "chats": chats, "messages": states}
 

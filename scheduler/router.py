@@ -60,7 +60,7 @@ def lines_for_new_recipient(session: Session, policy: Policy, now: datetime) -> 
             )
             .group_by(Message.line_id)
         )
-        .tuples()
+        
         .all()
     )
 

@@ -31,7 +31,7 @@ def load_usage(
         select(Message.line_id, Message.recipient, Message.dispatched_at)
         .where(Message.line_id.in_(ids), Message.dispatched_at > now - HOUR)
         .order_by(Message.dispatched_at)
-    ).tuples()
+    )
     for line_id, recipient, at in recent:
         if line_id is None or at is None:
             continue
@@ -42,7 +42,7 @@ def load_usage(
         select(Message.line_id, func.count())
         .where(Message.line_id.in_(ids), Message.dispatched_at > now - DAY)
         .group_by(Message.line_id)
-    ).tuples()
+    )
     for line_id, count in counts:
         if line_id is not None:
             usage[line_id].day_count = count
@@ -63,7 +63,7 @@ def load_usage(
         select(Chat.line_id, Chat.first_sent_at)
         .where(Chat.line_id.in_(ids), Chat.first_sent_at > now - DAY)
         .order_by(Chat.first_sent_at)
-    ).tuples()
+    )
     for line_id, first in new_chats:
         if first is not None:
             usage[line_id].new_chats.append(first)

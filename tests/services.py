@@ -1,0 +1,48 @@
+"""Reaching the real services tests use: skip locally when absent, fail in CI."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+import sqlalchemy
+
+REDIS_URL = os.environ.get("HEALTHGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get(
+    "HEALTHGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(service: str, url: str, error: Exception) -> None:
+    """Skip with the reason on a developer's machine; fail in CI, which must run it."""
+    message = f"{service} is not reachable at {url} ({type(error).__name__}: {error})"
+    if in_ci():
+        pytest.fail(f"{message}; CI must exercise these tests")
+    pytest.skip(message)
+
+
+def require_redis() -> str:
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        unavailable("Redis", REDIS_URL, exc)
+    return REDIS_URL
+
+
+def require_postgres() -> str:
+    engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as exc:
+        unavailable("PostgreSQL", POSTGRES_URL, exc.orig or exc)
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
