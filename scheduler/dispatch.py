@@ -93,7 +93,7 @@ def claim_due(runtime: Runtime, now: datetime, limit: int) -> Claim:
         due = (
             select(Message.id)
             .where(Message.state.in_(WAITING_STATES), Message.not_before <= now)
-            .order_by(Message.not_before)
+            .order_by(Message.not_before, Message.id)
             .limit(room)
             .with_for_update(skip_locked=True)
         )

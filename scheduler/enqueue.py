@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +41,16 @@ class NewMessage:
     expires_at: datetime | None = None
 
 
+_sequence = itertools.count()
+
+
 def new_message_id() -> str:
-    return "msg_" + uuid.uuid4().hex
+    """A unique id that sorts in enqueue order: milliseconds, a counter, then randomness.
+
+    Dispatch goes in id order, so messages of one chat leave in the order they came.
+    """
+    millis = time.time_ns() // 1_000_000
+    return f"msg_{millis:012x}{next(_sequence) % 0x1000000:06x}{uuid.uuid4().hex[:14]}"
 
 
 def enqueue_many(
