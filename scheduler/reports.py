@@ -23,9 +23,7 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
             select(Message.line_id, func.count())
             .where(Message.dispatched_at > now - timedelta(days=1))
             .group_by(Message.line_id)
-        )
-        
-        .all()
+        ).all()
     )
     lines = [
         {

@@ -59,9 +59,7 @@ def lines_for_new_recipient(session: Session, policy: Policy, now: datetime) -> 
                 Message.dispatched_at > now - timedelta(days=1),
             )
             .group_by(Message.line_id)
-        )
-        
-        .all()
+        ).all()
     )
 
     def headroom(line: Line) -> float:
