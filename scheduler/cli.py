@@ -227,3 +227,7 @@ def db_upgrade() -> None:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     app()
+
+
+if __name__ == "__main__":
+    main()
