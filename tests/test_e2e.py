@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
+import sqlalchemy
 
 from scheduler.client import Healthgate
 from scheduler.providers.log import read_send_log
@@ -51,21 +52,22 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 
 @pytest.fixture
-def redis_settings(tmp_path: Path, postgres_database: str) -> Iterator[Settings]:
+def redis_settings(tmp_path: Path, postgres_database: str) -> Settings:
     url = require_redis()
     client = redis.Redis.from_url(url)
     client.flushdb()  # the test database only: stale tasks of an earlier run go
     client.close()
     policy = tmp_path / "healthgate.toml"
-    policy.write_text(POLICY)
-    # The store of the session's PostgreSQL database, emptied by a throwaway client.
-    import sqlalchemy
-
+    # Caps high enough that this test measures dispatch, not pacing (tested elsewhere).
+    policy.write_text(
+        POLICY + "[caps]\nsends_per_minute = 1000\ndistinct_recipients_per_hour = 1000\n"
+        "new_conversations_per_day = 1000\n"
+    )
     engine = sqlalchemy.create_engine(postgres_database)
     with engine.begin() as conn:
         conn.exec_driver_sql("TRUNCATE decisions, messages, opt_outs, chats, lines CASCADE")
     engine.dispose()
-    yield Settings(
+    return Settings(
         data_dir=tmp_path / "data",
         policy_file=policy,
         database_url=postgres_database,
