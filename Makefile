@@ -1,0 +1,30 @@
+# One place for the project's commands; CI runs the same ones.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Run the main job (worker + beat) on the embedded default: no server needed.
+run: $(STAMP)
+	@test -f healthgate.toml || $(BIN)/healthgate init
+	$(BIN)/healthgate run
+
+## Lint, type-check and run every test (Redis and PostgreSQL tests skip if absent, fail in CI).
+test: lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .healthgate .pytest_cache .mypy_cache .ruff_cache
