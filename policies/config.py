@@ -15,8 +15,9 @@ from policies.e164 import to_e164
 from policies.errors import InvalidInput, PolicyFileError
 
 Provider = Literal["log", "linq", "360dialog"]
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Strict: TOML has real numbers, so `true` or "20" for a threshold is a mistake, not 1 or 20.
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+PositiveFloat = Annotated[float, Field(gt=0, strict=True)]
 
 
 class _Section(BaseModel):
@@ -103,7 +104,7 @@ class LinePolicy(_Section):
     """What the gate does with AT_RISK and CRITICAL lines."""
 
     #: Multiplier on every cap of an AT_RISK line.
-    at_risk_pace_factor: Annotated[float, Field(gt=0, le=1)] = 0.5
+    at_risk_pace_factor: Annotated[float, Field(gt=0, le=1, strict=True)] = 0.5
     #: Whether an AT_RISK line may take new recipients when no HEALTHY line can.
     at_risk_takes_new_recipients: bool = False
 
@@ -142,7 +143,7 @@ class Policy(_Section):
         seen: set[str] = set()
         for index, line in enumerate(lines):
             if line.number in seen:
-                raise ValueError(f"[{index}].number {line.number!r} is declared twice")
+                raise _DeclaredTwice(index, line.number)
             seen.add(line.number)
         return lines
 
@@ -160,6 +161,12 @@ class Policy(_Section):
         return merged
 
 
+class _DeclaredTwice(ValueError):
+    def __init__(self, index: int, number: str) -> None:
+        self.index = index
+        super().__init__(f"{number!r} is declared twice")
+
+
 def _key(loc: tuple[int | str, ...]) -> str:
     key = ""
     for part in loc:
@@ -175,6 +182,9 @@ def parse_policy(data: Mapping[str, Any], path: str) -> Policy:
         error = exc.errors()[0]
         loc = tuple(error["loc"])
         problem = error["msg"].removeprefix("Value error, ")
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _DeclaredTwice):
+            loc += (cause.index, "number")
         if error["type"] == "extra_forbidden":
             problem = "unknown key"
         elif isinstance(error.get("input"), str | int | float | bool):
