@@ -99,6 +99,8 @@ class Line(Base):
     status_updated_at: Mapped[datetime | None]
     #: Why the provider says so (e.g. 360dialog additional_info / errors).
     detail: Mapped[dict[str, Any] | None]
+    #: When the line last came back to HEALTHY (and ACTIVE): its pace ramps up from here.
+    recovered_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
 
 
@@ -122,6 +124,8 @@ class Chat(Base):
     opted_out_at: Mapped[datetime | None]
     last_inbound_at: Mapped[datetime | None]
     first_sent_at: Mapped[datetime | None]
+    #: When the chat last came back to HEALTHY: its backlog is released from here.
+    recovered_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
 
 
@@ -146,6 +150,8 @@ class Message(Base):
         Index("ix_messages_line_dispatched", "line_id", "dispatched_at"),
         # Releases and opt-out drops: a chat's waiting messages.
         Index("ix_messages_chat_state", "chat_id", "state"),
+        # Content variation: the same body sent by a line inside a window.
+        Index("ix_messages_line_body_dispatched", "line_id", "body_hash", "dispatched_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -157,6 +163,8 @@ class Message(Base):
     pinned: Mapped[bool] = mapped_column(default=False)
     recipient: Mapped[str] = mapped_column(String(20))
     body: Mapped[str] = mapped_column(Text)
+    #: A digest of the normalised body, so near-identical bodies compare equal.
+    body_hash: Mapped[str | None] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16))
     not_before: Mapped[datetime | None]
     send_at: Mapped[datetime | None]
@@ -188,3 +196,21 @@ class DecisionRecord(Base):
     reason: Mapped[str] = mapped_column(Text)
     not_before: Mapped[datetime | None]
     line: Mapped[str | None] = mapped_column(String(20))
+
+
+class WebhookEvent(Base):
+    """Every signed event received, applied or not: redeliveries are recognised by id,
+    and refused events are kept for inspection rather than dropped."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_received_at", "received_at"),)
+
+    #: The provider's event id (``webhook-id``), prefixed by the source.
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    source: Mapped[str] = mapped_column(String(20))
+    event_type: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime]
+    #: applied, ignored (older than what is known, or nothing to do) or rejected.
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
