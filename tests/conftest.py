@@ -62,7 +62,7 @@ def postgres_database() -> Iterator[str]:
     admin.dispose()
 
 
-TABLES = "decisions, messages, opt_outs, chats, lines"
+TABLES = "decisions, messages, opt_outs, chats, lines, webhook_events"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
