@@ -26,6 +26,8 @@ app = typer.Typer(
     help="Outbound send scheduler gated on chat health and line reputation.",
     no_args_is_help=True,
     add_completion=False,
+    # A crash report must not print local variables: they can hold keys and message bodies.
+    pretty_exceptions_show_locals=False,
 )
 policy_app = typer.Typer(help="Check the policy file.", no_args_is_help=True)
 health_app = typer.Typer(help="Set health by hand.", no_args_is_help=True)
