@@ -350,3 +350,50 @@ def test_d360_line_without_its_key_in_the_environment_holds_without_calling() ->
     assert caught.value.failure is Failure.LINE_BLOCKED
     assert "D360_KEY_B" in caught.value.detail
     assert fake.requests == []
+
+
+# The provider's answer also covers the rest of the batch
+
+
+CAROL = "+14155550124"
+
+
+def test_linq_opt_out_answer_stops_the_recipient_s_other_sends_in_the_batch(
+    hg: Healthgate, linq: FakeProvider
+) -> None:
+    linq.then(answer(403, {"error": {"code": 2024}}))
+    ids = [hg.enqueue(to=BOB, body=f"m{i}", line=LINQ) for i in range(3)]
+
+    hg.drain()
+
+    assert [state(hg, m) for m in ids] == ["dropped"] * 3
+    assert len(linq.requests) == 1
+
+
+def test_linq_line_block_answer_stops_the_line_s_other_sends_in_the_batch(
+    hg: Healthgate, linq: FakeProvider
+) -> None:
+    linq.then(answer(403, {"error": {"code": 2027}}))
+    ids = [hg.enqueue(to=to, body="x", line=LINQ) for to in (BOB, CAROL)]
+    other_line = hg.enqueue(to=BOB, body="whatsapp", line=D360)
+
+    hg.drain()
+
+    assert [state(hg, m) for m in ids] == ["deferred"] * 2
+    assert state(hg, other_line) == "sent"
+    assert len(linq.requests) == 1
+
+
+def test_provider_crash_retries_instead_of_leaving_the_message_sending(
+    hg: Healthgate, linq: FakeProvider, clock: FrozenDateTimeFactory
+) -> None:
+    linq.then(answer(200, {"unexpected": True}))
+    message_id = hg.enqueue(to=BOB, body="odd answer", line=LINQ)
+
+    hg.drain()
+    assert state(hg, message_id) == "throttled"
+    clock.tick(timedelta(seconds=30))
+    hg.drain()
+
+    assert state(hg, message_id) == "sent"
+    assert linq.header("Idempotency-Key") == [message_id, message_id]
