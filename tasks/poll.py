@@ -14,7 +14,8 @@ from scheduler.runtime import Runtime
 def register_poll(app: Celery, runtime: Callable[[], Runtime]) -> None:
     """Register the poll task on ``app``; ``runtime`` gives this process's runtime."""
 
-    @app.task(name=constants.POLL_TASK, ignore_result=True)
+    # Not shared: another app in the same process (tests) must not inherit this closure.
+    @app.task(name=constants.POLL_TASK, ignore_result=True, shared=False)
     def poll_providers() -> dict[str, int]:
         """Ask every provider how our lines stand; apply what changed."""
         return poll(runtime()).counts

@@ -58,6 +58,8 @@ def fails(error: type[httpx.TransportError], text: str = "refused") -> Answer:
 def linq_ok(request: httpx.Request) -> httpx.Response:
     """Linq accepting a send: a new chat, or a message into an existing one."""
     n = len(request.content)
+    if request.url.path == "/v3/phone_numbers":
+        return httpx.Response(200, json={"phone_numbers": []})
     if request.url.path == "/v3/chats":
         return httpx.Response(200, json={"chat": {"id": f"chat-{n}", "message": {"id": f"lm-{n}"}}})
     chat_id = request.url.path.split("/")[3]
@@ -65,7 +67,12 @@ def linq_ok(request: httpx.Request) -> httpx.Response:
 
 
 def d360_ok(request: httpx.Request) -> httpx.Response:
-    """360dialog accepting a send, as the Cloud API answers it."""
+    """360dialog accepting a send, as the Cloud API answers it; every entity AVAILABLE."""
+    if request.url.path == "/health_status":
+        entities = [{"entity_type": "PHONE_NUMBER", "id": "1", "can_send_message": "AVAILABLE"}]
+        return httpx.Response(
+            200, json={"health_status": {"can_send_message": "AVAILABLE", "entities": entities}}
+        )
     to = json.loads(request.content)["to"]
     return httpx.Response(
         200,
