@@ -6,12 +6,14 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 
-from policies.config import parse_policy
+from policies.config import load_policy, parse_policy
+from policies.errors import PolicyFileError
 from policies.outcome import Failure
 from scheduler.client import Healthgate
 from scheduler.providers import Outbound, SendFailed
@@ -397,3 +399,49 @@ def test_provider_crash_retries_instead_of_leaving_the_message_sending(
 
     assert state(hg, message_id) == "sent"
     assert linq.header("Idempotency-Key") == [message_id, message_id]
+
+
+# The policy file names each 360dialog line's key variable
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        (
+            'provider = "360dialog"',
+            "a 360dialog line needs the environment variable of its API key",
+        ),
+        (
+            'provider = "linq"\napi_key_env = "D360_KEY"',
+            "only 360dialog lines take an API key variable",
+        ),
+        (
+            'provider = "360dialog"\napi_key_env = "sk-live 123"',
+            "is not an environment variable name (put the key in the environment)",
+        ),
+    ],
+)
+def test_api_key_env_problem_names_the_file_and_key(
+    tmp_path: Path, entry: str, problem: str
+) -> None:
+    path = tmp_path / "healthgate.toml"
+    path.write_text(f'[[lines]]\nnumber = "{D360}"\n{entry}\n')
+
+    with pytest.raises(PolicyFileError) as caught:
+        load_policy(path)
+
+    assert (caught.value.path, caught.value.key, caught.value.problem) == (
+        str(path),
+        "lines[0].api_key_env",
+        problem,
+    )
+    assert "sk-live" not in str(caught.value)
+
+
+def test_api_key_env_names_the_variable_of_a_360dialog_line() -> None:
+    policy = parse_policy(tomllib.loads(PROVIDER_POLICY), "healthgate.toml")
+
+    config = policy.line_config(D360)
+
+    assert config is not None
+    assert config.api_key_env == "D360_KEY_B"
