@@ -17,8 +17,6 @@ from policies.provider_health import CanSend, d360_health, linq_line
 from policies.statuses import LineReputation, LineStatus
 from scheduler.health import set_line_reputation, set_line_status
 from scheduler.lines import get_line, sync_lines
-from scheduler.providers.dialog360 import Dialog360Provider
-from scheduler.providers.linq import LinqProvider
 from scheduler.runtime import Runtime, utcnow
 
 log = logging.getLogger(__name__)
@@ -58,6 +56,8 @@ def poll(runtime: Runtime, now: datetime | None = None) -> PollReport:
 
 def _poll_linq(runtime: Runtime, numbers: list[str], now: datetime, report: PollReport) -> None:
     """One ``GET /v3/phone_numbers`` for every Linq line of ours."""
+    from scheduler.providers.linq import LinqProvider  # the SDK loads only when needed
+
     try:
         provider = runtime.providers.get("linq")
         if not isinstance(provider, LinqProvider):
@@ -87,6 +87,8 @@ def _poll_linq(runtime: Runtime, numbers: list[str], now: datetime, report: Poll
 
 def _poll_d360(runtime: Runtime, number: str, now: datetime, report: PollReport) -> None:
     """``GET /health_status`` with the line's own key."""
+    from scheduler.providers.dialog360 import Dialog360Provider
+
     try:
         provider = runtime.providers.get("360dialog")
         if not isinstance(provider, Dialog360Provider):

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import timedelta
 from typing import Protocol
-
-import httpx
 
 from policies.errors import HealthgateError
 from policies.outcome import Failure
-from scheduler import constants
-
-#: Every provider call is bounded: a worker must not hang while its claim's lease runs down.
-TIMEOUT = httpx.Timeout(
-    constants.PROVIDER_TIMEOUT_SECONDS, connect=constants.PROVIDER_CONNECT_TIMEOUT_SECONDS
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,21 +48,3 @@ class Provider(Protocol):
     def send(self, message: Outbound) -> Sent: ...
 
     def close(self) -> None: ...
-
-
-def retry_after(response: httpx.Response) -> timedelta | None:
-    """The ``Retry-After`` hint of an answer: seconds, or an HTTP date."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        return timedelta(seconds=max(float(value), 0))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(moment - datetime.now(UTC), timedelta(0))

@@ -15,7 +15,8 @@ import httpx
 from policies.config import Policy
 from policies.errors import HealthgateError
 from policies.outcome import Failure
-from scheduler.providers.base import TIMEOUT, Outbound, SendFailed, Sent, retry_after
+from scheduler.providers.base import Outbound, SendFailed, Sent
+from scheduler.providers.http import TIMEOUT, retry_after
 
 #: WhatsApp error codes (Meta's Cloud API codes, passed through by 360dialog) and what
 #: each means for the gate. Codes decide before the HTTP status: Meta answers most of

@@ -10,7 +10,8 @@ import linq
 
 from policies.errors import HealthgateError
 from policies.outcome import Failure
-from scheduler.providers.base import TIMEOUT, Outbound, SendFailed, Sent, retry_after
+from scheduler.providers.base import Outbound, SendFailed, Sent
+from scheduler.providers.http import TIMEOUT, retry_after
 
 #: Linq error codes that carry meaning for the gate (see the provider's docs).
 RECIPIENT_OPTED_OUT = 2024
