@@ -445,3 +445,13 @@ def test_api_key_env_names_the_variable_of_a_360dialog_line() -> None:
 
     assert config is not None
     assert config.api_key_env == "D360_KEY_B"
+
+
+@pytest.mark.parametrize("body", [None, {"messages": []}, {"messages": ["x"]}, "ok"])
+def test_d360_accepted_send_with_an_odd_body_is_still_sent(body: object) -> None:
+    fake = FakeProvider(answer(200, body))
+    provider = Dialog360Provider(D360_URL, lambda line: "k", http_client=fake.client())
+
+    sent = provider.send(outbound())
+
+    assert sent.provider_message_id is None

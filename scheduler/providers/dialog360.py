@@ -114,8 +114,10 @@ class Dialog360Provider:
         except httpx.TransportError as exc:
             raise SendFailed(Failure.TRANSIENT, f"connection error: {exc}") from None
         if response.is_success:
-            messages = _json(response).get("messages") or [{}]
-            return Sent(provider_message_id=messages[0].get("id"))
+            # Accepted, whatever the body looks like: a retry would deliver it twice.
+            messages = _json(response).get("messages")
+            first = messages[0] if isinstance(messages, list) and messages else None
+            return Sent(provider_message_id=first.get("id") if isinstance(first, dict) else None)
         raise _failure(response)
 
     def health_status(self, line: str) -> dict[str, Any]:
