@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -9,12 +10,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from policies.e164 import to_e164
 from policies.errors import InvalidInput, PolicyFileError
 
 Provider = Literal["log", "linq", "360dialog"]
+#: What a shell accepts as a variable name: the file names the variable, not the key.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Strict: TOML has real numbers, so `true` or "20" for a threshold is a mistake, not 1 or 20.
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 PositiveFloat = Annotated[float, Field(gt=0, strict=True)]
@@ -72,6 +83,23 @@ class LineConfig(_Section):
     number: str
     provider: Provider = "log"
     caps: CapsOverride = CapsOverride()
+    #: The environment variable holding the line's API key (360dialog keys are per
+    #: number); the file names the variable, never the secret.
+    api_key_env: Annotated[str | None, Field(validate_default=True)] = None
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        provider = info.data.get("provider")
+        if value is None:
+            if provider == "360dialog":
+                raise ValueError("a 360dialog line needs the environment variable of its API key")
+            return None
+        if provider != "360dialog":
+            raise ValueError("only 360dialog lines take an API key variable")
+        if not _ENV_NAME.fullmatch(value):
+            raise ValueError("is not an environment variable name (put the key in the environment)")
+        return value
 
     @field_validator("number", mode="before")
     @classmethod
@@ -187,6 +215,8 @@ def parse_policy(data: Mapping[str, Any], path: str) -> Policy:
             loc += (cause.index, "number")
         if error["type"] == "extra_forbidden":
             problem = "unknown key"
+        elif loc[-1:] == ("api_key_env",):
+            pass  # a key pasted in by mistake must not end up in logs
         elif isinstance(error.get("input"), str | int | float | bool):
             problem = f"{problem} (got {error['input']!r})"
         raise PolicyFileError(path, _key(loc) or "(top level)", problem) from None

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from policies.config import load_policy
 from policies.errors import HealthgateError, InvalidInput
-from scheduler import runner
+from scheduler import reports, runner
 from scheduler.client import Healthgate
 from scheduler.settings import Settings
 
@@ -134,6 +134,22 @@ def drain(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
+def poll(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Ask every provider once how the lines stand, apply what changed, then exit."""
+    with _client() as client:
+        report = client.poll()
+    if as_json:
+        _print_json({"counts": report.counts, "errors": report.errors})
+    else:
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()))
+        out.print(f"polled: {summary or 'no provider lines'}")
+        for problem in report.errors:
+            err.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
     """Lines with their reputation, chats by health, messages by state."""
     with _client() as client:
@@ -141,13 +157,21 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         _print_json(data)
         return
-    lines = Table("line", "provider", "reputation", "status", "sent 24h", title="lines")
+    lines = Table("line", "provider", "reputation", "since", "status", "sent 24h", title="lines")
     for line in data["lines"]:
         state = line["status"] if line["enabled"] else f"{line['status']} (not declared)"
         lines.add_row(
-            line["number"], line["provider"], line["reputation"], state, str(line["dispatched_24h"])
+            line["number"],
+            line["provider"],
+            line["reputation"],
+            line["reputation_updated_at"] or "-",
+            state,
+            str(line["dispatched_24h"]),
         )
     out.print(lines)
+    for line in data["lines"]:
+        for reason in reports.reasons(line["detail"]):
+            out.print(f"  {line['number']}: {reason}", highlight=False, soft_wrap=True)
     for title, counts in (
         ("chats by health", data["chats"]),
         ("messages by state", data["messages"]),
@@ -171,6 +195,15 @@ def explain(message_id: str, as_json: bool = typer.Option(False, "--json")) -> N
         f"[bold]{data['state']}[/bold]",
         highlight=False,
     )
+    held = data.get("line_health")
+    if held:
+        out.print(
+            f"  held by its line: reputation {held['reputation']} "
+            f"(since {held['reputation_updated_at'] or '-'}), status {held['status']}",
+            highlight=False,
+        )
+        for reason in reports.reasons(held["detail"]):
+            out.print(f"    {reason}", highlight=False, soft_wrap=True)
     for d in data["decisions"]:
         until = f" (until {d['not_before']})" if d["not_before"] else ""
         out.print(

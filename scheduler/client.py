@@ -13,6 +13,7 @@ from scheduler.db import has_schema, upgrade
 from scheduler.dispatch import Report, drain
 from scheduler.enqueue import NewMessage, enqueue_many
 from scheduler.lines import sync_lines
+from scheduler.polling import PollReport, poll
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
 
@@ -96,6 +97,10 @@ class Healthgate:
     def drain(self, now: datetime | None = None) -> Report:
         """Dispatch everything due now in this process."""
         return drain(self.runtime, now)
+
+    def poll(self, now: datetime | None = None) -> PollReport:
+        """Ask every provider once how the lines stand, and apply what changed."""
+        return poll(self.runtime, now)
 
     def status(self) -> dict[str, Any]:
         with self.runtime.sessions() as session:

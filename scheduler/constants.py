@@ -6,6 +6,7 @@ from __future__ import annotations
 #: renaming one strands messages already in the broker.
 TICK_TASK = "healthgate.tick"
 DISPATCH_TASK = "healthgate.dispatch"
+POLL_TASK = "healthgate.poll"
 
 #: One queue for everything keeps the embedded default simple; operators can route
 #: dispatch to its own queue with Celery's ``task_routes`` without code changes.
@@ -32,6 +33,18 @@ LEASE_SECONDS = 120.0
 
 #: A tick older than this is useless (the next one is coming), so the broker drops it.
 TICK_EXPIRES_SECONDS = 10.0
+
+#: Beat asks the providers for line health this often. The provider scores move over
+#: hours and webhooks carry the urgent changes; polling catches what a webhook missed.
+POLL_SECONDS = 300.0
+
+#: Connecting to a provider should be quick; a send or a health read may take longer,
+#: but a worker must not hang on one call while its claim's lease runs down.
+PROVIDER_CONNECT_TIMEOUT_SECONDS = 5.0
+PROVIDER_TIMEOUT_SECONDS = 30.0
+
+#: 360dialog's documented base URL of the WhatsApp Cloud API.
+D360_BASE_URL = "https://waba-v2.360dialog.io"
 
 #: SQLite waits this long for the writer lock before failing, which covers a CLI
 #: command and a worker writing at the same moment.

@@ -18,6 +18,7 @@ from policies.gate import ChatFacts, LineFacts, MessageFacts, decide
 from policies.outcome import Failure, after_failure
 from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
 from policies.usage import LineUsage
+from scheduler.answers import BatchAnswers
 from scheduler.enqueue import chat_for
 from scheduler.health import opt_out
 from scheduler.models import (
@@ -160,8 +161,9 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
             return report
         batch = _load(session, messages, runtime, now)
         to_send = [send for message in messages if (send := _gate(session, message, batch, report))]
+    answers = BatchAnswers(runtime.policy.opt_out.scope)
     for send in to_send:
-        _send(runtime, send, report)
+        _send(runtime, send, report, answers)
     return report
 
 
@@ -347,13 +349,25 @@ def _record(
     )
 
 
-def _send(runtime: Runtime, send: _Send, report: Report) -> None:
+def _send(runtime: Runtime, send: _Send, report: Report, answers: BatchAnswers) -> None:
     """Call the provider and record its answer, which is final."""
     outbound = send.outbound
+    earlier = answers.earlier(send.line_id, outbound)
+    if earlier is not None:
+        _record_failure(runtime, outbound, earlier, report)
+        return
     try:
         sent = runtime.providers.get(send.provider).send(outbound)
     except SendFailed as failure:
+        answers.note(send.line_id, outbound, failure)
         _record_failure(runtime, outbound, failure, report)
+        return
+    except Exception as exc:
+        # A provider bug or an answer the client cannot read must not leave the message
+        # SENDING for ever: retry it with the same idempotency key.
+        log.exception("provider %s failed on %s", send.provider, outbound.message_id)
+        crashed = SendFailed(Failure.TRANSIENT, f"provider error: {type(exc).__name__}")
+        _record_failure(runtime, outbound, crashed, report)
         return
     now = utcnow()
     with runtime.sessions.begin() as session:

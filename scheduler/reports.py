@@ -9,7 +9,8 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from policies.errors import InvalidInput
-from scheduler.models import Chat, DecisionRecord, Line, Message
+from scheduler.health import LINE_HOLDS
+from scheduler.models import WAITING_STATES, Chat, DecisionRecord, Line, Message
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -33,6 +34,7 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
             "reputation": line.reputation,
             "reputation_updated_at": _iso(line.reputation_updated_at),
             "status": line.status,
+            "status_updated_at": _iso(line.status_updated_at),
             "dispatched_24h": sent_today.get(line.id, 0),
             "detail": line.detail,
         }
@@ -59,6 +61,11 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
         .where(DecisionRecord.message_id == message_id)
         .order_by(DecisionRecord.id)
     )
+    held_by_line = (
+        line is not None
+        and message.state in {s.value for s in WAITING_STATES}
+        and message.last_code in LINE_HOLDS
+    )
     return {
         "id": message.id,
         "to": message.recipient,
@@ -70,6 +77,8 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
         "idempotency_key": message.idempotency_key,
         "created_at": _iso(message.created_at),
         "sent_at": _iso(message.sent_at),
+        # Why the line holds the message, in the provider's words, while it does.
+        "line_health": _line_health(line) if held_by_line and line else None,
         "decisions": [
             {
                 "at": _iso(d.at),
@@ -82,3 +91,32 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
             for d in decisions
         ],
     }
+
+
+def _line_health(line: Line) -> dict[str, Any]:
+    return {
+        "reputation": line.reputation,
+        "reputation_updated_at": _iso(line.reputation_updated_at),
+        "status": line.status,
+        "status_updated_at": _iso(line.status_updated_at),
+        "detail": line.detail,
+    }
+
+
+def reasons(detail: dict[str, Any] | None) -> list[str]:
+    """One readable line per provider reason kept in a line's detail."""
+    found: list[str] = []
+    for entity in (detail or {}).get("entities", []):
+        kind = f"{entity.get('entity_type')} {entity.get('id')}".strip()
+        state = entity.get("can_send_message")
+        info = entity.get("additional_info")
+        if info:
+            text = "; ".join(map(str, info)) if isinstance(info, list) else str(info)
+            found.append(f"{kind}: {state}: {text}")
+        for error in entity.get("errors", []):
+            found.append(
+                f"{kind}: {state}: error {error.get('error_code')}: "
+                f"{error.get('error_description')} (possible solution: "
+                f"{error.get('possible_solution')})"
+            )
+    return found

@@ -70,12 +70,13 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, providers: dict[str, Provider] | None = None) -> Runtime:
         engine = engine_for(settings)
+        policies = PolicySource(settings.policy_file)
         return cls(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
-            policies=PolicySource(settings.policy_file),
-            providers=Providers(settings, providers),
+            policies=policies,
+            providers=Providers(settings, providers, policies.current),
         )
 
     @property

@@ -32,9 +32,13 @@ class Settings(BaseSettings):
     claim_limit: int = Field(constants.CLAIM_LIMIT, gt=0)
     max_in_flight: int = Field(constants.MAX_IN_FLIGHT, gt=0)
     lease_seconds: float = Field(constants.LEASE_SECONDS, gt=0)
+    #: How often beat polls the providers for line health.
+    poll_seconds: float = Field(constants.POLL_SECONDS, gt=0)
 
     linq_api_key: SecretStr | None = None
     linq_base_url: str | None = None
+    #: 360dialog's API; each line's key is named by ``api_key_env`` in the policy file.
+    d360_base_url: str = constants.D360_BASE_URL
 
     @property
     def database(self) -> str:

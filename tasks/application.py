@@ -13,6 +13,7 @@ from scheduler.client import Healthgate
 from scheduler.runtime import Runtime
 from scheduler.settings import Settings
 from tasks.dispatch import register
+from tasks.poll import register_poll
 
 
 class RuntimeHolder:
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(_config(settings))
     holder = RuntimeHolder(settings)
     register(app, holder.get, settings)
+    register_poll(app, holder.get)
 
     @worker_process_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
@@ -79,7 +81,13 @@ def _config(settings: Settings) -> dict[str, Any]:
                 "task": constants.TICK_TASK,
                 "schedule": settings.tick_seconds,
                 "options": {"expires": constants.TICK_EXPIRES_SECONDS},
-            }
+            },
+            "healthgate-poll": {
+                "task": constants.POLL_TASK,
+                "schedule": settings.poll_seconds,
+                # A poll still queued when the next is due is stale: drop it.
+                "options": {"expires": settings.poll_seconds},
+            },
         },
         "beat_schedule_filename": str(settings.data_dir / constants.BEAT_SCHEDULE_FILE),
     }

@@ -16,12 +16,12 @@ from scheduler.settings import Settings
 def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) -> None:
     """Register healthgate's tasks on ``app``; ``runtime`` gives this process's runtime."""
 
-    @app.task(name=constants.DISPATCH_TASK, ignore_result=True)
+    @app.task(name=constants.DISPATCH_TASK, ignore_result=True, shared=False)
     def dispatch(token: str, ids: list[str]) -> dict[str, int]:
         """Gate and send one claimed batch (a stale token does nothing)."""
         return dispatch_claimed(runtime(), Claim(token, ids)).counts
 
-    @app.task(name=constants.TICK_TASK, ignore_result=True)
+    @app.task(name=constants.TICK_TASK, ignore_result=True, shared=False)
     def tick() -> int:
         """Claim what is due and hand it to dispatch tasks in batches."""
         current = runtime()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from policies.config import Policy
 from policies.errors import HealthgateError
 from scheduler.providers.base import Outbound, Provider, SendFailed, Sent
 from scheduler.providers.log import LogProvider
@@ -13,8 +16,15 @@ __all__ = ["Outbound", "Provider", "Providers", "SendFailed", "Sent"]
 class Providers:
     """One client per provider name, per process, created on first use."""
 
-    def __init__(self, settings: Settings, overrides: dict[str, Provider] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        overrides: dict[str, Provider] | None = None,
+        policy: Callable[[], Policy] | None = None,
+    ) -> None:
         self.settings = settings
+        #: The current policy, for what lives per line in it (360dialog key variables).
+        self.policy = policy
         self._clients: dict[str, Provider] = dict(overrides or {})
 
     def get(self, name: str) -> Provider:
@@ -34,6 +44,12 @@ class Providers:
             return LinqProvider(
                 self.settings.linq_api_key.get_secret_value(), self.settings.linq_base_url
             )
+        if name == "360dialog":
+            from scheduler.providers.dialog360 import Dialog360Provider, env_keys
+
+            if self.policy is None:
+                raise HealthgateError("provider '360dialog' needs the policy file for its keys")
+            return Dialog360Provider(self.settings.d360_base_url, env_keys(self.policy))
         raise HealthgateError(f"provider {name!r} has no sender in this version")
 
     def close(self) -> None:

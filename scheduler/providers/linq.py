@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import linq
 
+from policies.errors import HealthgateError
 from policies.outcome import Failure
 from scheduler.providers.base import Outbound, SendFailed, Sent
+from scheduler.providers.http import TIMEOUT, retry_after
 
 #: Linq error codes that carry meaning for the gate (see the provider's docs).
 RECIPIENT_OPTED_OUT = 2024
 LINE_CANNOT_SEND = 2027
 
 
+class LinqUnavailable(HealthgateError):
+    """A read from Linq failed; nothing stored is changed because of it."""
+
+
 class LinqProvider:
     """Sends with ``POST /v3/chats`` for a new conversation, into the chat otherwise.
 
     The SDK's own retries are off: a retry is a scheduling decision (backoff,
-    caps, health may have changed), so the scheduler takes it and records it.
+    caps, health may have changed), so the scheduler takes it and records it. The
+    message id is the idempotency key, in the body and as the ``Idempotency-Key``
+    header, on every attempt: Linq sends a key it has seen once only.
     """
 
     def __init__(
@@ -29,7 +38,11 @@ class LinqProvider:
         http_client: httpx.Client | None = None,
     ) -> None:
         self.client = linq.LinqAPIV3(
-            api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            http_client=http_client,
+            timeout=TIMEOUT,
         )
 
     def send(self, message: Outbound) -> Sent:
@@ -37,12 +50,15 @@ class LinqProvider:
             "parts": [{"type": "text", "value": message.body}],
             "idempotency_key": message.idempotency_key,
         }
+        headers = {"Idempotency-Key": message.idempotency_key}
         try:
             if message.provider_chat_id:
-                sent = self.client.chats.messages.send(message.provider_chat_id, message=content)
+                sent = self.client.chats.messages.send(
+                    message.provider_chat_id, message=content, extra_headers=headers
+                )
                 return Sent(provider_message_id=sent.message.id)
             created = self.client.chats.create(
-                from_=message.line, to=[message.recipient], message=content
+                from_=message.line, to=[message.recipient], message=content, extra_headers=headers
             )
         except linq.APIStatusError as exc:
             raise _failure(exc) from None
@@ -52,6 +68,14 @@ class LinqProvider:
             provider_message_id=created.chat.message.id,
             provider_chat_id=created.chat.id,
         )
+
+    def phone_numbers(self) -> list[dict[str, Any]]:
+        """``GET /v3/phone_numbers`` as plain data, extra and deprecated fields included."""
+        try:
+            listed = self.client.phone_numbers.list()
+        except linq.APIError as exc:
+            raise LinqUnavailable(f"linq phone_numbers: {exc.message}") from None
+        return [number.to_dict() for number in listed.phone_numbers]
 
     def close(self) -> None:
         self.client.close()
@@ -65,15 +89,8 @@ def _failure(exc: linq.APIStatusError) -> SendFailed:
     if status == 403 and code == LINE_CANNOT_SEND:
         return SendFailed(Failure.LINE_BLOCKED, detail)
     if status == 429:
-        hint = exc.retry_after or _retry_after_header(exc.response)
-        return SendFailed(Failure.RATE_LIMITED, detail, timedelta(seconds=hint) if hint else None)
+        hint = timedelta(seconds=exc.retry_after) if exc.retry_after else None
+        return SendFailed(Failure.RATE_LIMITED, detail, hint or retry_after(exc.response))
     if status >= 500 or status == 408:
         return SendFailed(Failure.TRANSIENT, detail)
     return SendFailed(Failure.REJECTED, detail)
-
-
-def _retry_after_header(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None

@@ -1,0 +1,21 @@
+"""Beat's provider poll: line reputation and status from each provider's own answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from celery import Celery
+
+from scheduler import constants
+from scheduler.polling import poll
+from scheduler.runtime import Runtime
+
+
+def register_poll(app: Celery, runtime: Callable[[], Runtime]) -> None:
+    """Register the poll task on ``app``; ``runtime`` gives this process's runtime."""
+
+    # Not shared: another app in the same process (tests) must not inherit this closure.
+    @app.task(name=constants.POLL_TASK, ignore_result=True, shared=False)
+    def poll_providers() -> dict[str, int]:
+        """Ask every provider how our lines stand; apply what changed."""
+        return poll(runtime()).counts
