@@ -35,6 +35,12 @@ class Settings(BaseSettings):
 
     linq_api_key: SecretStr | None = None
     linq_base_url: str | None = None
+    #: The Linq webhook signing secret (``whsec_...``); without it webhooks are refused.
+    linq_webhook_secret: SecretStr | None = None
+
+    #: Where the web process (webhooks, read-only JSON) listens.
+    web_host: str = constants.WEB_HOST
+    web_port: int = Field(constants.WEB_PORT, gt=0, lt=65536)
 
     @property
     def database(self) -> str:
