@@ -202,3 +202,19 @@ def test_uvicorn_drops_the_queue_on_a_signed_stop_over_http(tmp_path: Path) -> N
     hg.close()
     assert "Application shutdown complete" in log
     assert web.returncode in (0, -signal.SIGTERM)
+
+
+def test_web_command_serves_the_factory_on_the_configured_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: served.append((app, options)))
+    monkeypatch.setenv("HEALTHGATE_WEB_HOST", "0.0.0.0")
+    monkeypatch.setenv("HEALTHGATE_WEB_PORT", "8765")
+
+    result = CliRunner().invoke(cli_app, ["web"])
+
+    assert result.exit_code == 0, result.output
+    assert served == [
+        ("scheduler.web:create_app", {"factory": True, "host": "0.0.0.0", "port": 8765})
+    ]

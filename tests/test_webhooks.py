@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -12,11 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 from freezegun.api import FrozenDateTimeFactory
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from scheduler import listing
 from scheduler.client import Healthgate
+from scheduler.models import WebhookEvent
 from scheduler.settings import Settings
 from scheduler.web import create_app
+from scheduler.webhooks.inbox import LinqInbox, Receipt
 from tests.conftest import LINE_A, START
 from tests.linq_events import (
     CHAT_ID,
@@ -28,6 +32,7 @@ from tests.linq_events import (
     message_event,
     signed,
 )
+from tests.test_e2e import wait_until
 
 BOB = "+14155550123"
 Post = Callable[..., httpx2.Response]
@@ -366,3 +371,49 @@ def test_inbound_reply_lifts_the_at_risk_throttle(hg: Healthgate, post: Post) ->
 
     # Then the second message goes out
     assert state(hg, second) == "sent"
+
+
+def test_concurrent_delivery_of_the_same_event_is_applied_once(
+    settings: Settings, hg: Healthgate
+) -> None:
+    if settings.database.startswith("sqlite"):
+        pytest.skip("SQLite serializes writers at BEGIN: the second delivery cannot race")
+    # Given a delivery of event evt_race whose transaction has written its record, not yet
+    # committed, and a second delivery of the same event arriving meanwhile
+    message_id = hg.enqueue(to=BOB, body="hi", line=LINE_A)
+    body, headers = signed(
+        message_event(LINE_A, BOB, START, text="STOP", event_id="evt_race"), START
+    )
+    inbox = LinqInbox(hg.runtime, SecretStr(SECRET))
+    answers: list[Receipt] = []
+    second = threading.Thread(target=lambda: answers.append(inbox.receive(body, headers)))
+    with hg.runtime.sessions.begin() as first:
+        first.add(
+            WebhookEvent(
+                id="linq:evt_race",
+                source="linq",
+                event_type="message.received",
+                received_at=START,
+                outcome="ignored",
+                payload="{}",
+            )
+        )
+        first.flush()
+        second.start()
+        wait_until(lambda: lock_waits(hg) > 0, 10, "the second delivery to wait on the record")
+    # When the first commits
+    second.join(timeout=10)
+
+    # Then the second answers as a redelivery and applies nothing
+    assert [(a.status_code, a.body["outcome"]) for a in answers] == [(200, "duplicate")]
+    assert state(hg, message_id) == "queued"
+    assert [e["outcome"] for e in events(hg)] == ["ignored"]
+
+
+def lock_waits(hg: Healthgate) -> int:
+    with hg.runtime.engine.connect() as conn:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return int(conn.execute(query).scalar_one())
