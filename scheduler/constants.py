@@ -51,3 +51,7 @@ WEB_PORT = 8000
 #: Rows a read-only listing returns when the caller names no limit, and at most.
 LIST_LIMIT = 100
 LIST_LIMIT_MAX = 1000
+
+#: Linq's webhook bodies are a few kilobytes; anything far larger is not one of them and
+#: is refused before it is verified or stored.
+WEBHOOK_MAX_BYTES = 1_000_000

@@ -51,13 +51,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _invalid(_request: Request, exc: InvalidInput) -> JSONResponse:
         return JSONResponse({"error": str(exc), "field": exc.field}, status_code=422)
 
+    _webhook_routes(app, inbox)
+    _read_routes(app, runtime)
+    return app
+
+
+def _webhook_routes(app: FastAPI, inbox: LinqInbox) -> None:
     @app.post("/webhooks/linq", tags=["webhooks"])
     async def linq_webhook(request: Request) -> JSONResponse:
         """A Linq event, signed per Standard Webhooks; 401 unless the signature verifies."""
         body = await request.body()
+        if len(body) > constants.WEBHOOK_MAX_BYTES:
+            limit = constants.WEBHOOK_MAX_BYTES
+            return JSONResponse({"error": f"body: larger than {limit} bytes"}, status_code=413)
         receipt = await run_in_threadpool(inbox.receive, body, dict(request.headers))
         return JSONResponse(receipt.body, status_code=receipt.status_code)
 
+
+def _read_routes(app: FastAPI, runtime: Runtime) -> None:
     @app.get("/healthz", tags=["ops"])
     def healthz() -> JSONResponse:
         """200 when the database answers, 503 otherwise."""
@@ -103,5 +114,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Webhook events received, newest first (rejected ones say why)."""
         with runtime.sessions() as session:
             return listing.events(session, outcome.value if outcome else None, limit)
-
-    return app

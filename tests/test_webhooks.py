@@ -373,6 +373,53 @@ def test_inbound_reply_lifts_the_at_risk_throttle(hg: Healthgate, post: Post) ->
     assert state(hg, second) == "sent"
 
 
+def test_health_from_before_an_opt_out_does_not_clear_it(hg: Healthgate, post: Post) -> None:
+    # Given Bob's STOP, whose event still carried the chat's earlier HEALTHY status
+    earlier = START - timedelta(hours=1)
+    post(message_event(LINE_A, BOB, START, text="STOP", status="HEALTHY", status_at=earlier))
+
+    # When a delivery receipt with that same earlier HEALTHY arrives afterwards
+    response = post(chat_health_event(LINE_A, "HEALTHY", earlier))
+    message_id = hg.enqueue(to=BOB, body="hi", line=LINE_A)
+
+    # Then Bob stays opted out
+    assert response.json()["outcome"] == "ignored"
+    assert state(hg, message_id) == "dropped"
+
+
+def test_late_inbound_older_than_the_newest_one_changes_nothing(hg: Healthgate, post: Post) -> None:
+    # Given Bob's OPTIN at START was recorded
+    post(message_event(LINE_A, BOB, START, text="OPTIN"))
+
+    # When his earlier STOP arrives late
+    response = post(message_event(LINE_A, BOB, START - timedelta(minutes=1), text="STOP"))
+    message_id = hg.enqueue(to=BOB, body="hi", line=LINE_A)
+
+    # Then the newer OPTIN stands
+    assert response.json()["outcome"] == "ignored"
+    assert state(hg, message_id) == "queued"
+
+
+def test_rejected_event_delivered_again_is_recognised_by_its_event_id(
+    hg: Healthgate, post: Post
+) -> None:
+    payload = line_event(LINE_A, START, new_reputation="SICK", event_id="evt_bad")
+    first = post(payload, webhook_id="msg_a")
+
+    again = post(payload, webhook_id="msg_b")
+
+    assert (first.status_code, again.status_code) == (422, 200)
+    assert again.json() == {"outcome": "duplicate", "first": "rejected"}
+    assert [e["id"] for e in events(hg)] == ["linq:evt_bad"]
+
+
+def test_oversized_body_is_413_and_not_stored(hg: Healthgate, post: Post) -> None:
+    response = post(b"x" * 1_000_001)
+
+    assert response.status_code == 413
+    assert events(hg) == []
+
+
 def test_concurrent_delivery_of_the_same_event_is_applied_once(
     settings: Settings, hg: Healthgate
 ) -> None:

@@ -16,12 +16,20 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookV
 
 from policies.config import Policy
 from policies.errors import InvalidInput
+from policies.statuses import ChatHealth
 from scheduler import health
 from scheduler.enqueue import chat_for
 from scheduler.lines import get_line, sync_lines
 from scheduler.models import Chat, Line, WebhookEvent
 from scheduler.runtime import Runtime, utcnow
-from scheduler.webhooks.linq import ChatHealthSeen, Fact, InboundSeen, LineSeen, parse_event
+from scheduler.webhooks.linq import (
+    ChatHealthSeen,
+    Fact,
+    InboundSeen,
+    LineSeen,
+    event_id_of,
+    parse_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +90,8 @@ class LinqInbox:
             event = parse_event(body)
         except InvalidInput as exc:
             error, event = exc, None
-        key = f"{SOURCE}:{event.event_id if event else webhook_id}"
+        # Linq dedupes on event_id; the signed webhook-id stands in when the body has none.
+        key = f"{SOURCE}:{event.event_id if event else event_id_of(body) or webhook_id}"
         policy = self.runtime.policy
         with self.runtime.sessions.begin() as session:
             known = session.get(WebhookEvent, key)
@@ -120,35 +129,42 @@ class LinqInbox:
 def apply(
     session: Session, policy: Policy, facts: tuple[Fact, ...], now: datetime
 ) -> tuple[Outcome, str | None]:
-    """Apply every fact; APPLIED if any changed something, IGNORED if all were stale."""
-    changed = False
-    notes: list[str] = []
-    for fact in facts:
-        if isinstance(fact, LineSeen):
-            changed |= _apply_line(session, fact, now)
-            continue
-        found = _chat(session, fact, now)
-        if found is None:
-            notes.append(f"no chat known with id {fact.chat_id!r}")
-        elif isinstance(fact, ChatHealthSeen):
-            applied = health.set_chat_health(
-                session,
-                policy,
-                *found,
-                fact.status.value,
-                now,
-                updated_at=fact.updated_at,
-                source="linq webhook",
-            )
-            changed |= applied
-            if not applied:
-                notes.append("chat health older than the one known")
-        else:
-            health.record_inbound(session, policy, *found, fact.text, now, at=fact.at)
-            changed = True
-    if changed:
+    """Apply every fact; APPLIED if any changed something, IGNORED if none did (and why)."""
+    notes = [_apply(session, policy, fact, now) for fact in facts]
+    if any(note is None for note in notes):
         return Outcome.APPLIED, None
-    return Outcome.IGNORED, "; ".join(notes) or None
+    return Outcome.IGNORED, "; ".join(n for n in notes if n) or None
+
+
+def _apply(session: Session, policy: Policy, fact: Fact, now: datetime) -> str | None:
+    """Apply one fact; None when it changed something, else why it did not."""
+    if isinstance(fact, LineSeen):
+        return None if _apply_line(session, fact, now) else "line change older than the one known"
+    chat = _chat(session, fact, now)
+    if chat is None:
+        return f"no chat known with id {fact.chat_id!r}"
+    line = session.get_one(Line, chat.line_id).number
+    if isinstance(fact, ChatHealthSeen):
+        opted_out = chat.opted_out_at
+        if fact.status is not ChatHealth.OPTED_OUT and opted_out and fact.updated_at <= opted_out:
+            # A status from before the opt-out must not clear it: only a later one may.
+            return "chat health older than the chat's opt-out"
+        applied = health.set_chat_health(
+            session,
+            policy,
+            line,
+            chat.recipient,
+            fact.status.value,
+            now,
+            updated_at=fact.updated_at,
+            source="linq webhook",
+        )
+        return None if applied else "chat health older than the one known"
+    if chat.last_inbound_at is not None and fact.at < chat.last_inbound_at:
+        # A late message: a newer one from the recipient already spoke for them.
+        return "inbound message older than the newest one known"
+    health.record_inbound(session, policy, line, chat.recipient, fact.text, now, at=fact.at)
+    return None
 
 
 def _apply_line(session: Session, fact: LineSeen, now: datetime) -> bool:
@@ -171,21 +187,17 @@ def _apply_line(session: Session, fact: LineSeen, now: datetime) -> bool:
     return changed
 
 
-def _chat(
-    session: Session, fact: ChatHealthSeen | InboundSeen, now: datetime
-) -> tuple[str, str] | None:
-    """(line, recipient) of the chat: by the provider's id, else by our line and the other."""
+def _chat(session: Session, fact: ChatHealthSeen | InboundSeen, now: datetime) -> Chat | None:
+    """The chat by the provider's id, else by our line and the other party (created if new)."""
     chat = session.scalars(select(Chat).where(Chat.provider_chat_id == fact.chat_id)).one_or_none()
     if chat is not None:
-        line = session.get_one(Line, chat.line_id)
-        return line.number, chat.recipient
+        return chat
     if fact.line is None:
         return None
     line = get_line(session, fact.line, fact.line_field)
     if fact.recipient is None:
         return None
-    chat_for(session, line, fact.recipient, now, fact.chat_id)
-    return line.number, fact.recipient
+    return chat_for(session, line, fact.recipient, now, fact.chat_id)
 
 
 def _verifier(secret: SecretStr) -> Webhook:

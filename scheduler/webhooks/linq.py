@@ -181,10 +181,12 @@ def _message_facts(kind: str, message: _Message, created_at: datetime) -> tuple[
         return ()  # Linq never marks or blocks group threads
     inbound = message.direction == "inbound"
     line: str | None = None
+    line_field = "data.chat.owner_handle.handle"
     if chat.owner_handle is not None:
-        line = to_e164(chat.owner_handle.handle, "data.chat.owner_handle.handle")
+        line = to_e164(chat.owner_handle.handle, line_field)
     elif not inbound:
-        line = to_e164(message.sender_handle.handle, "data.sender_handle.handle")
+        line_field = "data.sender_handle.handle"
+        line = to_e164(message.sender_handle.handle, line_field)
     recipient = (
         to_e164(message.sender_handle.handle, "data.sender_handle.handle") if inbound else None
     )
@@ -199,6 +201,7 @@ def _message_facts(kind: str, message: _Message, created_at: datetime) -> tuple[
                     parse_chat_health, "data.chat.health_status.status", chat.health_status.status
                 ),
                 chat.health_status.updated_at,
+                line_field,
             )
         )
     if kind == "message.received" and inbound:
