@@ -128,6 +128,8 @@ def events(
 ) -> None:
     """Webhook events received, newest first, with what became of each and why."""
     with _client() as client, client.runtime.sessions() as session:
+        if outcome not in (None, "applied", "ignored", "rejected"):
+            raise InvalidInput("outcome", outcome, "is not one of applied, ignored, rejected")
         data = listing.events(session, outcome, limit, with_payload=as_json)
     if as_json:
         _print_json(data)

@@ -30,7 +30,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """An app over the store the settings name; its engine is closed at shutdown."""
     settings = settings or Settings()
     runtime = Runtime.build(settings)
-    inbox = LinqInbox(runtime, settings.linq_webhook_secret)
+    try:
+        inbox = LinqInbox(runtime, settings.linq_webhook_secret)
+    except InvalidInput:
+        runtime.close()
+        raise
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from policies.errors import InvalidInput
 from scheduler import runner
 from scheduler.cli import app as cli_app
 from scheduler.client import Healthgate
@@ -218,3 +219,10 @@ def test_web_command_serves_the_factory_on_the_configured_address(
     assert served == [
         ("scheduler.web:create_app", {"factory": True, "host": "0.0.0.0", "port": 8765})
     ]
+
+
+def test_invalid_webhook_secret_stops_the_app_naming_the_setting(settings: Settings) -> None:
+    broken = settings.model_copy(update={"linq_webhook_secret": SecretStr("whsec_")})
+
+    with pytest.raises(InvalidInput, match="HEALTHGATE_LINQ_WEBHOOK_SECRET"):
+        create_app(broken)
