@@ -18,7 +18,7 @@ from rich.table import Table
 
 from policies.config import load_policy
 from policies.errors import HealthgateError, InvalidInput
-from scheduler import reports, runner
+from scheduler import listing, reports, runner
 from scheduler.client import Healthgate
 from scheduler.settings import Settings
 
@@ -92,15 +92,52 @@ def init(
 @app.command()
 def run(
     concurrency: int = typer.Option(2, min=1, help="Worker processes."),
+    web: bool = typer.Option(True, "--web/--no-web", help="Start the web process too."),
 ) -> None:
-    """Start the main job: a Celery worker and beat, until interrupted."""
+    """Start the main job: a Celery worker, beat and the web process, until interrupted."""
     settings = Settings()
     with _client() as client:
         lines = len(client.runtime.policy.lines)
     out.print(
         f"healthgate: {lines} line(s), database {settings.database}, broker {settings.broker}"
     )
-    raise typer.Exit(runner.supervise(runner.commands(settings, concurrency)))
+    processes = runner.commands(settings, concurrency)
+    if web:
+        out.print(f"web: http://{settings.web_host}:{settings.web_port}", highlight=False)
+    else:
+        del processes["web"]
+    raise typer.Exit(runner.supervise(processes))
+
+
+@app.command("web")
+def web_command() -> None:
+    """Serve Linq webhooks and read-only JSON (HEALTHGATE_WEB_HOST, HEALTHGATE_WEB_PORT)."""
+    import uvicorn
+
+    settings = Settings()
+    uvicorn.run(
+        "scheduler.web:create_app", factory=True, host=settings.web_host, port=settings.web_port
+    )
+
+
+@app.command()
+def events(
+    outcome: str | None = typer.Option(None, help="applied, ignored or rejected."),
+    limit: int = typer.Option(20, min=1, max=1000),
+    as_json: bool = typer.Option(False, "--json", help="Include each event's payload."),
+) -> None:
+    """Webhook events received, newest first, with what became of each and why."""
+    with _client() as client, client.runtime.sessions() as session:
+        if outcome not in (None, "applied", "ignored", "rejected"):
+            raise InvalidInput("outcome", outcome, "is not one of applied, ignored, rejected")
+        data = listing.events(session, outcome, limit, with_payload=as_json)
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("received", "event", "type", "outcome", "detail", title="webhook events")
+    for e in data:
+        table.add_row(e["received_at"], e["id"], e["event_type"] or "", e["outcome"], e["detail"])
+    out.print(table)
 
 
 @app.command()

@@ -55,3 +55,16 @@ SQLITE_FILE = "healthgate.db"
 BROKER_DIR = "broker"
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 SEND_LOG_FILE = "sends.jsonl"
+
+#: The web process listens on loopback by default: webhooks reach it through a reverse
+#: proxy that terminates TLS, and the read-only JSON views are not for the open internet.
+WEB_HOST = "127.0.0.1"
+WEB_PORT = 8000
+
+#: Rows a read-only listing returns when the caller names no limit, and at most.
+LIST_LIMIT = 100
+LIST_LIMIT_MAX = 1000
+
+#: Linq's webhook bodies are a few kilobytes; anything far larger is not one of them and
+#: is refused before it is verified or stored.
+WEBHOOK_MAX_BYTES = 1_000_000

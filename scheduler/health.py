@@ -139,12 +139,20 @@ def record_inbound(
     recipient: str,
     text: str,
     now: datetime,
+    *,
+    at: datetime | None = None,
 ) -> Inbound:
-    """Record a message from the recipient: a reply, an opt-out or an opt-in."""
+    """Record a message from the recipient: a reply, an opt-out or an opt-in.
+
+    ``at`` is when the recipient sent it (default ``now``); a late one never moves
+    ``last_inbound_at`` back.
+    """
     line = get_line(session, line_number)
     chat = lock_chat(session, chat_for(session, line, _recipient(recipient), now))
     kind = classify(text, policy.opt_out)
-    chat.last_inbound_at = now
+    sent = at or now
+    if chat.last_inbound_at is None or sent > chat.last_inbound_at:
+        chat.last_inbound_at = sent
     if kind is Inbound.OPT_OUT:
         opt_out(session, policy, chat, now, "inbound opt-out keyword")
         return kind

@@ -1,4 +1,4 @@
-"""`healthgate run`: the worker and beat as supervised child processes."""
+"""`healthgate run`: the worker, beat and web process as supervised child processes."""
 
 from __future__ import annotations
 
@@ -25,7 +25,22 @@ def commands(settings: Settings, concurrency: int) -> dict[str, list[str]]:
     if settings.broker.startswith("filesystem"):
         # A single-machine broker has no other workers to sync with or watch.
         worker += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
-    return {"worker": worker, "beat": [*celery, "beat", "--loglevel=INFO"]}
+    return {"worker": worker, "beat": [*celery, "beat", "--loglevel=INFO"], "web": web(settings)}
+
+
+def web(settings: Settings) -> list[str]:
+    """The web process (webhooks, read-only JSON), as the Procfile's ``web`` line runs it."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "scheduler.web:create_app",
+        "--host",
+        settings.web_host,
+        "--port",
+        str(settings.web_port),
+    ]
 
 
 def supervise(processes: Mapping[str, Sequence[str]]) -> int:

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     #: 360dialog's API; each line's key is named by ``api_key_env`` in the policy file.
     d360_base_url: str = constants.D360_BASE_URL
 
+    #: The Linq webhook signing secret (``whsec_...``); without it webhooks are refused.
+    linq_webhook_secret: SecretStr | None = None
+
+    #: Where the web process (webhooks, read-only JSON) listens.
+    web_host: str = constants.WEB_HOST
+    web_port: int = Field(constants.WEB_PORT, gt=0, lt=65536)
+
     @property
     def database(self) -> str:
         """The SQLAlchemy URL, with the psycopg 3 driver for plain PostgreSQL URLs."""

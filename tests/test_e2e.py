@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import sqlalchemy
@@ -32,18 +34,35 @@ def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None
         time.sleep(0.1)
 
 
+def free_port() -> int:
+    """A port nothing listens on now, so parallel runs never fight over one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
 def environment(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHGATE_")}
     env.update(
         HEALTHGATE_DATA_DIR=str(settings.data_dir),
         HEALTHGATE_POLICY_FILE=str(settings.policy_file),
         HEALTHGATE_TICK_SECONDS="0.5",
+        HEALTHGATE_WEB_PORT=str(free_port()),
     )
     if settings.database_url:
         env["HEALTHGATE_DATABASE_URL"] = settings.database_url
     if settings.broker_url:
         env["HEALTHGATE_BROKER_URL"] = settings.broker_url
     return env
+
+
+def web_ok(env: dict[str, str]) -> bool:
+    try:
+        url = f"http://127.0.0.1:{env['HEALTHGATE_WEB_PORT']}/healthz"
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
@@ -139,6 +158,7 @@ def test_healthgate_run_on_the_embedded_default_survives_a_restart(tmp_path: Pat
     try:
         first = hg.enqueue(to="+14155550123", body="one")
         wait_until(lambda: first in sent(), 60, "the first send")
+        wait_until(lambda: web_ok(env), 30, "the web process beside worker and beat")
     finally:
         first_code = stop(run)
     second = hg.enqueue(to="+14155550124", body="two, while stopped")

@@ -1,0 +1,1 @@
+"""Provider webhooks: verified, recorded and applied in one transaction."""

@@ -1,0 +1,218 @@
+"""Receiving Linq webhooks: verify the signature, then record and apply in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
+
+from policies.config import Policy
+from policies.errors import InvalidInput
+from policies.statuses import ChatHealth
+from scheduler import health
+from scheduler.enqueue import chat_for
+from scheduler.lines import get_line, sync_lines
+from scheduler.models import Chat, Line, WebhookEvent
+from scheduler.runtime import Runtime, utcnow
+from scheduler.webhooks.linq import (
+    ChatHealthSeen,
+    Fact,
+    InboundSeen,
+    LineSeen,
+    event_id_of,
+    parse_event,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCE = "linq"
+SECRET_SETTING = "HEALTHGATE_LINQ_WEBHOOK_SECRET"
+
+
+class Outcome(StrEnum):
+    """What became of one webhook event; kept in ``webhook_events.outcome``."""
+
+    #: It changed health, reputation or engagement.
+    APPLIED = "applied"
+    #: Valid, but nothing to do: an event type without a signal, or older than what is known.
+    IGNORED = "ignored"
+    #: Bad input: nothing changed; the detail names the field and the value.
+    REJECTED = "rejected"
+    #: Seen before under the same id: nothing changed (answered, never stored twice).
+    DUPLICATE = "duplicate"
+
+
+class Receipt(NamedTuple):
+    """The HTTP answer to one delivery."""
+
+    status_code: int
+    body: dict[str, Any]
+
+
+class LinqInbox:
+    """Turns signed Linq deliveries into recorded, applied events."""
+
+    def __init__(self, runtime: Runtime, secret: SecretStr | None) -> None:
+        self.runtime = runtime
+        self.verifier = _verifier(secret) if secret is not None else None
+
+    def receive(self, body: bytes, headers: Mapping[str, str]) -> Receipt:
+        """Answer one delivery; only a verified body is read, and only once per event id."""
+        if self.verifier is None:
+            return Receipt(503, {"error": f"{SECRET_SETTING} is not set: webhooks are refused"})
+        try:
+            self.verifier.verify(body, dict(headers), json_parse=False)
+        except (WebhookVerificationError, ValueError) as exc:
+            log.warning("linq webhook refused: signature not verified (%s)", exc)
+            return Receipt(401, {"error": f"webhook-signature: not verified ({exc})"})
+        webhook_id = {k.lower(): v for k, v in headers.items()}["webhook-id"]
+        for attempt in range(2):
+            try:
+                return self._record(body, webhook_id, utcnow())
+            except IntegrityError:
+                # A concurrent delivery of the same event committed first; the next
+                # pass finds its record and answers as for any redelivery.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record(self, body: bytes, webhook_id: str, now: datetime) -> Receipt:
+        error: InvalidInput | None = None
+        try:
+            event = parse_event(body)
+        except InvalidInput as exc:
+            error, event = exc, None
+        # Linq dedupes on event_id; the signed webhook-id stands in when the body has none.
+        key = f"{SOURCE}:{event.event_id if event else event_id_of(body) or webhook_id}"
+        policy = self.runtime.policy
+        with self.runtime.sessions.begin() as session:
+            known = session.get(WebhookEvent, key)
+            if known is not None:
+                log.info("linq event %s seen before (%s): nothing changed", key, known.outcome)
+                return Receipt(200, {"outcome": Outcome.DUPLICATE, "first": known.outcome})
+            row = WebhookEvent(
+                id=key,
+                source=SOURCE,
+                event_type=event.event_type if event else None,
+                received_at=now,
+                outcome=Outcome.REJECTED.value,
+                payload=body.decode("utf-8", errors="replace"),
+            )
+            session.add(row)
+            # Written first: a concurrent delivery of the same id waits on this row.
+            session.flush()
+            outcome, detail = Outcome.REJECTED, None
+            if event is not None:
+                try:
+                    with session.begin_nested():
+                        sync_lines(session, policy, now)
+                        outcome, detail = apply(session, policy, event.facts, now)
+                        detail = detail or event.note
+                except InvalidInput as exc:
+                    error = exc
+            row.outcome = outcome.value
+            row.detail = str(error) if error is not None else detail
+        log.info("linq event %s (%s): %s", key, row.event_type, row.outcome)
+        if error is not None:
+            return Receipt(400 if error.field == "body" else 422, _refusal(error))
+        return Receipt(200, {"outcome": outcome, "detail": row.detail})
+
+
+def apply(
+    session: Session, policy: Policy, facts: tuple[Fact, ...], now: datetime
+) -> tuple[Outcome, str | None]:
+    """Apply every fact; APPLIED if any changed something, IGNORED if none did (and why)."""
+    notes = [_apply(session, policy, fact, now) for fact in facts]
+    if any(note is None for note in notes):
+        return Outcome.APPLIED, None
+    return Outcome.IGNORED, "; ".join(n for n in notes if n) or None
+
+
+def _apply(session: Session, policy: Policy, fact: Fact, now: datetime) -> str | None:
+    """Apply one fact; None when it changed something, else why it did not."""
+    if isinstance(fact, LineSeen):
+        return None if _apply_line(session, fact, now) else "line change older than the one known"
+    chat = _chat(session, fact, now)
+    if chat is None:
+        return f"no chat known with id {fact.chat_id!r}"
+    line = session.get_one(Line, chat.line_id).number
+    if isinstance(fact, ChatHealthSeen):
+        opted_out = chat.opted_out_at
+        if fact.status is not ChatHealth.OPTED_OUT and opted_out and fact.updated_at <= opted_out:
+            # A status from before the opt-out must not clear it: only a later one may.
+            return "chat health older than the chat's opt-out"
+        applied = health.set_chat_health(
+            session,
+            policy,
+            line,
+            chat.recipient,
+            fact.status.value,
+            now,
+            updated_at=fact.updated_at,
+            source="linq webhook",
+        )
+        return None if applied else "chat health older than the one known"
+    if chat.last_inbound_at is not None and fact.at < chat.last_inbound_at:
+        # A late message: a newer one from the recipient already spoke for them.
+        return "inbound message older than the newest one known"
+    health.record_inbound(session, policy, line, chat.recipient, fact.text, now, at=fact.at)
+    return None
+
+
+def _apply_line(session: Session, fact: LineSeen, now: datetime) -> bool:
+    get_line(session, fact.number, fact.line_field)
+    changed = False
+    # Status first: a line still FLAGGED must not release its held messages.
+    if fact.status is not None:
+        changed |= health.set_line_status(
+            session, fact.number, fact.status.value, now, updated_at=fact.changed_at, source=SOURCE
+        )
+    if fact.reputation is not None:
+        changed |= health.set_line_reputation(
+            session,
+            fact.number,
+            fact.reputation.value,
+            now,
+            updated_at=fact.changed_at,
+            source=SOURCE,
+        )
+    return changed
+
+
+def _chat(session: Session, fact: ChatHealthSeen | InboundSeen, now: datetime) -> Chat | None:
+    """The chat by the provider's id, else by our line and the other party (created if new)."""
+    chat = session.scalars(select(Chat).where(Chat.provider_chat_id == fact.chat_id)).one_or_none()
+    if chat is not None:
+        return chat
+    if fact.line is None:
+        return None
+    line = get_line(session, fact.line, fact.line_field)
+    if fact.recipient is None:
+        return None
+    return chat_for(session, line, fact.recipient, now, fact.chat_id)
+
+
+def _verifier(secret: SecretStr) -> Webhook:
+    try:
+        return Webhook(secret.get_secret_value())
+    except (EmptyWebhookSecretError, ValueError):
+        raise InvalidInput(SECRET_SETTING, "whsec_...", "is not a base64 secret") from None
+
+
+def _refusal(error: InvalidInput) -> dict[str, Any]:
+    value = error.value
+    plain = value is None or isinstance(value, str | int | float | bool)
+    return {
+        "error": str(error),
+        "field": error.field,
+        "value": value if plain else repr(value),
+        "outcome": Outcome.REJECTED,
+    }
