@@ -42,3 +42,11 @@ SQLITE_FILE = "healthgate.db"
 BROKER_DIR = "broker"
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 SEND_LOG_FILE = "sends.jsonl"
+
+#: Every Redis key of the limiter starts with this, so a shared Redis (or the broker's
+#: database) can hold healthgate's counters next to other data and be cleaned by prefix.
+LIMITS_KEY_PREFIX = "healthgate:limits:"
+
+#: A send stays in Redis this long after it happened: the longest cap window (a day).
+#: Each key expires when its own window has passed, so idle lines leave nothing behind.
+LIMITS_DAY_SECONDS = 86_400
