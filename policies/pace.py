@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
 from policies.config import Caps, Policy
 from policies.statuses import LineReputation
-from policies.usage import DAY, MINUTE, LineUsage, earliest_allowed
+from policies.usage import DAY, HOUR, MINUTE, LineUsage, earliest_allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +134,17 @@ def check(
         )
     binding = max(candidates, key=lambda verdict: verdict.allowed_at)
     return binding if binding.allowed_at > now else Verdict(now, "", 0)
+
+
+def headroom(usage: LineUsage, limits: Limits, now: datetime) -> float:
+    """The smallest share left, 0 to 1, of any cap a send to a new recipient uses."""
+    minute = len(usage.recent) - bisect_right(usage.recent, now - MINUTE)
+    new = len(usage.new_chats) - bisect_right(usage.new_chats, now - DAY)
+    distinct = sum(1 for times in usage.by_recipient.values() if times and times[-1] > now - HOUR)
+    used = (
+        minute / limits.sends_per_minute,
+        usage.day_count / limits.sends_per_day,
+        distinct / limits.distinct_recipients_per_hour,
+        new / limits.new_conversations_per_day,
+    )
+    return max(0.0, 1.0 - max(used))

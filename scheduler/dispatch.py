@@ -16,11 +16,12 @@ from policies.config import OptOutScope, Policy
 from policies.decision import Decision
 from policies.gate import ChatFacts, LineFacts, MessageFacts, decide, limits_for, throttled
 from policies.outcome import Failure, after_failure
-from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
+from policies.statuses import Action, ChatHealth, LineStatus
 from policies.usage import LineUsage
 from scheduler.enqueue import chat_for
 from scheduler.health import opt_out
 from scheduler.limits import Ticket
+from scheduler.lines import line_facts
 from scheduler.models import (
     WAITING_STATES,
     Chat,
@@ -31,7 +32,7 @@ from scheduler.models import (
     OptOut,
 )
 from scheduler.providers import Outbound, SendFailed
-from scheduler.router import lines_for_new_recipient
+from scheduler.router import rank_lines
 from scheduler.runtime import Runtime, utcnow
 from scheduler.usage import load_usage
 
@@ -213,15 +214,6 @@ def _is_new(chat: Chat | None) -> bool:
     return chat is None or chat.first_sent_at is None
 
 
-def line_facts(line: Line) -> LineFacts:
-    return LineFacts(
-        line.number,
-        LineReputation(line.reputation),
-        LineStatus(line.status),
-        line.recovered_at,
-    )
-
-
 def _usage(
     session: Session, lines: Sequence[Line], policy: Policy, now: datetime, headroom: int
 ) -> dict[int, LineUsage]:
@@ -323,17 +315,8 @@ def _gate(
     session: Session, message: Message, batch: _Batch, report: Report, runtime: Runtime
 ) -> _Send | None:
     """Decide on one message and apply the decision; returns what to send, if anything."""
-    facts = _facts(message, batch)
-    decision = decide(*facts, batch.policy, batch.now)
-    no_line = facts[2] is None and decision.action is Action.DEFER
-    if decision.action is Action.REROUTE or no_line:
-        if _reroute(session, message, batch, decision):
-            facts = _facts(message, batch)
-        facts = (replace(facts[0], may_reroute=False), *facts[1:])
-        decision = decide(*facts, batch.policy, batch.now)
-    attempt, new_chat = message.attempts + 1, facts[1].is_new
-    if decision.action is Action.SEND and facts[2] is not None:
-        decision = _reserve(session, message, facts[2], new_chat, batch, runtime)
+    attempt = message.attempts + 1
+    decision, new_chat = _decide(session, message, batch, runtime)
     _apply(session, message, decision, batch)
     report.add(decision.action.value)
     if decision.action is not Action.SEND or message.line_id is None or message.chat_id is None:
@@ -361,6 +344,34 @@ def _gate(
     return _Send(line.provider, line.id, outbound)
 
 
+def _decide(
+    session: Session, message: Message, batch: _Batch, runtime: Runtime
+) -> tuple[Decision, bool]:
+    """The gate's decision, after any reroute and the limiter; and whether the chat is new.
+
+    A new recipient moves off a paused line, or off a line at a cap when another line
+    can take it now; existing chats never move.
+    """
+    facts = _facts(message, batch)
+    decision = decide(*facts, batch.policy, batch.now)
+    no_line = facts[2] is None and decision.action is Action.DEFER
+    if decision.action is Action.REROUTE or no_line:
+        if _reroute(session, message, batch, decision):
+            facts = _facts(message, batch)
+        facts = (replace(facts[0], may_reroute=False), *facts[1:])
+        decision = decide(*facts, batch.policy, batch.now)
+    if decision.action is Action.SEND and facts[2] is not None:
+        decision = _reserve(session, message, facts[2], facts[1].is_new, batch, runtime)
+    capped = decision.action is Action.THROTTLE and decision.code.startswith("cap_")
+    if capped and facts[0].may_reroute and _reroute(session, message, batch, decision, True):
+        facts = _facts(message, batch)
+        facts = (replace(facts[0], may_reroute=False), *facts[1:])
+        decision = decide(*facts, batch.policy, batch.now)
+        if decision.action is Action.SEND and facts[2] is not None:
+            decision = _reserve(session, message, facts[2], facts[1].is_new, batch, runtime)
+    return decision, facts[1].is_new
+
+
 def _reserve(
     session: Session,
     message: Message,
@@ -382,14 +393,19 @@ def _reserve(
     return throttled(verdict, line.number, limits, message.expires_at)
 
 
-def _reroute(session: Session, message: Message, batch: _Batch, decision: Decision) -> bool:
-    """Move a new recipient to the best line that may take one; False when there is none."""
+def _reroute(
+    session: Session, message: Message, batch: _Batch, decision: Decision, free: bool = False
+) -> bool:
+    """Move a new recipient to the best line that may take one; False when there is none.
+
+    With ``free``, only to a line with room under every cap now.
+    """
     if message.pinned:
         return False
     choices = [
-        line
-        for line in lines_for_new_recipient(session, batch.policy, batch.now)
-        if line.id != message.line_id
+        choice.line
+        for choice in rank_lines(session, batch.policy, batch.now)
+        if choice.line.id != message.line_id and (not free or choice.allowed_at <= batch.now)
     ]
     if not choices:
         return False
