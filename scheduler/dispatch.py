@@ -230,7 +230,10 @@ def _same_body(
     policy: Policy,
     now: datetime,
 ) -> dict[tuple[int, str], list[datetime]]:
-    """When each batch body digest last went to each AT_RISK chat (the repeat rule's facts)."""
+    """When each batch body digest went to each AT_RISK chat since its last reply.
+
+    These are the repeat rule's facts: a reply lifts the rule, as it lifts the throttle.
+    """
     at_risk = [c.id for c in chats.values() if c.health == ChatHealth.AT_RISK.value]
     digests = {m.body_hash for m in messages if m.body_hash is not None}
     found: dict[tuple[int, str], list[datetime]] = {}
@@ -244,7 +247,10 @@ def _same_body(
         )
     )
     for chat_id, digest, at in rows:
-        if chat_id is not None and digest is not None and at is not None:
+        if chat_id is None or digest is None or at is None:
+            continue
+        replied = chats[chat_id].last_inbound_at
+        if replied is None or at > replied:
             found.setdefault((chat_id, digest), []).append(at)
     return found
 
