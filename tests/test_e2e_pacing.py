@@ -1,4 +1,5 @@
-"""Caps hold across real workers: three Celery workers and beat on Redis and PostgreSQL."""
+"""Caps hold across real workers: three Celery workers and beat on Redis and PostgreSQL,
+with the limiter in Redis or in the database."""
 
 from __future__ import annotations
 
@@ -57,8 +58,11 @@ same_body_max_recipients_per_hour = 1000
 SETTLED = {"sent", "throttled", "deferred"}
 
 
-@pytest.fixture
-def pacing_settings(tmp_path: Path, postgres_database: str) -> Settings:
+@pytest.fixture(params=["redis", "database"])
+def pacing_settings(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_database: str
+) -> Settings:
+    """Redis as broker, and as limiter or not (then the caps are counted in PostgreSQL)."""
     url = require_redis()
     client = redis.Redis.from_url(url)
     client.flushdb()  # the test database only: stale tasks and counters of an earlier run
@@ -74,7 +78,7 @@ def pacing_settings(tmp_path: Path, postgres_database: str) -> Settings:
         policy_file=policy,
         database_url=postgres_database,
         broker_url=url,
-        redis_url=url,
+        redis_url=url if request.param == "redis" else None,
     )
 
 
@@ -113,15 +117,14 @@ def most_distinct_in_window(sends: list[tuple[datetime, str]], window: timedelta
     )
 
 
-def test_caps_hold_across_three_workers_on_one_redis(pacing_settings: Settings) -> None:
+def test_caps_hold_across_three_workers(pacing_settings: Settings) -> None:
     # Given a backlog for three lines with small caps, and three workers and beat
     hg = Healthgate(pacing_settings)
     hg.sync_lines()
-    env = environment(pacing_settings) | {
-        "HEALTHGATE_REDIS_URL": str(pacing_settings.redis_url),
-        # Small batches, so every worker process dispatches part of the backlog at once.
-        "HEALTHGATE_DISPATCH_BATCH": "2",
-    }
+    # Small batches, so every worker process dispatches part of the backlog at once.
+    env = environment(pacing_settings) | {"HEALTHGATE_DISPATCH_BATCH": "2"}
+    if pacing_settings.redis_url:
+        env["HEALTHGATE_REDIS_URL"] = pacing_settings.redis_url
     celery = [sys.executable, "-m", "celery", "-A", "tasks"]
     logs = [pacing_settings.data_dir / f"worker{n}.log" for n in range(3)]
     pacing_settings.data_dir.mkdir(parents=True, exist_ok=True)
