@@ -132,7 +132,9 @@ class ContentPolicy(_Section):
 
     #: A body near-identical to one sent to an AT_RISK chat inside this window is held.
     at_risk_repeat_window_hours: PositiveFloat = 24
-    #: Distinct recipients one line may send the same (near-identical) body to in an hour.
+    #: Distinct recipients one line may send the same (near-identical) body to in an hour:
+    #: a third of the default ``distinct_recipients_per_hour``, so one template cannot
+    #: fill a line's hour (identical text to many people is the classic spam signal).
     same_body_max_recipients_per_hour: PositiveInt = 20
 
     @property
