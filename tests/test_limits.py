@@ -149,6 +149,18 @@ def test_send_over_a_cap_gets_the_earliest_moment_and_the_cap(backend: Backend) 
     assert verdict == Verdict(NOW + timedelta(minutes=1), "sends_per_minute", 3)
 
 
+def test_earliest_moment_is_exact_to_the_microsecond(backend: Backend) -> None:
+    # Given a send at a moment with microseconds, filling a cap of one a minute
+    first = NOW + timedelta(seconds=1, microseconds=234_567)
+    backend.hit(ticket(0, BOB), limits(sends_per_minute=1), first)
+
+    # When another comes
+    verdict = backend.hit(ticket(1, CAROL), limits(sends_per_minute=1), first)
+
+    # Then it may go exactly a minute after the first, not a rounded moment
+    assert verdict.allowed_at == first + timedelta(minutes=1)
+
+
 def test_refused_send_consumes_nothing(backend: Backend) -> None:
     # Given a full minute and a refused send
     caps = limits(sends_per_minute=1)
