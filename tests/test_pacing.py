@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from policies.content import body_digest
 from scheduler.client import Healthgate
-from scheduler.models import Chat, Line, Message
+from scheduler.models import Chat, Message
 from tests.conftest import LINE_A, POLICY, START
 
 Sends = Callable[[], list[dict[str, str]]]
@@ -34,21 +34,31 @@ def states(hg: Healthgate, ids: list[str]) -> list[str]:
 RAMPED = POLICY + "\n[caps]\nsends_per_minute = 4\n[line]\nrecovery_ramp_hours = 24\n"
 
 
-@pytest.mark.parametrize("policy_text", [RAMPED])
+@pytest.mark.parametrize(
+    ("bad", "good"), [("AT_RISK", "HEALTHY"), ("CRITICAL", "HEALTHY"), ("FLAGGED", "ACTIVE")]
+)
 def test_line_back_to_healthy_records_when_it_recovered(
-    hg: Healthgate, clock: FrozenDateTimeFactory
+    hg: Healthgate, clock: FrozenDateTimeFactory, bad: str, good: str
 ) -> None:
-    # Given an AT_RISK line
-    hg.set_line_health(LINE_A, "AT_RISK")
+    # Given a line AT_RISK, CRITICAL or FLAGGED
+    hg.set_line_health(LINE_A, bad)
     clock.tick(timedelta(minutes=5))
 
-    # When it returns to HEALTHY
+    # When it can send normally again
+    hg.set_line_health(LINE_A, good)
+
+    # Then its recovery time is now, and status shows it
+    line = next(x for x in hg.status()["lines"] if x["number"] == LINE_A)
+    assert line["recovered_at"] == (START + timedelta(minutes=5)).isoformat()
+
+
+def test_line_that_never_left_healthy_has_no_recovery(hg: Healthgate) -> None:
+    # Given a HEALTHY line, When it is set HEALTHY again
     hg.set_line_health(LINE_A, "HEALTHY")
 
-    # Then its recovery time is now
-    with hg.runtime.sessions() as session:
-        line = session.scalars(select(Line).where(Line.number == LINE_A)).one()
-        assert line.recovered_at == START + timedelta(minutes=5)
+    # Then no recovery is recorded: it runs at full pace
+    line = next(x for x in hg.status()["lines"] if x["number"] == LINE_A)
+    assert line["recovered_at"] is None
 
 
 @pytest.mark.parametrize("policy_text", [RAMPED])
