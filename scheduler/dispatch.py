@@ -350,9 +350,13 @@ def _gate(
     return _Send(line.provider, line.id, outbound)
 
 
-def _decide(
-    session: Session, message: Message, batch: _Batch, runtime: Runtime
-) -> tuple[Decision, bool]:
+class _Decided(NamedTuple):
+    decision: Decision
+    #: The send starts a conversation.
+    new_chat: bool
+
+
+def _decide(session: Session, message: Message, batch: _Batch, runtime: Runtime) -> _Decided:
     """The gate's decision, after any reroute and the limiter; and whether the chat is new.
 
     A new recipient moves off a paused line, or off a line at a cap when another line
@@ -375,7 +379,7 @@ def _decide(
         decision = decide(*facts, batch.policy, batch.now)
         if decision.action is Action.SEND and facts[2] is not None:
             decision = _reserve(session, message, facts[2], facts[1].is_new, batch, runtime)
-    return decision, facts[1].is_new
+    return _Decided(decision, facts[1].is_new)
 
 
 def _reserve(
