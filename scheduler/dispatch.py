@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from policies.config import OptOutScope, Policy
 from policies.decision import Decision
+from policies.decision import send as fit_to_send
 from policies.gate import ChatFacts, LineFacts, MessageFacts, decide, limits_for, throttled
 from policies.outcome import Failure, after_failure
 from policies.statuses import Action, ChatHealth, LineStatus
@@ -399,7 +400,7 @@ def _reserve(
     ticket = Ticket(message.id, message.attempts + 1, line.number, message.recipient, new_chat)
     verdict = runtime.limiter.hit(session, ticket, limits, batch.now)
     if verdict.allowed_at <= batch.now:
-        return Decision(Action.SEND, "ok", "chat and line are fit to send")
+        return fit_to_send()
     return throttled(verdict, line.number, limits, message.expires_at)
 
 
