@@ -20,6 +20,8 @@ from scheduler import constants
 from scheduler.db import create_db_engine, session_factory
 from scheduler.limits import DatabaseLimiter, Limiter, MemoryLimiter, RedisLimiter, Ticket
 from scheduler.models import Chat, Line, Message
+from scheduler.runtime import Runtime
+from scheduler.settings import Settings
 from tests.conftest import TABLES
 from tests.services import require_redis
 
@@ -325,3 +327,20 @@ def test_database_limiter_serializes_two_transactions_on_postgresql(
     # Then the second waited for the first to commit and saw its send
     assert (first.cap, waited) == ("", True)
     assert second == [Verdict(NOW + timedelta(minutes=1), "sends_per_minute", 1)]
+
+
+@pytest.mark.parametrize(("redis_url", "kind"), [(None, DatabaseLimiter), ("redis", RedisLimiter)])
+def test_runtime_builds_its_limiter_from_settings(
+    tmp_path: Path, redis_url: str | None, kind: type[Limiter]
+) -> None:
+    # Given settings with or without HEALTHGATE_REDIS_URL
+    url = require_redis() if redis_url else None
+    settings = Settings(data_dir=tmp_path / "data", broker_url="memory://", redis_url=url)
+
+    # When a process builds its runtime
+    runtime = Runtime.build(settings)
+    built = runtime.limiter
+    runtime.close()
+
+    # Then the caps live in Redis when it is named, in the database otherwise
+    assert type(built) is kind
