@@ -25,8 +25,14 @@ class DatabaseLimiter(Limiter):
 
     def lock(self, session: Session, line_ids: Collection[int]) -> None:
         if line_ids:
+            # populate_existing: the lines as they are now, should one have changed state
+            # between the batch's first read and this lock.
             session.scalars(
-                select(Line.id).where(Line.id.in_(line_ids)).order_by(Line.id).with_for_update()
+                select(Line)
+                .where(Line.id.in_(line_ids))
+                .order_by(Line.id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
             ).all()
 
     def hit(self, session: Session, ticket: Ticket, limits: Limits, now: datetime) -> Verdict:
