@@ -58,12 +58,22 @@ class OptOutScope(StrEnum):
 
 
 class Caps(_Section):
-    """Line-level activity caps; every worker and host shares them."""
+    """Line-level activity caps; every worker and host shares them.
 
+    The defaults sit well under what Linq publishes (about 7,000 messages a line a day,
+    30 a minute per sender-recipient pair), because the provider scores a line on its
+    activity long before a hard limit answers 429.
+    """
+
+    #: Pace: 20 a minute spreads a day's 3,000 over hours instead of a burst.
     sends_per_minute: PositiveInt = 20
+    #: Brand-new conversations are what the provider watches most closely.
     new_conversations_per_day: PositiveInt = 100
+    #: Many distinct recipients in a short window looks like a blast.
     distinct_recipients_per_hour: PositiveInt = 60
+    #: Under half of Linq's ~7,000 a day, leaving room for replies and retries.
     sends_per_day: PositiveInt = 3000
+    #: A sixth of Linq's 30 a minute per pair: a person does not read faster than that.
     sends_per_recipient_per_minute: PositiveInt = 5
 
 
@@ -135,6 +145,29 @@ class LinePolicy(_Section):
     at_risk_pace_factor: Annotated[float, Field(gt=0, le=1, strict=True)] = 0.5
     #: Whether an AT_RISK line may take new recipients when no HEALTHY line can.
     at_risk_takes_new_recipients: bool = False
+    #: A line back to HEALTHY ramps from the AT_RISK pace to its full caps over this
+    #: long, as senders warm an IP, so its backlog does not trigger the next AT_RISK.
+    #: 24 h: one full daily window of the caps the provider scores.
+    recovery_ramp_hours: Annotated[float, Field(ge=0, strict=True)] = 24
+
+    @property
+    def recovery_ramp(self) -> timedelta:
+        return timedelta(hours=self.recovery_ramp_hours)
+
+
+class ContentPolicy(_Section):
+    """Content variation: repeated near-identical bodies amplify a bad signal."""
+
+    #: A body near-identical to one sent to an AT_RISK chat inside this window is held.
+    at_risk_repeat_window_hours: PositiveFloat = 24
+    #: Distinct recipients one line may send the same (near-identical) body to in an hour:
+    #: a third of the default ``distinct_recipients_per_hour``, so one template cannot
+    #: fill a line's hour (identical text to many people is the classic spam signal).
+    same_body_max_recipients_per_hour: PositiveInt = 20
+
+    @property
+    def at_risk_repeat_window(self) -> timedelta:
+        return timedelta(hours=self.at_risk_repeat_window_hours)
 
 
 class OptOutPolicy(_Section):
@@ -159,6 +192,7 @@ class Policy(_Section):
     chat: ChatPolicy = ChatPolicy()
     line: LinePolicy = LinePolicy()
     caps: Caps = Caps()
+    content: ContentPolicy = ContentPolicy()
     opt_out: OptOutPolicy = OptOutPolicy()
     dispatch: DispatchPolicy = DispatchPolicy()
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from policies.config import Caps, Policy
+from policies.config import Policy
+from policies.content import repeat_to_at_risk_chat, same_body_spread
 from policies.decision import Decision, send
+from policies.pace import Limits, Verdict, check, line_limits, scaled
 from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
-from policies.usage import DAY, MINUTE, LineUsage, earliest_allowed
+from policies.usage import LineUsage, earliest_allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,8 @@ class MessageFacts:
     #: The router chose the line and nothing went out on the chat yet: the message
     #: may move to another line instead of waiting on a paused one.
     may_reroute: bool = False
+    #: Digest of the normalised body (see ``policies.content``); None skips content rules.
+    body_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class ChatFacts:
     is_new: bool = True
     #: Dispatch times since the recipient's last reply, oldest first (bounded by the policy).
     unanswered: tuple[datetime, ...] = ()
+    #: Dispatch times of near-identical bodies to this chat (loaded for AT_RISK chats).
+    same_body_sent: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,8 @@ class LineFacts:
     number: str
     reputation: LineReputation = LineReputation.HEALTHY
     status: LineStatus = LineStatus.ACTIVE
+    #: When the line last came back to HEALTHY: its pace ramps up from then.
+    recovered_at: datetime | None = None
 
 
 def decide(
@@ -77,7 +84,11 @@ def decide(
         throttle = _chat_throttle(chat, policy, now, message.expires_at)
         if throttle is not None:
             return throttle
-    return _caps(message, chat, line, usage, policy, now) or send()
+    return (
+        _content(message, chat, line, usage, policy, now)
+        or _caps(message, chat, line, usage, policy, now)
+        or send()
+    )
 
 
 def _hold(
@@ -135,8 +146,15 @@ def _chat_throttle(
 def effective_limit(cap: int, reputation: LineReputation, policy: Policy) -> int:
     """A cap as it applies to a line of this reputation (never below one)."""
     if reputation is LineReputation.AT_RISK:
-        return max(1, math.floor(cap * policy.line.at_risk_pace_factor))
+        return scaled(cap, policy.line.at_risk_pace_factor)
     return cap
+
+
+def limits_for(line: LineFacts, policy: Policy, now: datetime) -> Limits:
+    """The caps ``line`` runs at ``now``: its own, AT_RISK-paced or ramping up."""
+    return line_limits(
+        policy.caps_for(line.number), line.reputation, line.recovered_at, now, policy
+    )
 
 
 def _caps(
@@ -148,55 +166,39 @@ def _caps(
     now: datetime,
 ) -> Decision | None:
     """THROTTLE to the earliest moment every line cap allows, naming the cap that binds."""
-    caps: Caps = policy.caps_for(line.number)
-
-    def limit(cap: int) -> int:
-        return effective_limit(cap, line.reputation, policy)
-
-    recipient_sends = usage.by_recipient.get(message.recipient, [])
-    candidates: list[tuple[datetime, str, int]] = [
-        (
-            earliest_allowed(usage.recent, limit(caps.sends_per_minute), MINUTE, now),
-            "sends_per_minute",
-            limit(caps.sends_per_minute),
-        ),
-        (
-            usage.day_allowed(limit(caps.sends_per_day), now),
-            "sends_per_day",
-            limit(caps.sends_per_day),
-        ),
-        (
-            earliest_allowed(
-                recipient_sends, limit(caps.sends_per_recipient_per_minute), MINUTE, now
-            ),
-            "sends_per_recipient_per_minute",
-            limit(caps.sends_per_recipient_per_minute),
-        ),
-        (
-            usage.distinct_recipients_allowed(
-                message.recipient, limit(caps.distinct_recipients_per_hour), now
-            ),
-            "distinct_recipients_per_hour",
-            limit(caps.distinct_recipients_per_hour),
-        ),
-    ]
-    if chat.is_new:
-        candidates.append(
-            (
-                earliest_allowed(usage.new_chats, limit(caps.new_conversations_per_day), DAY, now),
-                "new_conversations_per_day",
-                limit(caps.new_conversations_per_day),
-            )
-        )
-    allowed, cap_name, cap_value = max(candidates, key=lambda c: c[0])
-    if allowed <= now:
+    limits = limits_for(line, policy, now)
+    verdict = check(usage, limits, message.recipient, chat.is_new, now)
+    if verdict.allowed_at <= now:
         return None
-    paced = " (AT_RISK pace)" if line.reputation is LineReputation.AT_RISK else ""
+    return throttled(verdict, line.number, limits, message.expires_at)
+
+
+def throttled(verdict: Verdict, line: str, limits: Limits, expires_at: datetime | None) -> Decision:
+    """The THROTTLE for a send over a cap: until the cap allows it, naming the cap."""
     return Decision(
         Action.THROTTLE,
-        f"cap_{cap_name}",
-        f"line {line.number} reached {cap_name}={cap_value}{paced}",
-        _before(allowed, message.expires_at),
+        f"cap_{verdict.cap}",
+        f"line {line} reached {verdict.cap}={verdict.limit}{limits.note}",
+        _before(verdict.allowed_at, expires_at),
+    )
+
+
+def _content(
+    message: MessageFacts,
+    chat: ChatFacts,
+    line: LineFacts,
+    usage: LineUsage,
+    policy: Policy,
+    now: datetime,
+) -> Decision | None:
+    if message.body_hash is None:
+        return None
+    if chat.health is ChatHealth.AT_RISK:
+        repeat = repeat_to_at_risk_chat(chat.same_body_sent, policy, now, message.expires_at)
+        if repeat is not None:
+            return repeat
+    return same_body_spread(
+        usage, message.body_hash, message.recipient, line.number, policy, now, message.expires_at
     )
 
 
@@ -205,4 +207,12 @@ def _before(moment: datetime, expires_at: datetime | None) -> datetime:
     return moment if expires_at is None else min(moment, expires_at)
 
 
-__all__ = ["ChatFacts", "LineFacts", "MessageFacts", "decide", "effective_limit"]
+__all__ = [
+    "ChatFacts",
+    "LineFacts",
+    "MessageFacts",
+    "decide",
+    "effective_limit",
+    "limits_for",
+    "throttled",
+]

@@ -46,9 +46,15 @@ class LineUsage:
     new_chats: list[datetime] = field(default_factory=list)
     #: Dispatch times per recipient over the last hour, oldest first.
     by_recipient: dict[str, list[datetime]] = field(default_factory=dict)
+    #: Per body digest, the last dispatch time to each recipient over the last hour.
+    by_body: dict[str, dict[str, datetime]] = field(default_factory=dict)
 
-    def record(self, recipient: str, at: datetime, *, new_chat: bool) -> None:
+    def record(
+        self, recipient: str, at: datetime, *, new_chat: bool, body_hash: str | None = None
+    ) -> None:
         """Count one dispatch."""
+        if body_hash is not None:
+            self.by_body.setdefault(body_hash, {})[recipient] = at
         insort(self.recent, at)
         insort(self.by_recipient.setdefault(recipient, []), at)
         self.day_count += 1

@@ -68,3 +68,11 @@ LIST_LIMIT_MAX = 1000
 #: Linq's webhook bodies are a few kilobytes; anything far larger is not one of them and
 #: is refused before it is verified or stored.
 WEBHOOK_MAX_BYTES = 1_000_000
+
+#: Every Redis key of the limiter starts with this, so a shared Redis (or the broker's
+#: database) can hold healthgate's counters next to other data and be cleaned by prefix.
+LIMITS_KEY_PREFIX = "healthgate:limits:"
+
+#: A send stays in Redis this long after it happened: the longest cap window (a day).
+#: Each key expires when its own window has passed, so idle lines leave nothing behind.
+LIMITS_DAY_SECONDS = 86_400

@@ -14,13 +14,16 @@ from sqlalchemy.orm import Session
 
 from policies.config import OptOutScope, Policy
 from policies.decision import Decision
-from policies.gate import ChatFacts, LineFacts, MessageFacts, decide
+from policies.decision import send as fit_to_send
+from policies.gate import ChatFacts, LineFacts, MessageFacts, decide, limits_for, throttled
 from policies.outcome import Failure, after_failure
-from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
+from policies.statuses import Action, ChatHealth, LineStatus
 from policies.usage import LineUsage
 from scheduler.answers import BatchAnswers
 from scheduler.enqueue import chat_for
 from scheduler.health import opt_out
+from scheduler.limits import Ticket
+from scheduler.lines import line_facts
 from scheduler.models import (
     WAITING_STATES,
     Chat,
@@ -31,7 +34,7 @@ from scheduler.models import (
     OptOut,
 )
 from scheduler.providers import Outbound, SendFailed
-from scheduler.router import lines_for_new_recipient
+from scheduler.router import rank_lines
 from scheduler.runtime import Runtime, utcnow
 from scheduler.usage import load_usage
 
@@ -133,6 +136,8 @@ class _Batch:
     opted_out: set[str]
     usage: dict[int, LineUsage]
     unanswered: dict[int, tuple[datetime, ...]]
+    #: Dispatch times of each body digest to each AT_RISK chat, for the repeat rule.
+    same_body: dict[tuple[int, str], list[datetime]] = field(default_factory=dict)
 
 
 def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None) -> Report:
@@ -160,7 +165,11 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
         if not messages:
             return report
         batch = _load(session, messages, runtime, now)
-        to_send = [send for message in messages if (send := _gate(session, message, batch, report))]
+        to_send = [
+            send
+            for message in messages
+            if (send := _gate(session, message, batch, report, runtime)) is not None
+        ]
     answers = BatchAnswers(runtime.policy.opt_out.scope)
     for send in to_send:
         _send(runtime, send, report, answers)
@@ -187,11 +196,66 @@ def _load(session: Session, messages: Sequence[Message], runtime: Runtime, now: 
                 )
             )
         )
-    used = [lines[i] for i in {m.line_id for m in messages if m.line_id is not None}]
-    usage = load_usage(session, used, policy, now, headroom=len(messages))
+    used = [lines[i] for i in sorted({m.line_id for m in messages if m.line_id is not None})]
+    # A new recipient may move to any line, so a batch that has one locks them all.
+    movable = any(not m.pinned and _is_new(chats.get(m.chat_id or 0)) for m in messages)
+    runtime.limiter.lock(session, sorted(lines) if movable else [line.id for line in used])
+    usage = _usage(session, used, policy, now, headroom=len(messages))
     return _Batch(
-        policy, now, lines, chats, opted_out, usage, _unanswered(session, chats, policy, now)
+        policy,
+        now,
+        lines,
+        chats,
+        opted_out,
+        usage,
+        _unanswered(session, chats, policy, now),
+        _same_body(session, chats, messages, policy, now),
     )
+
+
+def _is_new(chat: Chat | None) -> bool:
+    return chat is None or chat.first_sent_at is None
+
+
+def _usage(
+    session: Session, lines: Sequence[Line], policy: Policy, now: datetime, headroom: int
+) -> dict[int, LineUsage]:
+    day_limits = {
+        line.id: limits_for(line_facts(line), policy, now).sends_per_day for line in lines
+    }
+    return load_usage(session, lines, day_limits, now, headroom)
+
+
+def _same_body(
+    session: Session,
+    chats: dict[int, Chat],
+    messages: Sequence[Message],
+    policy: Policy,
+    now: datetime,
+) -> dict[tuple[int, str], list[datetime]]:
+    """When each batch body digest went to each AT_RISK chat since its last reply.
+
+    These are the repeat rule's facts: a reply lifts the rule, as it lifts the throttle.
+    """
+    at_risk = [c.id for c in chats.values() if c.health == ChatHealth.AT_RISK.value]
+    digests = {m.body_hash for m in messages if m.body_hash is not None}
+    found: dict[tuple[int, str], list[datetime]] = {}
+    if not at_risk or not digests:
+        return found
+    rows = session.execute(
+        select(Message.chat_id, Message.body_hash, Message.dispatched_at).where(
+            Message.chat_id.in_(at_risk),
+            Message.body_hash.in_(digests),
+            Message.dispatched_at > now - policy.content.at_risk_repeat_window,
+        )
+    )
+    for chat_id, digest, at in rows:
+        if chat_id is None or digest is None or at is None:
+            continue
+        replied = chats[chat_id].last_inbound_at
+        if replied is None or at > replied:
+            found.setdefault((chat_id, digest), []).append(at)
+    return found
 
 
 def _unanswered(
@@ -224,7 +288,7 @@ def _facts(
 ) -> tuple[MessageFacts, ChatFacts, LineFacts | None, LineUsage]:
     line = batch.lines.get(message.line_id) if message.line_id is not None else None
     chat = batch.chats.get(message.chat_id) if message.chat_id is not None else None
-    is_new = chat is None or chat.first_sent_at is None
+    is_new = _is_new(chat)
     health = ChatHealth(chat.health) if chat else ChatHealth.HEALTHY
     if chat is not None and chat.opted_out_at is not None:
         health = ChatHealth.OPTED_OUT
@@ -234,16 +298,18 @@ def _facts(
             expires_at=message.expires_at,
             held_since=message.held_since,
             may_reroute=not message.pinned and is_new,
+            body_hash=message.body_hash,
         ),
         ChatFacts(
             health=health,
             recipient_opted_out=message.recipient in batch.opted_out,
             is_new=is_new,
             unanswered=batch.unanswered.get(chat.id, ()) if chat else (),
+            same_body_sent=tuple(batch.same_body.get((chat.id, message.body_hash), ()))
+            if chat and message.body_hash
+            else (),
         ),
-        None
-        if line is None or not line.enabled
-        else LineFacts(line.number, LineReputation(line.reputation), LineStatus(line.status)),
+        None if line is None or not line.enabled else line_facts(line),
         batch.usage.get(line.id, LineUsage()) if line else LineUsage(),
     )
 
@@ -254,27 +320,26 @@ class _Send(NamedTuple):
     outbound: Outbound
 
 
-def _gate(session: Session, message: Message, batch: _Batch, report: Report) -> _Send | None:
+def _gate(
+    session: Session, message: Message, batch: _Batch, report: Report, runtime: Runtime
+) -> _Send | None:
     """Decide on one message and apply the decision; returns what to send, if anything."""
-    facts = _facts(message, batch)
-    decision = decide(*facts, batch.policy, batch.now)
-    no_line = facts[2] is None and decision.action is Action.DEFER
-    if decision.action is Action.REROUTE or no_line:
-        if _reroute(session, message, batch, decision):
-            facts = _facts(message, batch)
-        facts = (replace(facts[0], may_reroute=False), *facts[1:])
-        decision = decide(*facts, batch.policy, batch.now)
+    attempt = message.attempts + 1
+    decision, new_chat = _decide(session, message, batch, runtime)
     _apply(session, message, decision, batch)
     report.add(decision.action.value)
     if decision.action is not Action.SEND or message.line_id is None or message.chat_id is None:
         return None
+    message.attempts = attempt
     line, chat = batch.lines[message.line_id], batch.chats[message.chat_id]
-    new_chat = chat.first_sent_at is None
-    if new_chat:
-        chat.first_sent_at = batch.now
+    chat.first_sent_at = chat.first_sent_at or batch.now
     batch.usage.setdefault(line.id, LineUsage()).record(
-        message.recipient, batch.now, new_chat=new_chat
+        message.recipient, batch.now, new_chat=new_chat, body_hash=message.body_hash
     )
+    if message.body_hash is not None and (chat.id, message.body_hash) in batch.same_body:
+        batch.same_body[(chat.id, message.body_hash)].append(batch.now)
+    elif message.body_hash is not None and chat.health == ChatHealth.AT_RISK.value:
+        batch.same_body[(chat.id, message.body_hash)] = [batch.now]
     if chat.id in batch.unanswered:
         batch.unanswered[chat.id] = (*batch.unanswered[chat.id], batch.now)
     outbound = Outbound(
@@ -288,14 +353,72 @@ def _gate(session: Session, message: Message, batch: _Batch, report: Report) -> 
     return _Send(line.provider, line.id, outbound)
 
 
-def _reroute(session: Session, message: Message, batch: _Batch, decision: Decision) -> bool:
-    """Move a new recipient to the best line that may take one; False when there is none."""
+class _Decided(NamedTuple):
+    decision: Decision
+    #: The send starts a conversation.
+    new_chat: bool
+
+
+def _decide(session: Session, message: Message, batch: _Batch, runtime: Runtime) -> _Decided:
+    """The gate's decision, after any reroute and the limiter; and whether the chat is new.
+
+    A new recipient moves off a paused line, or off a line at a cap when another line
+    can take it now; existing chats never move.
+    """
+    facts = _facts(message, batch)
+    decision = decide(*facts, batch.policy, batch.now)
+    no_line = facts[2] is None and decision.action is Action.DEFER
+    if decision.action is Action.REROUTE or no_line:
+        if _reroute(session, message, batch, decision):
+            facts = _facts(message, batch)
+        facts = (replace(facts[0], may_reroute=False), *facts[1:])
+        decision = decide(*facts, batch.policy, batch.now)
+    if decision.action is Action.SEND and facts[2] is not None:
+        decision = _reserve(session, message, facts[2], facts[1].is_new, batch, runtime)
+    capped = decision.action is Action.THROTTLE and decision.code.startswith("cap_")
+    if capped and facts[0].may_reroute and _reroute(session, message, batch, decision, True):
+        facts = _facts(message, batch)
+        facts = (replace(facts[0], may_reroute=False), *facts[1:])
+        decision = decide(*facts, batch.policy, batch.now)
+        if decision.action is Action.SEND and facts[2] is not None:
+            decision = _reserve(session, message, facts[2], facts[1].is_new, batch, runtime)
+    return _Decided(decision, facts[1].is_new)
+
+
+def _reserve(
+    session: Session,
+    message: Message,
+    line: LineFacts,
+    new_chat: bool,
+    batch: _Batch,
+    runtime: Runtime,
+) -> Decision:
+    """Consume one send from the global limiter; THROTTLE, naming the cap, when it is full.
+
+    The gate checked the batch's view of usage; this re-checks every cap against the
+    count every worker shares and consumes only if all pass.
+    """
+    limits = limits_for(line, batch.policy, batch.now)
+    ticket = Ticket(message.id, message.attempts + 1, line.number, message.recipient, new_chat)
+    verdict = runtime.limiter.hit(session, ticket, limits, batch.now)
+    if verdict.allowed_at <= batch.now:
+        return fit_to_send()
+    return throttled(verdict, line.number, limits, message.expires_at)
+
+
+def _reroute(
+    session: Session, message: Message, batch: _Batch, decision: Decision, free: bool = False
+) -> bool:
+    """Move a new recipient to the best line that may take one; False when there is none.
+
+    With ``free``, only to a line with room under every cap now.
+    """
     if message.pinned:
         return False
     choices = [
-        line
-        for line in lines_for_new_recipient(session, batch.policy, batch.now)
-        if line.id != message.line_id
+        choice.line
+        for choice in rank_lines(session, batch.policy, batch.now)
+        if choice.line.id != message.line_id and (not free or choice.allowed_at <= batch.now)
     ]
     if not choices:
         return False
@@ -304,7 +427,7 @@ def _reroute(session: Session, message: Message, batch: _Batch, decision: Decisi
     batch.lines[line.id] = line
     batch.chats[chat.id] = chat
     if line.id not in batch.usage:
-        batch.usage.update(load_usage(session, [line], batch.policy, batch.now, headroom=1))
+        batch.usage.update(_usage(session, [line], batch.policy, batch.now, headroom=1))
     message.line_id, message.chat_id = line.id, chat.id
     moved = Decision(
         Action.REROUTE, decision.code, f"{decision.reason}; moved to line {line.number}"
@@ -328,7 +451,6 @@ def _apply(session: Session, message: Message, decision: Decision, batch: _Batch
         message.held_since = None
     if decision.action is Action.SEND:
         message.dispatched_at = now
-        message.attempts += 1
     line = batch.lines.get(message.line_id) if message.line_id is not None else None
     _record(session, message, decision, now, line.number if line else None)
 

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from policies.config import OptOutScope, Policy
+from policies.content import body_digest
 from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.statuses import Action
@@ -175,6 +176,7 @@ def _new_row(
         pinned=item.line is not None,
         recipient=item.to,
         body=item.body,
+        body_hash=body_digest(item.body),
         state=MessageState.QUEUED.value,
         not_before=item.send_at or now,
         send_at=item.send_at,

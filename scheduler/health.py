@@ -37,8 +37,11 @@ from scheduler.models import (
 
 T = TypeVar("T")
 
-#: Holds that end when the chat is HEALTHY again (CRITICAL defers, AT_RISK throttles).
-CHAT_HOLDS = ("chat_critical", "chat_at_risk")
+#: Holds that end when the chat is HEALTHY again (CRITICAL defers, AT_RISK throttles,
+#: and the AT_RISK rule against repeated near-identical bodies).
+CHAT_HOLDS = ("chat_critical", "chat_at_risk", "content_repeated")
+#: Holds a reply from the recipient lifts.
+REPLY_HOLDS = ("chat_at_risk", "content_repeated")
 #: Holds that end when the line can send again.
 LINE_HOLDS = ("line_critical", "line_flagged", "provider_line_blocked")
 
@@ -77,8 +80,11 @@ def set_chat_health(
         return True
     if chat.opted_out_at is not None:
         opt_in(session, chat)
+    if health is ChatHealth.HEALTHY and chat.health != ChatHealth.HEALTHY.value:
+        chat.recovered_at = now
     chat.health = health.value
     if health is ChatHealth.HEALTHY:
+        # Released to the gate, whose caps (per recipient, per line) pace the backlog.
         release(
             session,
             and_(Message.chat_id == chat.id, Message.last_code.in_(CHAT_HOLDS)),
@@ -105,7 +111,9 @@ def set_line_reputation(
     stamp = updated_at or now
     if line.reputation_updated_at is not None and stamp < line.reputation_updated_at:
         return False
+    was_fit = _fit(line)
     line.reputation, line.reputation_updated_at = value.value, stamp
+    _mark_recovery(line, was_fit, now)
     if detail is not None:
         line.detail = detail
     _release_line(session, line, now, source)
@@ -127,7 +135,9 @@ def set_line_status(
     stamp = updated_at or now
     if line.status_updated_at is not None and stamp < line.status_updated_at:
         return False
+    was_fit = _fit(line)
     line.status, line.status_updated_at = value.value, stamp
+    _mark_recovery(line, was_fit, now)
     _release_line(session, line, now, source)
     return True
 
@@ -163,7 +173,7 @@ def record_inbound(
     # A reply lifts the AT_RISK throttle: its messages are looked at again now.
     release(
         session,
-        and_(Message.chat_id == chat.id, Message.last_code == "chat_at_risk"),
+        and_(Message.chat_id == chat.id, Message.last_code.in_(REPLY_HOLDS)),
         now,
         "release_reply",
         "the recipient replied",
@@ -229,6 +239,18 @@ def release(
     ).all()
     _record(session, ids, now, "RELEASE", code, reason)
     return len(ids)
+
+
+def _fit(line: Line) -> bool:
+    return (
+        line.reputation == LineReputation.HEALTHY.value and line.status == LineStatus.ACTIVE.value
+    )
+
+
+def _mark_recovery(line: Line, was_fit: bool, now: datetime) -> None:
+    """A line back to HEALTHY and ACTIVE ramps its pace up from ``now`` (policies.pace)."""
+    if _fit(line) and not was_fit:
+        line.recovered_at = now
 
 
 def _release_line(session: Session, line: Line, now: datetime, source: str) -> None:

@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 from policies.config import Policy
 from policies.e164 import to_e164
 from policies.errors import InvalidInput
+from policies.gate import LineFacts
+from policies.statuses import LineReputation, LineStatus
 from scheduler.models import Line
 
 
@@ -37,3 +39,10 @@ def get_line(session: Session, number: str, field: str = "line") -> Line:
     if line is None or not line.enabled:
         raise InvalidInput(field, number, "is not a line declared in the policy file")
     return line
+
+
+def line_facts(line: Line) -> LineFacts:
+    """What the gate knows of a stored line."""
+    return LineFacts(
+        line.number, LineReputation(line.reputation), LineStatus(line.status), line.recovered_at
+    )

@@ -35,6 +35,8 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
             "reputation_updated_at": _iso(line.reputation_updated_at),
             "status": line.status,
             "status_updated_at": _iso(line.status_updated_at),
+            # Its pace ramps up from here (``line.recovery_ramp_hours``).
+            "recovered_at": _iso(line.recovered_at),
             "dispatched_24h": sent_today.get(line.id, 0),
             "detail": line.detail,
         }

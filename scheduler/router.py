@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from policies.config import Policy
+from policies.gate import limits_for
+from policies.pace import check, headroom
 from policies.statuses import LineReputation, LineStatus
-from scheduler.models import Chat, Line, Message
+from scheduler.lines import line_facts
+from scheduler.models import Chat, Line
+from scheduler.usage import load_usage
 
-_RANK = {LineReputation.HEALTHY.value: 0, LineReputation.AT_RISK.value: 1}
+#: The recipient a new conversation is checked for: one the line has never sent to.
+_NEW_RECIPIENT = ""
+
+
+class Choice(NamedTuple):
+    """A line that may take a new recipient, and when it can."""
+
+    line: Line
+    #: ``now`` when every cap has room for a new conversation now.
+    allowed_at: datetime
+    #: The smallest share left of any cap, 0 to 1.
+    headroom: float
 
 
 def sticky_chat(session: Session, recipient: str) -> Chat | None:
@@ -33,16 +49,18 @@ def sticky_chat(session: Session, recipient: str) -> Chat | None:
     ).one_or_none()
 
 
-def lines_for_new_recipient(session: Session, policy: Policy, now: datetime) -> list[Line]:
+def rank_lines(session: Session, policy: Policy, now: datetime) -> list[Choice]:
     """Lines that may take a new recipient, best first.
 
-    HEALTHY lines first, AT_RISK ones only when the policy allows it and no HEALTHY
-    line exists, never CRITICAL or FLAGGED; then the most headroom under the daily cap.
+    HEALTHY lines only, or AT_RISK ones when the policy allows it and no HEALTHY line
+    exists; never CRITICAL or FLAGGED. Lines with room under every cap now come first,
+    the most headroom first; lines at a cap follow, the one that frees up first first.
     """
     lines = [
         line
-        for line in session.scalars(select(Line).where(Line.enabled.is_(True)))
-        if line.status == LineStatus.ACTIVE.value and line.reputation in _RANK
+        for line in session.scalars(select(Line).where(Line.enabled.is_(True)).order_by(Line.id))
+        if line.status == LineStatus.ACTIVE.value
+        and line.reputation in (LineReputation.HEALTHY.value, LineReputation.AT_RISK.value)
     ]
     healthy = [line for line in lines if line.reputation == LineReputation.HEALTHY.value]
     if healthy:
@@ -51,19 +69,21 @@ def lines_for_new_recipient(session: Session, policy: Policy, now: datetime) -> 
         candidates = lines
     else:
         return []
-    sent_today = dict(
-        session.execute(
-            select(Message.line_id, func.count())
-            .where(
-                Message.line_id.in_([line.id for line in candidates]),
-                Message.dispatched_at > now - timedelta(days=1),
-            )
-            .group_by(Message.line_id)
-        ).all()
+    limits = {line.id: limits_for(line_facts(line), policy, now) for line in candidates}
+    usage = load_usage(
+        session, candidates, {i: lim.sends_per_day for i, lim in limits.items()}, now, 1
     )
+    choices = [
+        Choice(
+            line,
+            check(usage[line.id], limits[line.id], _NEW_RECIPIENT, True, now).allowed_at,
+            headroom(usage[line.id], limits[line.id], now),
+        )
+        for line in candidates
+    ]
+    return sorted(choices, key=lambda c: (c.allowed_at, -c.headroom, c.line.id))
 
-    def headroom(line: Line) -> float:
-        cap = policy.caps_for(line.number).sends_per_day
-        return 1 - sent_today.get(line.id, 0) / cap
 
-    return sorted(candidates, key=lambda line: (-headroom(line), line.id))
+def lines_for_new_recipient(session: Session, policy: Policy, now: datetime) -> list[Line]:
+    """The lines of :func:`rank_lines`, best first."""
+    return [choice.line for choice in rank_lines(session, policy, now)]

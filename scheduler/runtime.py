@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from policies.config import Policy, load_policy
 from policies.errors import PolicyFileError
 from scheduler.db import engine_for, session_factory
+from scheduler.limits import DatabaseLimiter, Limiter, RedisLimiter
 from scheduler.providers import Provider, Providers
 from scheduler.settings import Settings
 
@@ -59,13 +60,15 @@ class PolicySource:
 
 @dataclass
 class Runtime:
-    """The database, the policy and the providers of one process."""
+    """The database, the policy, the providers and the limiter of one process."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     policies: PolicySource
     providers: Providers
+    #: Global caps: in Redis when ``redis_url`` is set, counted in the database otherwise.
+    limiter: Limiter = field(default_factory=DatabaseLimiter)
 
     @classmethod
     def build(cls, settings: Settings, providers: dict[str, Provider] | None = None) -> Runtime:
@@ -77,6 +80,9 @@ class Runtime:
             sessions=session_factory(engine),
             policies=policies,
             providers=Providers(settings, providers, policies.current),
+            limiter=RedisLimiter.from_url(settings.redis_url)
+            if settings.redis_url
+            else DatabaseLimiter(),
         )
 
     @property
@@ -85,4 +91,5 @@ class Runtime:
 
     def close(self) -> None:
         self.providers.close()
+        self.limiter.close()
         self.engine.dispose()

@@ -81,6 +81,7 @@ def redis_settings(tmp_path: Path, postgres_database: str) -> Settings:
     policy.write_text(
         POLICY + "[caps]\nsends_per_minute = 1000\ndistinct_recipients_per_hour = 1000\n"
         "new_conversations_per_day = 1000\n"
+        "[content]\nsame_body_max_recipients_per_hour = 1000\n"
     )
     engine = sqlalchemy.create_engine(postgres_database)
     with engine.begin() as conn:

@@ -10,6 +10,7 @@ import policies
 from policies.config import (
     Caps,
     ChatPolicy,
+    ContentPolicy,
     DispatchPolicy,
     LinePolicy,
     OptOutPolicy,
@@ -53,10 +54,18 @@ def test_starter_file_shows_every_default() -> None:
     policy = load_policy(STARTER)
 
     # Then every section equals the model's defaults
-    assert (policy.chat, policy.line, policy.caps, policy.opt_out, policy.dispatch) == (
+    assert (
+        policy.chat,
+        policy.line,
+        policy.caps,
+        policy.content,
+        policy.opt_out,
+        policy.dispatch,
+    ) == (
         ChatPolicy(),
         LinePolicy(),
         Caps(),
+        ContentPolicy(),
         OptOutPolicy(),
         DispatchPolicy(),
     )
@@ -106,6 +115,24 @@ def test_starter_file_shows_every_default() -> None:
             "caps.sends_per_minute",
             "Input should be a valid integer (got 'fast')",
             id="cap_not_a_number",
+        ),
+        pytest.param(
+            TWO_LINES + "\n[line]\nrecovery_ramp_hours = -2\n",
+            "line.recovery_ramp_hours",
+            "Input should be greater than or equal to 0 (got -2)",
+            id="negative_recovery_ramp",
+        ),
+        pytest.param(
+            TWO_LINES + "\n[content]\nsame_body_max_recipients_per_hour = 0\n",
+            "content.same_body_max_recipients_per_hour",
+            "Input should be greater than 0 (got 0)",
+            id="zero_same_body_recipients",
+        ),
+        pytest.param(
+            TWO_LINES + "\n[content]\nrepeat_window = 3\n",
+            "content.repeat_window",
+            "unknown key",
+            id="misspelt_content_key",
         ),
         pytest.param(
             TWO_LINES + "\n[line]\nat_risk_pace_factor = 1.5\n",
