@@ -1,0 +1,178 @@
+"""The store's view of one claimed batch: lines, chats, usage and the facts the gate reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from policies.config import OptOutScope, Policy
+from policies.gate import ChatFacts, LineFacts, MessageFacts, limits_for
+from policies.statuses import ChatHealth
+from policies.usage import LineUsage
+from scheduler.lines import line_facts
+from scheduler.models import Chat, Line, Message, OptOut
+from scheduler.runtime import Runtime
+from scheduler.usage import load_usage
+
+
+@dataclass
+class Batch:
+    """The store's view of one batch while it is being decided."""
+
+    policy: Policy
+    now: datetime
+    lines: dict[int, Line]
+    chats: dict[int, Chat]
+    opted_out: set[str]
+    usage: dict[int, LineUsage]
+    unanswered: dict[int, tuple[datetime, ...]]
+    #: Dispatch times of each body digest to each AT_RISK chat, for the repeat rule.
+    same_body: dict[tuple[int, str], list[datetime]] = field(default_factory=dict)
+
+
+def load_batch(
+    session: Session, messages: Sequence[Message], runtime: Runtime, now: datetime
+) -> Batch:
+    """Load and lock what deciding ``messages`` needs: chats in id order, line usage, facts."""
+    policy = runtime.policy
+    lines = {line.id: line for line in session.scalars(select(Line))}
+    chat_ids = sorted({m.chat_id for m in messages if m.chat_id is not None})
+    # Locked in id order, the same order every dispatcher uses, so none deadlock.
+    chats = {
+        chat.id: chat
+        for chat in session.scalars(
+            select(Chat).where(Chat.id.in_(chat_ids)).order_by(Chat.id).with_for_update()
+        )
+    }
+    opted_out: set[str] = set()
+    if policy.opt_out.scope is OptOutScope.ACCOUNT:
+        opted_out = set(
+            session.scalars(
+                select(OptOut.recipient).where(
+                    OptOut.recipient.in_({m.recipient for m in messages})
+                )
+            )
+        )
+    used = [lines[i] for i in sorted({m.line_id for m in messages if m.line_id is not None})]
+    # A new recipient may move to any line, so a batch that has one locks them all.
+    movable = any(not m.pinned and is_new_chat(chats.get(m.chat_id or 0)) for m in messages)
+    runtime.limiter.lock(session, sorted(lines) if movable else [line.id for line in used])
+    usage = batch_usage(session, used, policy, now, headroom=len(messages))
+    return Batch(
+        policy,
+        now,
+        lines,
+        chats,
+        opted_out,
+        usage,
+        _unanswered(session, chats, policy, now),
+        _same_body(session, chats, messages, policy, now),
+    )
+
+
+def is_new_chat(chat: Chat | None) -> bool:
+    """Nothing was dispatched on the chat yet: a send starts a new conversation."""
+    return chat is None or chat.first_sent_at is None
+
+
+def batch_usage(
+    session: Session, lines: Sequence[Line], policy: Policy, now: datetime, headroom: int
+) -> dict[int, LineUsage]:
+    """Usage of ``lines`` with each line's daily limit as it applies at ``now``."""
+    day_limits = {
+        line.id: limits_for(line_facts(line), policy, now).sends_per_day for line in lines
+    }
+    return load_usage(session, lines, day_limits, now, headroom)
+
+
+def _same_body(
+    session: Session,
+    chats: dict[int, Chat],
+    messages: Sequence[Message],
+    policy: Policy,
+    now: datetime,
+) -> dict[tuple[int, str], list[datetime]]:
+    """When each batch body digest went to each AT_RISK chat since its last reply.
+
+    These are the repeat rule's facts: a reply lifts the rule, as it lifts the throttle.
+    """
+    at_risk = [c.id for c in chats.values() if c.health == ChatHealth.AT_RISK.value]
+    digests = {m.body_hash for m in messages if m.body_hash is not None}
+    found: dict[tuple[int, str], list[datetime]] = {}
+    if not at_risk or not digests:
+        return found
+    rows = session.execute(
+        select(Message.chat_id, Message.body_hash, Message.dispatched_at).where(
+            Message.chat_id.in_(at_risk),
+            Message.body_hash.in_(digests),
+            Message.dispatched_at > now - policy.content.at_risk_repeat_window,
+        )
+    )
+    for chat_id, digest, at in rows:
+        if chat_id is None or digest is None or at is None:
+            continue
+        replied = chats[chat_id].last_inbound_at
+        if replied is None or at > replied:
+            found.setdefault((chat_id, digest), []).append(at)
+    return found
+
+
+def _unanswered(
+    session: Session, chats: dict[int, Chat], policy: Policy, now: datetime
+) -> dict[int, tuple[datetime, ...]]:
+    """Dispatch times since the last reply, for AT_RISK chats (the only ones that need it)."""
+    at_risk = [c for c in chats.values() if c.health == ChatHealth.AT_RISK.value]
+    found: dict[int, list[datetime]] = {chat.id: [] for chat in at_risk}
+    if not at_risk:
+        return {}
+    rows = session.execute(
+        select(Message.chat_id, Message.dispatched_at)
+        .where(
+            Message.chat_id.in_(found),
+            Message.dispatched_at > now - policy.chat.at_risk_window,
+        )
+        .order_by(Message.dispatched_at)
+    )
+    for chat_id, at in rows:
+        chat = chats[chat_id] if chat_id is not None else None
+        if chat is None or at is None:
+            continue
+        if chat.last_inbound_at is None or at > chat.last_inbound_at:
+            found[chat.id].append(at)
+    return {chat_id: tuple(times) for chat_id, times in found.items()}
+
+
+def facts_for(
+    message: Message, batch: Batch
+) -> tuple[MessageFacts, ChatFacts, LineFacts | None, LineUsage]:
+    """The gate's inputs for one message, from the batch."""
+    line = batch.lines.get(message.line_id) if message.line_id is not None else None
+    chat = batch.chats.get(message.chat_id) if message.chat_id is not None else None
+    is_new = is_new_chat(chat)
+    health = ChatHealth(chat.health) if chat else ChatHealth.HEALTHY
+    if chat is not None and chat.opted_out_at is not None:
+        health = ChatHealth.OPTED_OUT
+    return (
+        MessageFacts(
+            recipient=message.recipient,
+            expires_at=message.expires_at,
+            held_since=message.held_since,
+            may_reroute=not message.pinned and is_new,
+            body_hash=message.body_hash,
+        ),
+        ChatFacts(
+            health=health,
+            recipient_opted_out=message.recipient in batch.opted_out,
+            is_new=is_new,
+            unanswered=batch.unanswered.get(chat.id, ()) if chat else (),
+            same_body_sent=tuple(batch.same_body.get((chat.id, message.body_hash), ()))
+            if chat and message.body_hash
+            else (),
+        ),
+        None if line is None or not line.enabled else line_facts(line),
+        batch.usage.get(line.id, LineUsage()) if line else LineUsage(),
+    )
