@@ -8,7 +8,13 @@ from enum import StrEnum
 from typing import Any
 
 from policies.errors import InvalidInput
-from policies.statuses import LineReputation, LineStatus, parse_line_reputation
+from policies.statuses import (
+    LineReputation,
+    LineStatus,
+    parse_field,
+    parse_line_reputation,
+    parse_line_status,
+)
 
 
 class CanSend(StrEnum):
@@ -123,18 +129,11 @@ def linq_line(entry: Mapping[str, Any]) -> LinqLine:
         field, raw = f"{field}.status", raw.get("status")
     reputation = None
     if raw is not None:
-        try:
-            reputation = parse_line_reputation(str(raw))
-        except ValueError as exc:
-            raise InvalidInput(field, raw, str(exc)) from None
+        reputation = parse_field(parse_line_reputation, field, str(raw))
     status = None
     raw_status = entry.get("status")
     if isinstance(raw_status, Mapping):
         raw_status = raw_status.get("status")
     if raw_status is not None:
-        try:
-            status = LineStatus(str(raw_status))
-        except ValueError:
-            allowed = ", ".join(s.value for s in LineStatus)
-            raise InvalidInput("status", raw_status, f"is not one of {allowed}") from None
+        status = parse_field(parse_line_status, "status", str(raw_status))
     return LinqLine(number, reputation, status)

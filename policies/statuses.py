@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
+from typing import TypeVar
+
+from policies.errors import InvalidInput
+
+T = TypeVar("T")
 
 
 class ChatHealth(StrEnum):
@@ -78,3 +84,20 @@ def parse_line_reputation(value: str) -> LineReputation:
     except ValueError:
         allowed = ", ".join(s.value for s in LineReputation)
         raise ValueError(f"line reputation {value!r} is not one of {allowed}") from None
+
+
+def parse_line_status(value: str) -> LineStatus:
+    """Parse a line's runtime status, naming the value when it is not one."""
+    try:
+        return LineStatus(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in LineStatus)
+        raise ValueError(f"line status {value!r} is not one of {allowed}") from None
+
+
+def parse_field(parser: Callable[[str], T], field: str, value: str) -> T:
+    """Run one of the parsers above on the value of ``field``; bad input names both."""
+    try:
+        return parser(value)
+    except ValueError as exc:
+        raise InvalidInput(field, value, str(exc)) from None

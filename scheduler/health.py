@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 
 from policies.config import OptOutScope, Policy
 from policies.e164 import to_e164
-from policies.errors import InvalidInput
 from policies.keywords import Inbound, classify, reply_opts_in
 from policies.statuses import (
     Action,
@@ -21,7 +20,9 @@ from policies.statuses import (
     LineReputation,
     LineStatus,
     parse_chat_health,
+    parse_field,
     parse_line_reputation,
+    parse_line_status,
 )
 from scheduler.enqueue import chat_for
 from scheduler.lines import get_line
@@ -34,8 +35,6 @@ from scheduler.models import (
     MessageState,
     OptOut,
 )
-
-T = TypeVar("T")
 
 #: Holds that end when the chat is HEALTHY again (CRITICAL defers, AT_RISK throttles,
 #: and the AT_RISK rule against repeated near-identical bodies).
@@ -68,7 +67,7 @@ def set_chat_health(
     account scope); any other status set this way clears an opt-out, and HEALTHY
     releases the chat's held messages.
     """
-    health = _parse(parse_chat_health, "status", status)
+    health = parse_field(parse_chat_health, "status", status)
     line = get_line(session, line_number)
     chat = lock_chat(session, chat_for(session, line, _recipient(recipient), now))
     stamp = updated_at or now
@@ -106,7 +105,7 @@ def set_line_reputation(
     detail: dict[str, Any] | None = None,
 ) -> bool:
     """Set a line's reputation; False when ``updated_at`` is older than what is stored."""
-    value = _parse(parse_line_reputation, "status", reputation)
+    value = parse_field(parse_line_reputation, "status", reputation)
     line = _lock_line(session, line_number)
     stamp = updated_at or now
     if line.reputation_updated_at is not None and stamp < line.reputation_updated_at:
@@ -130,7 +129,7 @@ def set_line_status(
     source: str = "set by hand",
 ) -> bool:
     """Set a line's runtime status (ACTIVE / FLAGGED)."""
-    value = _parse(LineStatus, "status", status)
+    value = parse_field(parse_line_status, "status", status)
     line = _lock_line(session, line_number)
     stamp = updated_at or now
     if line.status_updated_at is not None and stamp < line.status_updated_at:
@@ -299,10 +298,3 @@ def _account_opt_out(session: Session, recipient: str) -> bool:
 
 def _recipient(value: str) -> str:
     return to_e164(value, "recipient")
-
-
-def _parse(parser: Callable[[str], T], field: str, value: str) -> T:
-    try:
-        return parser(value)
-    except ValueError as exc:
-        raise InvalidInput(field, value, str(exc)) from None

@@ -8,7 +8,6 @@ healthgate uses are read; the rest of a body is kept as it came, in the event re
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -22,10 +21,10 @@ from policies.statuses import (
     LineReputation,
     LineStatus,
     parse_chat_health,
+    parse_field,
     parse_line_reputation,
+    parse_line_status,
 )
-
-T = TypeVar("T")
 
 #: Message events whose ``data`` is the SDK's ``MessageEventV2`` (or, for edits, close to it).
 MESSAGE_EVENTS = frozenset(
@@ -197,7 +196,7 @@ def _message_facts(kind: str, message: _Message, created_at: datetime) -> tuple[
                 chat.id,
                 line,
                 recipient,
-                _parse(
+                parse_field(
                     parse_chat_health, "data.chat.health_status.status", chat.health_status.status
                 ),
                 chat.health_status.updated_at,
@@ -224,7 +223,7 @@ def _chat_facts(chat: _Chat) -> tuple[Fact, ...]:
     if len(ours) == 1 and len(others) == 1:
         line = to_e164(chat.handles[ours[0]].handle, f"data.handles[{ours[0]}].handle")
         recipient = to_e164(chat.handles[others[0]].handle, f"data.handles[{others[0]}].handle")
-    status = _parse(parse_chat_health, "data.health_status.status", chat.health_status.status)
+    status = parse_field(parse_chat_health, "data.health_status.status", chat.health_status.status)
     line_field = f"data.handles[{ours[0]}].handle" if ours else "data.handles"
     return (
         ChatHealthSeen(
@@ -238,10 +237,10 @@ def _line_fact(data: _PhoneNumber) -> LineSeen:
     # Prefer the current name; the deprecated alias is read only when it is alone.
     field = "data.new_reputation" if data.new_reputation is not None else "data.new_health_status"
     value = data.new_reputation if data.new_reputation is not None else data.new_health_status
-    reputation = _parse(parse_line_reputation, field, value) if value is not None else None
+    reputation = parse_field(parse_line_reputation, field, value) if value is not None else None
     status = None
     if data.new_status is not None:
-        status = _parse(_line_status, "data.new_status", data.new_status)
+        status = parse_field(parse_line_status, "data.new_status", data.new_status)
     if reputation is None and status is None:
         raise InvalidInput("data.new_reputation", None, "is missing, and so is data.new_status")
     return LineSeen(number, reputation, status, data.changed_at)
@@ -258,21 +257,6 @@ def _validate(model: type[_M], value: object, prefix: str) -> _M:
         field = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
         found = None if error["type"] == "missing" else _scalar(error.get("input"))
         raise InvalidInput(field or "body", found, error["msg"]) from None
-
-
-def _parse(parser: Callable[[str], T], field: str, value: str) -> T:
-    try:
-        return parser(value)
-    except ValueError as exc:
-        raise InvalidInput(field, value, str(exc)) from None
-
-
-def _line_status(value: str) -> LineStatus:
-    try:
-        return LineStatus(value)
-    except ValueError:
-        allowed = ", ".join(s.value for s in LineStatus)
-        raise ValueError(f"line status {value!r} is not one of {allowed}") from None
 
 
 def _scalar(value: object) -> object:
