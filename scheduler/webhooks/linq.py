@@ -11,9 +11,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from policies.e164 import to_e164
 from policies.errors import InvalidInput
@@ -24,6 +24,7 @@ from policies.statuses import (
     parse_chat_health,
     parse_line_reputation,
 )
+from policies.text import storable_text
 
 T = TypeVar("T")
 
@@ -85,6 +86,20 @@ class LinqEvent:
     note: str | None = None
 
 
+def _storable(value: str) -> str:
+    try:
+        return storable_text(value, "value")
+    except InvalidInput as exc:
+        raise ValueError(exc.problem) from None
+
+
+#: Ids and names the store keeps in columns of bounded length; NUL no store can keep.
+#: Longer or NUL-bearing values are refused as bad input instead of failing the insert.
+EventId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_storable)]
+EventType = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable)]
+ChatId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -100,7 +115,7 @@ class _HealthStatus(_Model):
 
 
 class _MessageChat(_Model):
-    id: str
+    id: ChatId
     health_status: _HealthStatus | None = None
     is_group: bool | None = None
     owner_handle: _Handle | None = None
@@ -120,7 +135,7 @@ class _Message(_Model):
 
 
 class _Chat(_Model):
-    id: str
+    id: ChatId
     handles: list[_Handle]
     health_status: _HealthStatus
     is_group: bool = False
@@ -136,8 +151,8 @@ class _PhoneNumber(_Model):
 
 
 class _Envelope(_Model):
-    event_id: str
-    event_type: str
+    event_id: EventId
+    event_type: EventType
     created_at: AwareDatetime
     data: dict[str, Any]
 
@@ -172,7 +187,9 @@ def event_id_of(body: bytes) -> str | None:
     except ValueError:
         return None
     value = document.get("event_id") if isinstance(document, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+    if not isinstance(value, str) or not 0 < len(value) <= 200 or "\x00" in value:
+        return None
+    return value
 
 
 def _message_facts(kind: str, message: _Message, created_at: datetime) -> tuple[Fact, ...]:
@@ -257,7 +274,8 @@ def _validate(model: type[_M], value: object, prefix: str) -> _M:
         error = exc.errors()[0]
         field = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
         found = None if error["type"] == "missing" else _scalar(error.get("input"))
-        raise InvalidInput(field or "body", found, error["msg"]) from None
+        problem = error["msg"].removeprefix("Value error, ")
+        raise InvalidInput(field or "body", found, problem) from None
 
 
 def _parse(parser: Callable[[str], T], field: str, value: str) -> T:
