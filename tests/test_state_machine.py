@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -123,6 +123,8 @@ class SendPipeline(RuleBasedStateMachine):
         self.by_key: dict[str, str] = {}
         self.final: dict[str, str] = {}
         self.seen_sends = 0
+        #: Each message's send_at and expires_at: it may go out only between them.
+        self.window: dict[str, tuple[datetime | None, datetime | None]] = {}
         # The model: opt-outs per chat (line, recipient) and per recipient (account
         # scope), and which lines are paused.
         self.opted_chats: set[tuple[str, str]] = set()
@@ -146,20 +148,35 @@ class SendPipeline(RuleBasedStateMachine):
         key=st.one_of(st.none(), st.sampled_from(KEYS)),
         body=st.sampled_from(("Your code is 1234", "Your code is 98", "See you at 5")),
         expires_in=st.one_of(st.none(), st.integers(min_value=1, max_value=4 * 3600)),
+        send_in=st.one_of(st.none(), st.integers(min_value=0, max_value=3600)),
     )
     def enqueue(
-        self, to: str, line: str | None, key: str | None, body: str, expires_in: int | None
+        self,
+        to: str,
+        line: str | None,
+        key: str | None,
+        body: str,
+        expires_in: int | None,
+        send_in: int | None,
     ) -> None:
+        now = utcnow()
+        send_at = None if send_in is None else now + timedelta(seconds=send_in)
         expires_at = None
         if expires_in is not None:
-            expires_at = utcnow() + timedelta(seconds=expires_in)
+            expires_at = (send_at or now) + timedelta(seconds=expires_in)
         message_id = self.hg.enqueue(
-            to=to, body=body, line=line, idempotency_key=key, expires_at=expires_at
+            to=to,
+            body=body,
+            line=line,
+            idempotency_key=key,
+            send_at=send_at,
+            expires_at=expires_at,
         )
         if key is not None:
             # The same key always gives back the first message, never a second one.
             assert self.by_key.setdefault(key, message_id) == message_id
         self.ids.add(message_id)
+        self.window.setdefault(message_id, (send_at, expires_at))
 
     @rule(line=st.sampled_from(LINES), to=st.sampled_from(RECIPIENTS))
     def stop(self, line: str, to: str) -> None:
@@ -222,6 +239,10 @@ class SendPipeline(RuleBasedStateMachine):
             assert not self.paused[line], f"sent on {line} while {self.paused[line]}: {record}"
             assert (line, to) not in self.opted_chats, f"sent after the chat's STOP: {record}"
             assert to not in self.opted_recipients, f"sent after the recipient's STOP: {record}"
+            send_at, expires_at = self.window[record["message_id"]]
+            at = datetime.fromisoformat(record["at"])
+            assert send_at is None or at >= send_at, f"sent before send_at: {record}"
+            assert expires_at is None or at < expires_at, f"sent after expires_at: {record}"
         self.seen_sends = len(sends)
 
     @precondition(lambda self: bool(self.ids))
@@ -274,7 +295,7 @@ def run(store: Store, count: int) -> None:
     )
 
 
-def test_random_traffic_never_sends_twice_after_stop_or_on_a_paused_line(
+def test_random_traffic_never_sends_twice_after_stop_on_a_paused_line_or_out_of_time(
     sqlite_template: Path,
 ) -> None:
     run(Store(sqlite_template, None), 40)
