@@ -24,7 +24,7 @@ from policies.statuses import (
     parse_chat_health,
     parse_line_reputation,
 )
-from policies.text import storable_text
+from policies.text import storable_text, storable_time
 
 T = TypeVar("T")
 
@@ -93,11 +93,20 @@ def _storable(value: str) -> str:
         raise ValueError(exc.problem) from None
 
 
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return storable_time(value, "value")
+    except InvalidInput as exc:
+        raise ValueError(exc.problem) from None
+
+
 #: Ids and names the store keeps in columns of bounded length; NUL no store can keep.
 #: Longer or NUL-bearing values are refused as bad input instead of failing the insert.
 EventId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_storable)]
 EventType = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable)]
 ChatId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable)]
+#: A time with a timezone that also has a UTC equivalent (the store keeps UTC).
+Moment = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class _Model(BaseModel):
@@ -111,7 +120,7 @@ class _Handle(_Model):
 
 class _HealthStatus(_Model):
     status: str
-    updated_at: AwareDatetime
+    updated_at: Moment
 
 
 class _MessageChat(_Model):
@@ -131,7 +140,7 @@ class _Message(_Model):
     direction: Literal["inbound", "outbound"]
     parts: list[_Part] = []
     sender_handle: _Handle
-    sent_at: AwareDatetime | None = None
+    sent_at: Moment | None = None
 
 
 class _Chat(_Model):
@@ -143,7 +152,7 @@ class _Chat(_Model):
 
 class _PhoneNumber(_Model):
     phone_number: str
-    changed_at: AwareDatetime
+    changed_at: Moment
     new_reputation: str | None = None
     #: Deprecated alias of ``new_reputation``; read only when that is absent.
     new_health_status: str | None = None
@@ -153,7 +162,7 @@ class _PhoneNumber(_Model):
 class _Envelope(_Model):
     event_id: EventId
     event_type: EventType
-    created_at: AwareDatetime
+    created_at: Moment
     data: dict[str, Any]
 
 
