@@ -309,3 +309,38 @@ def test_a_webhook_id_longer_than_the_store_keeps_is_still_recorded(
     with known.runtime.sessions() as session:
         [stored] = listing.events(session, None, 10)
     assert stored["id"].startswith("linq:sha256:")
+
+
+FAR = "9999-12-31T23:00:00-12:00"  # aware, but after the last moment UTC can hold
+
+
+@pytest.mark.parametrize(
+    ("event", "path"),
+    [
+        (
+            message_event(LINE_A, BOB, START, text="hi", status="AT_RISK"),
+            ("data", "chat", "health_status", "updated_at"),
+        ),
+        (line_event(LINE_A, START, new_reputation="CRITICAL"), ("data", "changed_at")),
+        (message_event(LINE_A, BOB, START, text="hi"), ("data", "sent_at")),
+        (line_event(LINE_A, START, new_reputation="CRITICAL"), ("created_at",)),
+    ],
+    ids=["health-updated-at", "changed-at", "sent-at", "created-at"],
+)
+def test_a_time_with_no_utc_equivalent_is_422_naming_the_field(
+    known: Healthgate, post: Post, event: dict[str, Any], path: tuple[str, ...]
+) -> None:
+    # Given an event whose time is past what UTC can hold (it used to answer 500)
+    holder: Any = event
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = FAR
+    before = snapshot(known)
+
+    # When it arrives signed
+    response = post(*signed(event, START))
+
+    # Then it is refused naming the field, and nothing changed
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == ".".join(path)
+    assert snapshot(known) == before
