@@ -28,7 +28,11 @@ Provider = Literal["log", "linq", "360dialog"]
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Strict: TOML has real numbers, so `true` or "20" for a threshold is a mistake, not 1 or 20.
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
-PositiveFloat = Annotated[float, Field(gt=0, strict=True)]
+#: The longest window, hold or ramp a policy may name: a year. Longer is a typo, and an
+#: unbounded one (``inf``, ``1e12``) loads but overflows the gate's date arithmetic later.
+MAX_HOURS = 24 * 366
+Hours = Annotated[float, Field(gt=0, le=MAX_HOURS, strict=True)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_HOURS * 3600, strict=True)]
 
 
 class _Section(BaseModel):
@@ -125,9 +129,9 @@ class ChatPolicy(_Section):
 
     #: Outbound messages an AT_RISK chat may have unanswered inside the window.
     at_risk_max_unanswered: PositiveInt = 1
-    at_risk_window_hours: PositiveFloat = 24
+    at_risk_window_hours: Hours = 24
     #: How long a deferred message may be held before it expires.
-    critical_max_hold_hours: PositiveFloat = 72
+    critical_max_hold_hours: Hours = 72
 
     @property
     def at_risk_window(self) -> timedelta:
@@ -148,7 +152,7 @@ class LinePolicy(_Section):
     #: A line back to HEALTHY ramps from the AT_RISK pace to its full caps over this
     #: long, as senders warm an IP, so its backlog does not trigger the next AT_RISK.
     #: 24 h: one full daily window of the caps the provider scores.
-    recovery_ramp_hours: Annotated[float, Field(ge=0, strict=True)] = 24
+    recovery_ramp_hours: Annotated[float, Field(ge=0, le=MAX_HOURS, strict=True)] = 24
 
     @property
     def recovery_ramp(self) -> timedelta:
@@ -159,7 +163,7 @@ class ContentPolicy(_Section):
     """Content variation: repeated near-identical bodies amplify a bad signal."""
 
     #: A body near-identical to one sent to an AT_RISK chat inside this window is held.
-    at_risk_repeat_window_hours: PositiveFloat = 24
+    at_risk_repeat_window_hours: Hours = 24
     #: Distinct recipients one line may send the same (near-identical) body to in an hour:
     #: a third of the default ``distinct_recipients_per_hour``, so one template cannot
     #: fill a line's hour (identical text to many people is the classic spam signal).
@@ -181,8 +185,8 @@ class DispatchPolicy(_Section):
     """Retries after a provider's transient failure."""
 
     max_attempts: PositiveInt = 5
-    retry_base_seconds: PositiveFloat = 30
-    retry_max_seconds: PositiveFloat = 3600
+    retry_base_seconds: Seconds = 30
+    retry_max_seconds: Seconds = 3600
 
 
 class Policy(_Section):
@@ -267,6 +271,10 @@ def load_policy(path: str | Path) -> Policy:
         ) from None
     except OSError as exc:
         raise PolicyFileError(name, "", f"cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise PolicyFileError(
+            name, "", f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start})"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -54,7 +54,8 @@ def after_failure(
         )
     backoff = timedelta(
         seconds=min(
-            policy.dispatch.retry_base_seconds * 2 ** (attempts - 1),
+            # The exponent is capped: past 2**1023 a float overflows, long after the cap.
+            policy.dispatch.retry_base_seconds * 2 ** min(attempts - 1, 60),
             policy.dispatch.retry_max_seconds,
         )
     )

@@ -6,8 +6,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from policies.errors import InvalidInput
 from policies.keywords import Inbound
 from policies.statuses import LineStatus
+from policies.text import storable_time
 from scheduler import health, reports
 from scheduler.db import has_schema, upgrade
 from scheduler.dispatch import Report, drain
@@ -63,6 +65,7 @@ class Healthgate:
     def set_chat_health(
         self, line: str, recipient: str, status: str, updated_at: datetime | None = None
     ) -> bool:
+        _check_stamp(updated_at)
         with self.runtime.sessions.begin() as session:
             sync_lines(session, self.runtime.policy, utcnow())
             return health.set_chat_health(
@@ -77,6 +80,7 @@ class Healthgate:
 
     def set_line_health(self, line: str, status: str, updated_at: datetime | None = None) -> bool:
         """Set a line's reputation (HEALTHY / AT_RISK / CRITICAL) or status (ACTIVE / FLAGGED)."""
+        _check_stamp(updated_at)
         with self.runtime.sessions.begin() as session:
             sync_lines(session, self.runtime.policy, utcnow())
             if status in {s.value for s in LineStatus}:
@@ -89,6 +93,8 @@ class Healthgate:
 
     def record_inbound(self, line: str, recipient: str, text: str) -> Inbound:
         """Record a message from a recipient (reply, opt-out or opt-in)."""
+        if not isinstance(text, str):
+            raise InvalidInput("text", text, "must be the text the recipient sent")
         with self.runtime.sessions.begin() as session:
             return health.record_inbound(
                 session, self.runtime.policy, line, recipient, text, utcnow()
@@ -112,3 +118,12 @@ class Healthgate:
 
     def close(self) -> None:
         self.runtime.close()
+
+
+def _check_stamp(updated_at: object) -> None:
+    """When a health reading was taken: an aware time, compared with stored UTC stamps."""
+    if updated_at is None:
+        return
+    if not isinstance(updated_at, datetime) or updated_at.tzinfo is None:
+        raise InvalidInput("updated_at", updated_at, "must be a timezone-aware datetime")
+    storable_time(updated_at, "updated_at")

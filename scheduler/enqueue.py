@@ -19,6 +19,7 @@ from policies.content import body_digest
 from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.statuses import Action
+from policies.text import storable_text, storable_time
 from scheduler.lines import get_line, sync_lines
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
 from scheduler.router import lines_for_new_recipient, sticky_chat
@@ -100,6 +101,7 @@ def _validated(item: NewMessage | Mapping[str, Any], where: str, now: datetime) 
     line = to_e164(item.line, f"{field}line") if item.line is not None else None
     if not isinstance(item.body, str) or not item.body.strip():
         raise InvalidInput(f"{field}body", item.body, "must be non-empty text")
+    storable_text(item.body, f"{field}body")
     if len(item.body) > MAX_BODY_CHARS:
         raise InvalidInput(
             f"{field}body", item.body[:20] + "...", f"is longer than {MAX_BODY_CHARS} characters"
@@ -110,6 +112,8 @@ def _validated(item: NewMessage | Mapping[str, Any], where: str, now: datetime) 
         value = getattr(item, name)
         if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
             raise InvalidInput(f"{field}{name}", value, "must be a timezone-aware datetime")
+        if value is not None:
+            storable_time(value, f"{field}{name}")
     if item.expires_at is not None:
         if item.expires_at <= now:
             raise InvalidInput(f"{field}expires_at", item.expires_at, "is already in the past")
@@ -125,6 +129,7 @@ def _check_text(value: object, field: str, limit: int) -> None:
         return
     if not isinstance(value, str) or not value or len(value) > limit:
         raise InvalidInput(field, value, f"must be text of 1 to {limit} characters")
+    storable_text(value, field)
 
 
 def _store(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,12 +13,37 @@ import pytest
 import sqlalchemy
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from scheduler.client import Healthgate
 from scheduler.db import create_db_engine, upgrade
 from scheduler.providers.log import read_send_log
 from scheduler.settings import Settings
 from tests.services import require_postgres
+
+# Property tests: a modest count by default so the suite stays fast on a shared machine;
+# HEALTHGATE_HYPOTHESIS_PROFILE=thorough searches far longer before a release.
+hypothesis_settings.register_profile(
+    "default",
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.register_profile(
+    "thorough",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+HYPOTHESIS_PROFILE = os.environ.get("HEALTHGATE_HYPOTHESIS_PROFILE", "default")
+hypothesis_settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(count: int) -> int:
+    """A test's own example count, multiplied under the thorough profile."""
+    return count * 25 if HYPOTHESIS_PROFILE == "thorough" else count
+
 
 LINE_A = "+14155550100"
 LINE_B = "+14155550101"

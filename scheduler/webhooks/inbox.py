@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -91,7 +92,7 @@ class LinqInbox:
         except InvalidInput as exc:
             error, event = exc, None
         # Linq dedupes on event_id; the signed webhook-id stands in when the body has none.
-        key = f"{SOURCE}:{event.event_id if event else event_id_of(body) or webhook_id}"
+        key = f"{SOURCE}:{event.event_id if event else event_id_of(body) or _bounded(webhook_id)}"
         policy = self.runtime.policy
         with self.runtime.sessions.begin() as session:
             known = session.get(WebhookEvent, key)
@@ -104,7 +105,8 @@ class LinqInbox:
                 event_type=event.event_type if event else None,
                 received_at=now,
                 outcome=Outcome.REJECTED.value,
-                payload=body.decode("utf-8", errors="replace"),
+                # As it came, but for NUL, which PostgreSQL text cannot hold.
+                payload=body.decode("utf-8", errors="replace").replace("\x00", "\ufffd"),
             )
             session.add(row)
             # Written first: a concurrent delivery of the same id waits on this row.
@@ -198,6 +200,13 @@ def _chat(session: Session, fact: ChatHealthSeen | InboundSeen, now: datetime) -
     if fact.recipient is None:
         return None
     return chat_for(session, line, fact.recipient, now, fact.chat_id)
+
+
+def _bounded(webhook_id: str) -> str:
+    """The webhook-id as a key: as it came when short and plain, else its digest."""
+    if 0 < len(webhook_id) <= 200 and "\x00" not in webhook_id:
+        return webhook_id
+    return "sha256:" + hashlib.sha256(webhook_id.encode("utf-8", "replace")).hexdigest()
 
 
 def _verifier(secret: SecretStr) -> Webhook:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from policies.e164 import to_e164
 from policies.errors import InvalidInput
@@ -25,6 +25,7 @@ from policies.statuses import (
     parse_line_reputation,
     parse_line_status,
 )
+from policies.text import storable_text, storable_time
 
 #: Message events whose ``data`` is the SDK's ``MessageEventV2`` (or, for edits, close to it).
 MESSAGE_EVENTS = frozenset(
@@ -84,6 +85,29 @@ class LinqEvent:
     note: str | None = None
 
 
+def _storable(value: str) -> str:
+    try:
+        return storable_text(value, "value")
+    except InvalidInput as exc:
+        raise ValueError(exc.problem) from None
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return storable_time(value, "value")
+    except InvalidInput as exc:
+        raise ValueError(exc.problem) from None
+
+
+#: Ids and names the store keeps in columns of bounded length; NUL no store can keep.
+#: Longer or NUL-bearing values are refused as bad input instead of failing the insert.
+EventId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_storable)]
+EventType = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable)]
+ChatId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable)]
+#: A time with a timezone that also has a UTC equivalent (the store keeps UTC).
+Moment = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -95,11 +119,11 @@ class _Handle(_Model):
 
 class _HealthStatus(_Model):
     status: str
-    updated_at: AwareDatetime
+    updated_at: Moment
 
 
 class _MessageChat(_Model):
-    id: str
+    id: ChatId
     health_status: _HealthStatus | None = None
     is_group: bool | None = None
     owner_handle: _Handle | None = None
@@ -115,11 +139,11 @@ class _Message(_Model):
     direction: Literal["inbound", "outbound"]
     parts: list[_Part] = []
     sender_handle: _Handle
-    sent_at: AwareDatetime | None = None
+    sent_at: Moment | None = None
 
 
 class _Chat(_Model):
-    id: str
+    id: ChatId
     handles: list[_Handle]
     health_status: _HealthStatus
     is_group: bool = False
@@ -127,7 +151,7 @@ class _Chat(_Model):
 
 class _PhoneNumber(_Model):
     phone_number: str
-    changed_at: AwareDatetime
+    changed_at: Moment
     new_reputation: str | None = None
     #: Deprecated alias of ``new_reputation``; read only when that is absent.
     new_health_status: str | None = None
@@ -135,9 +159,9 @@ class _PhoneNumber(_Model):
 
 
 class _Envelope(_Model):
-    event_id: str
-    event_type: str
-    created_at: AwareDatetime
+    event_id: EventId
+    event_type: EventType
+    created_at: Moment
     data: dict[str, Any]
 
 
@@ -171,7 +195,9 @@ def event_id_of(body: bytes) -> str | None:
     except ValueError:
         return None
     value = document.get("event_id") if isinstance(document, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+    if not isinstance(value, str) or not 0 < len(value) <= 200 or "\x00" in value:
+        return None
+    return value
 
 
 def _message_facts(kind: str, message: _Message, created_at: datetime) -> tuple[Fact, ...]:
@@ -256,7 +282,8 @@ def _validate(model: type[_M], value: object, prefix: str) -> _M:
         error = exc.errors()[0]
         field = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
         found = None if error["type"] == "missing" else _scalar(error.get("input"))
-        raise InvalidInput(field or "body", found, error["msg"]) from None
+        problem = error["msg"].removeprefix("Value error, ")
+        raise InvalidInput(field or "body", found, problem) from None
 
 
 def _scalar(value: object) -> object:
