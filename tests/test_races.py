@@ -1,13 +1,17 @@
-"""An opt-out and a dispatch of one chat, at once, in two PostgreSQL sessions.
+"""Two PostgreSQL sessions at once on one message: dispatch against an opt-out, and
+against a claimer that finds its lease expired.
 
-They serialize on the chat's row: the message is either committed to send before the
-opt-out is recorded, or not sent at all; and neither side fails with a deadlock.
+An opt-out and a dispatch serialize on the chat's row: the message is either committed
+to send before the opt-out is recorded, or not sent at all, and neither side fails with
+a deadlock. A dispatch's SEND commits only while its fence token holds: a claimer that
+finds the lease expired waits for it and then finds the message SENDING.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +68,7 @@ def pg_settings(tmp_path: Path, postgres_database: str) -> Settings:
     engine.dispose()
     policy = tmp_path / "healthgate.toml"
     policy.write_text(POLICY)
-    return Settings(
-        data_dir=tmp_path / "data", policy_file=policy, database_url=postgres_database
-    )
+    return Settings(data_dir=tmp_path / "data", policy_file=policy, database_url=postgres_database)
 
 
 @pytest.fixture
@@ -162,3 +164,39 @@ def test_opt_out_and_a_dispatch_that_locked_its_messages_do_not_deadlock(
     state = dispatcher.explain(message_id)["state"]
     sent = tuple(s["message_id"] for s in read_send_log(pg_settings.send_log_path))
     assert (state, sent) in {("sent", (message_id,)), ("dropped", ())}
+
+
+def test_claimer_finding_the_lease_expired_waits_for_the_dispatch_holding_it(
+    pg_settings: Settings, two_clients: tuple[Healthgate, Healthgate]
+) -> None:
+    # Given a dispatch holding its batch at the gate, its message still CLAIMED
+    dispatcher, other = two_clients
+    message_id = dispatcher.enqueue(to=BOB, body="hello", line=LINE_A)
+    gate = Gate()
+    limiter = dispatcher.runtime.limiter
+    hit = limiter.hit
+
+    def held_hit(*args: Any) -> Any:
+        gate.hold()
+        return hit(*args)
+
+    limiter.hit = held_hit  # type: ignore[method-assign]
+    claim = claim_due(dispatcher.runtime, utcnow(), 10)
+    sending = Worker(lambda: dispatch_claimed(dispatcher.runtime, claim))
+    sending.start()
+    assert gate.inside.wait(30), "dispatch never reached the gate"
+    # When another tick claims after the lease ran out
+    after_lease = utcnow() + timedelta(seconds=pg_settings.lease_seconds + 1)
+    claims: list[list[str]] = []
+    claiming = Worker(lambda: claims.append(claim_due(other.runtime, after_lease, 10).ids))
+    claiming.start()
+    wait_until(lambda: waiting_on_a_lock(pg_settings), 20, "the claimer to wait for a lock")
+    gate.go.set()
+    sending.join(30)
+    claiming.join(30)
+    # Then the claimer got nothing, and the message was sent once by the lease's holder
+    assert sending.error is None, sending.error
+    assert claiming.error is None, claiming.error
+    assert claims == [[]]
+    assert dispatcher.explain(message_id)["state"] == "sent"
+    assert [s["message_id"] for s in read_send_log(pg_settings.send_log_path)] == [message_id]
