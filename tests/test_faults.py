@@ -83,6 +83,8 @@ class Figures:
     cap_overruns: int = 0
     #: Sends a dead worker never confirmed, resent with the same key or flagged.
     reconciled: int = 0
+    #: Webhook deliveries refused and delivered again.
+    webhooks_refused: int = 0
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -92,6 +94,7 @@ class Figures:
             f"duplicates={self.duplicates} lost={self.lost} "
             f"sends_after_opt_out={self.sends_after_opt_out} "
             f"cap_overruns={self.cap_overruns} reconciled={self.reconciled} "
+            f"webhooks_refused={self.webhooks_refused} "
             f"seconds={self.seconds:.0f}"
         )
 
@@ -215,6 +218,8 @@ class Webhooks:
     def __init__(self, client: TestClient) -> None:
         self.client = client
         self.delivered: dict[str, tuple[bytes, dict[str, str]]] = {}
+        #: Deliveries answered other than 200 (a terminated connection, say), then retried.
+        self.refused = 0
 
     def post(self, payload: dict[str, Any], webhook_id: str) -> None:
         body, headers = signed(payload, datetime.now(UTC), webhook_id=webhook_id)
@@ -231,6 +236,7 @@ class Webhooks:
             answer = self.client.post("/webhooks/linq", content=body, headers=headers)
             if answer.status_code == 200:
                 return
+            self.refused += 1
         raise AssertionError(f"webhook refused: {answer.status_code} {answer.text}")
 
 
@@ -394,8 +400,10 @@ def test_no_duplicate_no_send_after_stop_nothing_lost_under_faults(
                 cluster.start_worker(n)
             cluster.start_beat()
             # When workers dispatch it while faults are injected at random moments
-            chaos = Chaos(rng, figures, cluster, private_redis, engine, Webhooks(client))
+            webhooks = Webhooks(client)
+            chaos = Chaos(rng, figures, cluster, private_redis, engine, webhooks)
             chaos.run(settings.send_log_path, committed)
+            figures.webhooks_refused = webhooks.refused
             # Then, once faults stop, leases expire and reconciliation runs, all settles
             # (what has not settled by the deadline counts as lost)
             settle_by = time.monotonic() + 90
@@ -407,7 +415,6 @@ def test_no_duplicate_no_send_after_stop_nothing_lost_under_faults(
 
     figures.kills += sent_count(kills_file)
     judge(figures, engine, settings, ids, committed)
-    engine.dispose()
     figures.seconds = time.monotonic() - started
     report(figures, capsys)
     assert figures.duplicates == 0
@@ -418,6 +425,14 @@ def test_no_duplicate_no_send_after_stop_nothing_lost_under_faults(
     assert figures.redis_restarts >= 2
     assert figures.db_drops >= 1
     assert figures.reconciled >= 1
+    # And the older CRITICAL reading that arrived after a newer HEALTHY one held nothing
+    with engine.connect() as conn:
+        held = conn.execute(
+            text("SELECT count(*) FROM messages WHERE recipient = ANY(:to) AND state = 'deferred'"),
+            {"to": [recipient(n) for n in HEALTH_EVENTS]},
+        ).scalar_one()
+    engine.dispose()
+    assert held == 0
 
 
 def settled(engine: sqlalchemy.Engine) -> bool:
