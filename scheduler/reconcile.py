@@ -57,7 +57,8 @@ def reconcile(runtime: Runtime, now: datetime, limit: int) -> Report:
             for message in stuck
             if (send := _settle(session, runtime, message, now, after)) is not None
         ]
-    report.add("needs_review", len(stuck) - len(to_send))
+    if len(stuck) > len(to_send):
+        report.add("needs_review", len(stuck) - len(to_send))
     answers = BatchAnswers(runtime.policy.opt_out.scope)
     for send in to_send:
         report.add("resent")

@@ -301,7 +301,7 @@ class Chaos:
     def run(self, log: Path, committed: dict[str, datetime]) -> None:
         pending = list(self.MILESTONES)
         next_kill = time.monotonic() + self.rng.uniform(2, 5)
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 120
         progress = 0.0
         while time.monotonic() < deadline and (pending or progress < 0.95):
             progress = sent_count(log) / MESSAGES
@@ -406,7 +406,7 @@ def test_no_duplicate_no_send_after_stop_nothing_lost_under_faults(
             figures.webhooks_refused = webhooks.refused
             # Then, once faults stop, leases expire and reconciliation runs, all settles
             # (what has not settled by the deadline counts as lost)
-            settle_by = time.monotonic() + 90
+            settle_by = time.monotonic() + 60
             while not settled(engine) and time.monotonic() < settle_by:
                 time.sleep(0.5)
     finally:
