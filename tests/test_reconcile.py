@@ -8,11 +8,16 @@ from datetime import timedelta
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 
+from policies.config import OptOutScope
+from scheduler.answers import BatchAnswers
 from scheduler.client import Healthgate
+from scheduler.decisions import Report
+from scheduler.models import Message
 from scheduler.providers import Outbound, Sent
 from scheduler.providers.log import LogProvider
 from scheduler.reconcile import reconcile
 from scheduler.runtime import utcnow
+from scheduler.sending import Send, send_one
 from tests.conftest import LINE_A
 
 Sends = Callable[[], list[dict[str, str]]]
@@ -163,3 +168,26 @@ def test_log_provider_writes_a_key_once_across_processes_reading_one_file(
     first.send(message)
     # Then each key is written once
     assert [s["idempotency_key"] for s in sends()] == ["m1", "m2"]
+
+
+def test_late_answer_of_the_first_attempt_settles_a_flagged_message_as_sent(
+    hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory
+) -> None:
+    # Given a message flagged for a person because its provider cannot deduplicate
+    provider = Dying(None, deduplicates=False)
+    message_id = stuck_sending(hg, provider)
+    hg.runtime.providers._clients["log"] = provider
+    clock.tick(LATER)
+    reconcile(hg.runtime, utcnow(), 50)
+    hg.runtime.providers._clients.pop("log")
+    assert hg.explain(message_id)["state"] == "needs_review"
+    # When the first attempt's answer is recorded after all
+    with hg.runtime.sessions() as session:
+        line_id = session.get_one(Message, message_id).line_id or 0
+    outbound = Outbound(message_id, LINE_A, BOB, "hello", idempotency_key=message_id)
+    report = Report()
+    answers = BatchAnswers(OptOutScope.ACCOUNT)
+    send_one(hg.runtime, Send("log", line_id, outbound), report, answers)
+    # Then the message is sent
+    assert report.counts == {"SENT": 1}
+    assert hg.explain(message_id)["state"] == "sent"
