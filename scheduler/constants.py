@@ -31,6 +31,11 @@ MAX_IN_FLIGHT = 5000
 #: dead and its messages return to the queue; its fence token no longer matches.
 LEASE_SECONDS = 120.0
 
+#: How long a message may stay SENDING (the provider call under way, or its answer not
+#: recorded because the worker died) before beat reconciles it. Far longer than any
+#: provider call (httpx timeouts are seconds), so a slow call is never raced.
+RECONCILE_AFTER_SECONDS = 300.0
+
 #: A tick older than this is useless (the next one is coming), so the broker drops it.
 TICK_EXPIRES_SECONDS = 10.0
 

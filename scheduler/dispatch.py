@@ -20,7 +20,7 @@ from scheduler.claims import Claim, claim_due
 from scheduler.decisions import STATE_AFTER, Report, record_decision
 from scheduler.enqueue import chat_for
 from scheduler.limits import Ticket
-from scheduler.models import Message, MessageState
+from scheduler.models import Chat, Message, MessageState
 from scheduler.providers import Outbound
 from scheduler.router import rank_lines
 from scheduler.runtime import Runtime, utcnow
@@ -39,6 +39,12 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
     now = now or utcnow()
     report = Report()
     with runtime.sessions.begin() as session:
+        # The chats first, in id order, then the messages: the order an opt-out takes
+        # them (its chat, then the messages it drops), so the two never deadlock.
+        chat_ids = select(Message.chat_id).where(Message.id.in_(claim.ids)).scalar_subquery()
+        session.execute(
+            select(Chat.id).where(Chat.id.in_(chat_ids)).order_by(Chat.id).with_for_update()
+        )
         messages = session.scalars(
             select(Message)
             .where(

@@ -43,6 +43,9 @@ class MessageState(StrEnum):
     EXPIRED = "expired"
     #: The provider refused it for good, or retries ran out.
     FAILED = "failed"
+    #: Its send was never confirmed and the provider cannot tell whether it went (no
+    #: idempotency key): a person decides; never resent automatically.
+    NEEDS_REVIEW = "needs_review"
 
 
 WAITING_STATES = (MessageState.QUEUED, MessageState.THROTTLED, MessageState.DEFERRED)
@@ -51,6 +54,7 @@ FINAL_STATES = (
     MessageState.DROPPED,
     MessageState.EXPIRED,
     MessageState.FAILED,
+    MessageState.NEEDS_REVIEW,
 )
 
 

@@ -51,7 +51,11 @@ def send_one(runtime: Runtime, send: Send, report: Report, answers: BatchAnswers
     with runtime.sessions.begin() as session:
         moved: CursorResult[Any] = session.execute(  # type: ignore[assignment]
             update(Message)
-            .where(Message.id == outbound.message_id, Message.state == MessageState.SENDING)
+            .where(
+                Message.id == outbound.message_id,
+                # A late answer also settles a send a reconciler flagged for a person.
+                Message.state.in_([MessageState.SENDING, MessageState.NEEDS_REVIEW]),
+            )
             .values(
                 state=MessageState.SENT.value,
                 sent_at=now,

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     claim_limit: int = Field(constants.CLAIM_LIMIT, gt=0)
     max_in_flight: int = Field(constants.MAX_IN_FLIGHT, gt=0)
     lease_seconds: float = Field(constants.LEASE_SECONDS, gt=0)
+    #: A message SENDING for longer than this is reconciled by beat's tick.
+    reconcile_after_seconds: float = Field(constants.RECONCILE_AFTER_SECONDS, gt=0)
     #: How often beat polls the providers for line health.
     poll_seconds: float = Field(constants.POLL_SECONDS, gt=0)
 

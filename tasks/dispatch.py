@@ -9,6 +9,7 @@ from celery import Celery
 from scheduler import constants
 from scheduler.dispatch import Claim, claim_due, dispatch_claimed
 from scheduler.lines import sync_lines
+from scheduler.reconcile import reconcile
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
 
@@ -23,7 +24,7 @@ def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) ->
 
     @app.task(name=constants.TICK_TASK, ignore_result=True, shared=False)
     def tick() -> int:
-        """Claim what is due and hand it to dispatch tasks in batches."""
+        """Claim what is due and hand it to dispatch tasks in batches; reconcile stuck sends."""
         current = runtime()
         now = utcnow()
         with current.sessions.begin() as session:
@@ -32,4 +33,6 @@ def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) ->
         size = settings.dispatch_batch
         for start in range(0, len(claim.ids), size):
             dispatch.apply_async(args=(claim.token, claim.ids[start : start + size]))
+        # Sends a dead worker never confirmed: resent with the same key, or flagged.
+        reconcile(current, now, size)
         return len(claim.ids)

@@ -327,6 +327,8 @@ def test_two_claims_never_share_a_message(hg: Healthgate) -> None:
 class Refusing:
     """A provider that fails every send the same way."""
 
+    deduplicates = False
+
     def __init__(self, failure: SendFailed) -> None:
         self.failure = failure
         self.calls: list[Outbound] = []

@@ -45,6 +45,11 @@ class SendFailed(HealthgateError):
 class Provider(Protocol):
     """Sends one message, or raises :class:`SendFailed`."""
 
+    #: The provider sends a given idempotency key once only, so a message whose first
+    #: attempt was never confirmed may be sent again with the same key. False: a second
+    #: attempt could deliver twice, so an unconfirmed send goes to a person instead.
+    deduplicates: bool
+
     def send(self, message: Outbound) -> Sent: ...
 
     def close(self) -> None: ...

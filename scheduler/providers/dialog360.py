@@ -83,6 +83,9 @@ class Dialog360Provider:
     a duplicate can be recognised afterwards.
     """
 
+    #: The Cloud API takes no idempotency key: a second attempt may deliver twice.
+    deduplicates = False
+
     def __init__(
         self, base_url: str, api_key: KeyLookup, http_client: httpx.Client | None = None
     ) -> None:

@@ -31,6 +31,8 @@ class LinqProvider:
     header, on every attempt: Linq sends a key it has seen once only.
     """
 
+    deduplicates = True
+
     def __init__(
         self,
         api_key: str,

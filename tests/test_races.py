@@ -1,0 +1,202 @@
+"""Two PostgreSQL sessions at once on one message: dispatch against an opt-out, and
+against a claimer that finds its lease expired.
+
+An opt-out and a dispatch serialize on the chat's row: the message is either committed
+to send before the opt-out is recorded, or not sent at all, and neither side fails with
+a deadlock. A dispatch's SEND commits only while its fence token holds: a claimer that
+finds the lease expired waits for it and then finds the message SENDING.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from sqlalchemy import text
+
+from scheduler import dispatch
+from scheduler.client import Healthgate
+from scheduler.dispatch import claim_due, dispatch_claimed
+from scheduler.providers.log import read_send_log
+from scheduler.runtime import utcnow
+from scheduler.settings import Settings
+from tests.conftest import LINE_A, POLICY, TABLES
+from tests.test_e2e import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+BOB = "+14155550123"
+
+
+class Gate:
+    """Holds a thread at one point until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def hold(self) -> None:
+        self.inside.set()
+        assert self.go.wait(30), "never let go"
+
+
+class Worker(threading.Thread):
+    """Runs ``work`` and keeps what it raised, for the test to check."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.work = work
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exc:
+            self.error = exc
+
+
+@pytest.fixture
+def pg_settings(tmp_path: Path, postgres_database: str) -> Settings:
+    engine = sqlalchemy.create_engine(postgres_database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    engine.dispose()
+    policy = tmp_path / "healthgate.toml"
+    policy.write_text(POLICY)
+    return Settings(data_dir=tmp_path / "data", policy_file=policy, database_url=postgres_database)
+
+
+@pytest.fixture
+def two_clients(pg_settings: Settings) -> Iterator[tuple[Healthgate, Healthgate]]:
+    """One client dispatches, the other records the opt-out: two engines, two sessions."""
+    dispatcher, inbox = Healthgate(pg_settings), Healthgate(pg_settings)
+    dispatcher.sync_lines()
+    yield dispatcher, inbox
+    dispatcher.close()
+    inbox.close()
+
+
+def waiting_on_a_lock(settings: Settings) -> bool:
+    engine = sqlalchemy.create_engine(str(settings.database_url))
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    engine.dispose()
+    return int(waiting) > 0
+
+
+def race(
+    settings: Settings, dispatcher: Healthgate, inbox: Healthgate, gate: Gate
+) -> tuple[Worker, Worker]:
+    """Dispatch BOB's message until ``gate`` holds it, STOP meanwhile, then let go."""
+    claim = claim_due(dispatcher.runtime, utcnow(), 10)
+    sending = Worker(lambda: dispatch_claimed(dispatcher.runtime, claim))
+    sending.start()
+    assert gate.inside.wait(30), "dispatch never reached the gate"
+    stopping = Worker(lambda: inbox.record_inbound(LINE_A, BOB, "STOP"))
+    stopping.start()
+    wait_until(lambda: waiting_on_a_lock(settings), 20, "the opt-out to wait for a lock")
+    assert stopping.is_alive()
+    gate.go.set()
+    sending.join(30)
+    stopping.join(30)
+    return sending, stopping
+
+
+def test_opt_out_waits_for_a_dispatch_holding_the_chat_and_the_send_precedes_it(
+    pg_settings: Settings, two_clients: tuple[Healthgate, Healthgate]
+) -> None:
+    # Given a dispatch of BOB's message holding his chat while the limiter decides
+    dispatcher, inbox = two_clients
+    message_id = dispatcher.enqueue(to=BOB, body="hello", line=LINE_A)
+    gate = Gate()
+    limiter = dispatcher.runtime.limiter
+    hit = limiter.hit
+
+    def held_hit(*args: Any) -> Any:
+        gate.hold()
+        return hit(*args)
+
+    limiter.hit = held_hit  # type: ignore[method-assign]
+    # When BOB's STOP is recorded meanwhile
+    sending, stopping = race(pg_settings, dispatcher, inbox, gate)
+    # Then the opt-out waited for the dispatch, whose send was committed first and went
+    assert sending.error is None, sending.error
+    assert stopping.error is None, stopping.error
+    assert dispatcher.explain(message_id)["state"] == "sent"
+    assert [s["message_id"] for s in read_send_log(pg_settings.send_log_path)] == [message_id]
+    # And nothing enqueued after it goes to BOB
+    later = dispatcher.enqueue(to=BOB, body="again", line=LINE_A)
+    dispatcher.drain()
+    assert dispatcher.explain(later)["state"] == "dropped"
+
+
+def test_opt_out_and_a_dispatch_that_locked_its_messages_do_not_deadlock(
+    pg_settings: Settings,
+    two_clients: tuple[Healthgate, Healthgate],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a dispatch of BOB's message held as it starts loading its batch
+    dispatcher, inbox = two_clients
+    message_id = dispatcher.enqueue(to=BOB, body="hello", line=LINE_A)
+    gate = Gate()
+    load_batch = dispatch.load_batch
+
+    def held_load(*args: Any) -> Any:
+        gate.hold()
+        return load_batch(*args)
+
+    monkeypatch.setattr(dispatch, "load_batch", held_load)
+    # When BOB's STOP is recorded meanwhile
+    sending, stopping = race(pg_settings, dispatcher, inbox, gate)
+    # Then both finish without error, and the message went only if its send came first
+    assert sending.error is None, sending.error
+    assert stopping.error is None, stopping.error
+    state = dispatcher.explain(message_id)["state"]
+    sent = tuple(s["message_id"] for s in read_send_log(pg_settings.send_log_path))
+    assert (state, sent) in {("sent", (message_id,)), ("dropped", ())}
+
+
+def test_claimer_finding_the_lease_expired_waits_for_the_dispatch_holding_it(
+    pg_settings: Settings, two_clients: tuple[Healthgate, Healthgate]
+) -> None:
+    # Given a dispatch holding its batch at the gate, its message still CLAIMED
+    dispatcher, other = two_clients
+    message_id = dispatcher.enqueue(to=BOB, body="hello", line=LINE_A)
+    gate = Gate()
+    limiter = dispatcher.runtime.limiter
+    hit = limiter.hit
+
+    def held_hit(*args: Any) -> Any:
+        gate.hold()
+        return hit(*args)
+
+    limiter.hit = held_hit  # type: ignore[method-assign]
+    claim = claim_due(dispatcher.runtime, utcnow(), 10)
+    sending = Worker(lambda: dispatch_claimed(dispatcher.runtime, claim))
+    sending.start()
+    assert gate.inside.wait(30), "dispatch never reached the gate"
+    # When another tick claims after the lease ran out
+    after_lease = utcnow() + timedelta(seconds=pg_settings.lease_seconds + 1)
+    claims: list[list[str]] = []
+    claiming = Worker(lambda: claims.append(claim_due(other.runtime, after_lease, 10).ids))
+    claiming.start()
+    wait_until(lambda: waiting_on_a_lock(pg_settings), 20, "the claimer to wait for a lock")
+    gate.go.set()
+    sending.join(30)
+    claiming.join(30)
+    # Then the claimer got nothing, and the message was sent once by the lease's holder
+    assert sending.error is None, sending.error
+    assert claiming.error is None, claiming.error
+    assert claims == [[]]
+    assert dispatcher.explain(message_id)["state"] == "sent"
+    assert [s["message_id"] for s in read_send_log(pg_settings.send_log_path)] == [message_id]
