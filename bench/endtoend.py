@@ -59,6 +59,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
         HEALTHGATE_POLICY_FILE=str(settings.policy_file),
         HEALTHGATE_DATA_DIR=str(settings.data_dir),
         HEALTHGATE_TICK_SECONDS=str(TICK_SECONDS),
+        HEALTHGATE_DISPATCH_BATCH=str(settings.dispatch_batch),
+        HEALTHGATE_CLAIM_LIMIT=str(settings.claim_limit),
         HEALTHGATE_PROVIDERS=json.dumps({"log": IMPORT_PATH}),
     )
     return env

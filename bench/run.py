@@ -22,6 +22,7 @@ from bench.gate import bench_gate
 from bench.report import GOALS, markdown
 from bench.sizes import SIZES, Size
 from bench.store import CAPS, fresh_database, migrate, write_policy
+from scheduler import constants
 from scheduler.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,6 +64,8 @@ def settings_for(root: Path, name: str, size: Size, caps: dict[str, int] | None 
         database_url=url,
         broker_url=redis_url,
         redis_url=redis_url,
+        dispatch_batch=int(os.environ.get("BENCH_DISPATCH_BATCH", constants.DISPATCH_BATCH)),
+        claim_limit=int(os.environ.get("BENCH_CLAIM_LIMIT", constants.CLAIM_LIMIT)),
     )
     migrate(settings)
     return settings
@@ -129,12 +132,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--only", nargs="*", help="gate enqueue end_to_end scale recovery")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
+    parser.add_argument("--batch", type=int, help="messages per dispatch task (a setting)")
     parser.add_argument("--note", default="", help="conditions of the run, kept with it")
     args = parser.parse_args(argv)
     os.environ.setdefault(
         "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
     os.environ.setdefault("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+    if args.batch:
+        os.environ["BENCH_DISPATCH_BATCH"] = str(args.batch)
     results = run(SIZES[args.size], set(args.only) if args.only else None)
     results["note"] = args.note
     args.out.mkdir(parents=True, exist_ok=True)
