@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -164,8 +164,9 @@ def _store(
         ids.append(message["id"])
     # Many rows a statement (executemany / multi-row VALUES), not one flush per message.
     if messages:
-        session.execute(insert(Message), messages)
-        session.execute(insert(DecisionRecord), decisions)
+        connection = session.connection()
+        connection.execute(insert(cast(Table, Message.__table__)), messages)
+        connection.execute(insert(cast(Table, DecisionRecord.__table__)), decisions)
     return ids
 
 
