@@ -65,7 +65,7 @@ def settings_for(root: Path, name: str, size: Size, caps: dict[str, int] | None 
         broker_url=redis_url,
         redis_url=redis_url,
         dispatch_batch=int(os.environ.get("BENCH_DISPATCH_BATCH", constants.DISPATCH_BATCH)),
-        claim_limit=int(os.environ.get("BENCH_CLAIM_LIMIT", constants.CLAIM_LIMIT)),
+        claim_limit=int(os.environ.get("BENCH_CLAIM_LIMIT", 2 * constants.CLAIM_LIMIT)),
     )
     migrate(settings)
     return settings
