@@ -26,5 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## The benchmark against Redis and PostgreSQL here; results under bench/results (SIZE=smoke: quick).
+SIZE ?= full
+bench: $(STAMP)
+	$(BIN)/python -m bench --size $(SIZE)
+
 clean:
 	rm -rf $(VENV) .healthgate .pytest_cache .mypy_cache .ruff_cache

@@ -73,7 +73,10 @@ def same_body_spread(
     recipients = usage.by_body.get(body_hash, {})
     if recipients.get(recipient, start) > start:
         return None  # this recipient is already counted: a repeat is not a new spread
-    lasts = sorted(at for at in recipients.values() if at > start)
+    lasts = [at for at in recipients.values() if at > start]
+    if len(lasts) < limit:
+        return None  # room left: no need to order them
+    lasts.sort()
     allowed = earliest_allowed(lasts, limit, HOUR, now)
     if allowed <= now:
         return None

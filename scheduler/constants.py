@@ -23,6 +23,10 @@ DISPATCH_BATCH = 50
 #: Messages claimed by one tick at most, so a huge backlog is fed to workers in slices.
 CLAIM_LIMIT = 1000
 
+#: Accepted sends are recorded together, at least this often: one transaction per batch
+#: instead of per message, yet a slow provider never leaves many answers unrecorded.
+RECORD_SENT_SECONDS = 1.0
+
 #: Claimed but not yet dispatched messages allowed at once; above it a tick claims
 #: nothing, which keeps the broker queue (and the work lost to a crash) short.
 MAX_IN_FLIGHT = 5000

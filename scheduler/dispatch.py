@@ -22,9 +22,9 @@ from scheduler.enqueue import chat_for
 from scheduler.limits import Ticket
 from scheduler.models import Chat, Message, MessageState
 from scheduler.providers import Outbound
-from scheduler.router import rank_lines
+from scheduler.router import eligible_lines, rank
 from scheduler.runtime import Runtime, utcnow
-from scheduler.sending import Send, send_one
+from scheduler.sending import Send, send_batch
 
 __all__ = ["Claim", "Report", "claim_due", "dispatch_claimed", "drain"]
 
@@ -34,7 +34,7 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
 
     Decisions are taken and recorded in one transaction that locks the batch's chats,
     so an opt-out recorded meanwhile either precedes the decision or waits for it.
-    Provider calls happen after that commit, each recorded as it returns.
+    Provider calls happen after that commit; their answers are recorded in batches.
     """
     now = now or utcnow()
     report = Report()
@@ -65,9 +65,7 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
             for message in messages
             if (send := _gate(session, message, batch, report, runtime)) is not None
         ]
-    answers = BatchAnswers(runtime.policy.opt_out.scope)
-    for send in to_send:
-        send_one(runtime, send, report, answers)
+    send_batch(runtime, to_send, report, BatchAnswers(runtime.policy.opt_out.scope))
     return report
 
 
@@ -166,19 +164,22 @@ def _reroute(
     """
     if message.pinned:
         return False
+    # Ranked from the batch's usage, which already counts the batch's own sends: the
+    # same order a fresh read of the store gives, without reading it per reroute.
+    candidates = eligible_lines(sorted(batch.lines.values(), key=lambda x: x.id), batch.policy)
+    missing = [line for line in candidates if line.id not in batch.usage]
+    if missing:
+        batch.usage.update(batch_usage(session, missing, batch.policy, batch.now, headroom=1))
     choices = [
         choice.line
-        for choice in rank_lines(session, batch.policy, batch.now)
+        for choice in rank(candidates, batch.usage, batch.policy, batch.now)
         if choice.line.id != message.line_id and (not free or choice.allowed_at <= batch.now)
     ]
     if not choices:
         return False
     line = choices[0]
     chat = chat_for(session, line, message.recipient, batch.now)
-    batch.lines[line.id] = line
     batch.chats[chat.id] = chat
-    if line.id not in batch.usage:
-        batch.usage.update(batch_usage(session, [line], batch.policy, batch.now, headroom=1))
     message.line_id, message.chat_id = line.id, chat.id
     moved = Decision(
         Action.REROUTE, decision.code, f"{decision.reason}; moved to line {line.number}"

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -151,73 +151,124 @@ def _store(
         if policy.opt_out.scope is OptOutScope.ACCOUNT
         else set()
     )
+    pinned = _pinned_chats(session, [i for i in items if i.idempotency_key not in known], now)
     ids: list[str] = []
+    messages: list[dict[str, Any]] = []
+    decisions: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         if item.idempotency_key and item.idempotency_key in known:
             ids.append(known[item.idempotency_key])
             continue
         field = "line" if len(items) == 1 else f"messages[{index}].line"
-        message = _new_row(session, item, field, policy, now, item.to in opted_out)
+        line, chat = pinned.get((item.line, item.to)) or _route(session, item, field, policy, now)
+        message, decision = _new_row(item, line, chat, policy, now, item.to in opted_out)
+        messages.append(message)
+        decisions.append(decision)
         if item.idempotency_key:
-            known[item.idempotency_key] = message.id
-        ids.append(message.id)
+            known[item.idempotency_key] = message["id"]
+        ids.append(message["id"])
+    # Many rows a statement (executemany / multi-row VALUES), not one flush per message.
+    if messages:
+        connection = session.connection()
+        connection.execute(insert(cast(Table, Message.__table__)), messages)
+        connection.execute(insert(cast(Table, DecisionRecord.__table__)), decisions)
     return ids
 
 
+def _pinned_chats(
+    session: Session, items: Sequence[NewMessage], now: datetime
+) -> dict[tuple[str | None, str], tuple[Line, Chat]]:
+    """The line and chat of every message that names its line, loaded (or created) at once."""
+    lines: dict[str, Line] = {}
+    for index, item in enumerate(items):
+        if item.line is not None and item.line not in lines:
+            field = "line" if len(items) == 1 else f"messages[{index}].line"
+            lines[item.line] = get_line(session, item.line, field)
+    if not lines:
+        return {}
+    wanted = {(lines[i.line].id, i.to): i.chat_id for i in items if i.line is not None}
+    found = {
+        (chat.line_id, chat.recipient): chat
+        for chat in session.scalars(
+            select(Chat).where(
+                Chat.line_id.in_({line_id for line_id, _ in wanted}),
+                Chat.recipient.in_({recipient for _, recipient in wanted}),
+            )
+        )
+        if (chat.line_id, chat.recipient) in wanted
+    }
+    for (line_id, recipient), provider_chat_id in wanted.items():
+        chat = found.get((line_id, recipient))
+        if chat is None:
+            found[(line_id, recipient)] = Chat(
+                line_id=line_id,
+                recipient=recipient,
+                provider_chat_id=provider_chat_id,
+                health="HEALTHY",
+                created_at=now,
+            )
+            session.add(found[(line_id, recipient)])
+        elif provider_chat_id and chat.provider_chat_id is None:
+            chat.provider_chat_id = provider_chat_id
+    session.flush()
+    by_id = {line.id: line for line in lines.values()}
+    return {
+        (by_id[line_id].number, recipient): (by_id[line_id], chat)
+        for (line_id, recipient), chat in found.items()
+    }
+
+
 def _new_row(
-    session: Session,
     item: NewMessage,
-    field: str,
+    line: Line | None,
+    chat: Chat | None,
     policy: Policy,
     now: datetime,
     recipient_opted_out: bool,
-) -> Message:
-    line, chat = _route(session, item, field, policy, now)
-    message = Message(
-        id=new_message_id(),
-        idempotency_key=item.idempotency_key,
-        line_id=line.id if line else None,
-        chat_id=chat.id if chat else None,
-        pinned=item.line is not None,
-        recipient=item.to,
-        body=item.body,
-        body_hash=body_digest(item.body),
-        state=MessageState.QUEUED.value,
-        not_before=item.send_at or now,
-        send_at=item.send_at,
-        expires_at=item.expires_at,
-        attempts=0,
-        created_at=now,
-        updated_at=now,
-    )
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The message's row and its first decision's, as column values."""
+    message: dict[str, Any] = {
+        "id": new_message_id(),
+        "idempotency_key": item.idempotency_key,
+        "line_id": line.id if line else None,
+        "chat_id": chat.id if chat else None,
+        "pinned": item.line is not None,
+        "recipient": item.to,
+        "body": item.body,
+        "body_hash": body_digest(item.body),
+        "state": MessageState.QUEUED.value,
+        "not_before": item.send_at or now,
+        "send_at": item.send_at,
+        "expires_at": item.expires_at,
+        "held_since": None,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
     action, code, reason = "ENQUEUE", "enqueued", "enqueued"
     if (chat is not None and chat.opted_out_at is not None) or recipient_opted_out:
         # Later enqueues to an opted-out chat are dropped at once, with that reason.
-        message.state, message.not_before = MessageState.DROPPED.value, None
+        message["state"], message["not_before"] = MessageState.DROPPED.value, None
         action, code, reason = Action.DROP.value, "chat_opted_out", "the recipient opted out"
     elif line is None:
-        message.state = MessageState.DEFERRED.value
-        message.held_since = now
+        message["state"] = MessageState.DEFERRED.value
+        message["held_since"] = now
         deadline = now + policy.chat.max_hold
-        message.not_before = min(deadline, item.expires_at) if item.expires_at else deadline
+        message["not_before"] = min(deadline, item.expires_at) if item.expires_at else deadline
         action, code = Action.DEFER.value, "no_line"
         reason = "no line may take a new recipient now (all CRITICAL, FLAGGED or AT_RISK)"
-    message.last_code, message.last_reason = code, reason
-    session.add(message)
-    session.flush()
-    session.add(
-        DecisionRecord(
-            message_id=message.id,
-            at=now,
-            action=action,
-            code=code,
-            reason=reason,
-            # A hold says until when; a plain enqueue only when send_at delays it.
-            not_before=message.not_before if action != "ENQUEUE" else item.send_at,
-            line=line.number if line else None,
-        )
-    )
-    return message
+    message["last_code"], message["last_reason"] = code, reason
+    decision = {
+        "message_id": message["id"],
+        "at": now,
+        "action": action,
+        "code": code,
+        "reason": reason,
+        # A hold says until when; a plain enqueue only when send_at delays it.
+        "not_before": message["not_before"] if action != "ENQUEUE" else item.send_at,
+        "line": line.number if line else None,
+    }
+    return message, decision
 
 
 def _route(

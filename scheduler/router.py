@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -12,6 +13,7 @@ from policies.config import Policy
 from policies.gate import limits_for
 from policies.pace import check, headroom
 from policies.statuses import LineReputation, LineStatus
+from policies.usage import LineUsage
 from scheduler.lines import line_facts
 from scheduler.models import Chat, Line
 from scheduler.usage import load_usage
@@ -56,23 +58,36 @@ def rank_lines(session: Session, policy: Policy, now: datetime) -> list[Choice]:
     exists; never CRITICAL or FLAGGED. Lines with room under every cap now come first,
     the most headroom first; lines at a cap follow, the one that frees up first first.
     """
-    lines = [
-        line
-        for line in session.scalars(select(Line).where(Line.enabled.is_(True)).order_by(Line.id))
-        if line.status == LineStatus.ACTIVE.value
-        and line.reputation in (LineReputation.HEALTHY.value, LineReputation.AT_RISK.value)
-    ]
-    healthy = [line for line in lines if line.reputation == LineReputation.HEALTHY.value]
-    if healthy:
-        candidates = healthy
-    elif policy.line.at_risk_takes_new_recipients:
-        candidates = lines
-    else:
-        return []
+    candidates = eligible_lines(
+        session.scalars(select(Line).where(Line.enabled.is_(True)).order_by(Line.id)), policy
+    )
     limits = {line.id: limits_for(line_facts(line), policy, now) for line in candidates}
     usage = load_usage(
         session, candidates, {i: lim.sends_per_day for i, lim in limits.items()}, now, 1
     )
+    return rank(candidates, usage, policy, now)
+
+
+def eligible_lines(lines: Iterable[Line], policy: Policy) -> list[Line]:
+    """The enabled lines that may take a new recipient, in the order given."""
+    fit = [
+        line
+        for line in lines
+        if line.enabled
+        and line.status == LineStatus.ACTIVE.value
+        and line.reputation in (LineReputation.HEALTHY.value, LineReputation.AT_RISK.value)
+    ]
+    healthy = [line for line in fit if line.reputation == LineReputation.HEALTHY.value]
+    if healthy:
+        return healthy
+    return fit if policy.line.at_risk_takes_new_recipients else []
+
+
+def rank(
+    candidates: Sequence[Line], usage: Mapping[int, LineUsage], policy: Policy, now: datetime
+) -> list[Choice]:
+    """``candidates`` best first, from their usage (as :func:`rank_lines` orders them)."""
+    limits = {line.id: limits_for(line_facts(line), policy, now) for line in candidates}
     choices = [
         Choice(
             line,

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import insert, select, update
 
 from policies.outcome import Failure, after_failure
 from policies.statuses import Action, LineStatus
+from scheduler import constants
 from scheduler.answers import BatchAnswers
 from scheduler.decisions import STATE_AFTER, Report, record_decision
 from scheduler.health import opt_out
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState
-from scheduler.providers import Outbound, SendFailed
+from scheduler.providers import Outbound, SendFailed, Sent
 from scheduler.runtime import Runtime, utcnow
 
 log = logging.getLogger(__name__)
@@ -27,73 +30,131 @@ class Send(NamedTuple):
     outbound: Outbound
 
 
+class Accepted(NamedTuple):
+    """A send the provider accepted, waiting to be recorded."""
+
+    send: Send
+    sent: Sent
+
+
+def send_batch(
+    runtime: Runtime, sends: Sequence[Send], report: Report, answers: BatchAnswers
+) -> None:
+    """Call the provider for each send, in order, and record the answers.
+
+    Accepted sends are recorded together, in one transaction per
+    ``RECORD_SENT_SECONDS`` of provider calls rather than one per message; a failure is
+    recorded at once, since it can change what follows (an opt-out, a flagged line).
+    """
+    accepted: list[Accepted] = []
+    since = time.monotonic()
+    for send in sends:
+        sent = _call(runtime, send, report, answers)
+        if sent is not None:
+            accepted.append(Accepted(send, sent))
+        if accepted and time.monotonic() - since >= constants.RECORD_SENT_SECONDS:
+            record_sent(runtime, accepted, report)
+            accepted, since = [], time.monotonic()
+    record_sent(runtime, accepted, report)
+
+
 def send_one(runtime: Runtime, send: Send, report: Report, answers: BatchAnswers) -> None:
     """Call the provider and record its answer, which is final."""
+    send_batch(runtime, [send], report, answers)
+
+
+def _call(runtime: Runtime, send: Send, report: Report, answers: BatchAnswers) -> Sent | None:
+    """The provider's acceptance, or None when it refused (refusals are recorded here)."""
     outbound = send.outbound
     earlier = answers.earlier(send.line_id, outbound)
     if earlier is not None:
         record_failure(runtime, outbound, earlier, report)
-        return
+        return None
     try:
-        sent = runtime.providers.get(send.provider).send(outbound)
+        return runtime.providers.get(send.provider).send(outbound)
     except SendFailed as failure:
         answers.note(send.line_id, outbound, failure)
         record_failure(runtime, outbound, failure, report)
-        return
     except Exception as exc:
         # A provider bug or an answer the client cannot read must not leave the message
         # SENDING for ever: retry it with the same idempotency key.
         log.exception("provider %s failed on %s", send.provider, outbound.message_id)
         crashed = SendFailed(Failure.TRANSIENT, f"provider error: {type(exc).__name__}")
         record_failure(runtime, outbound, crashed, report)
+    return None
+
+
+def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) -> None:
+    """Move accepted sends from SENDING to SENT, with a decision record each, in one
+    transaction; one that someone else settled meanwhile (a reconciler) is left as it is."""
+    if not accepted:
         return
     now = utcnow()
     with runtime.sessions.begin() as session:
-        moved: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-            update(Message)
-            .where(
-                Message.id == outbound.message_id,
-                # A late answer also settles a send a reconciler flagged for a person.
-                Message.state.in_([MessageState.SENDING, MessageState.NEEDS_REVIEW]),
-            )
-            .values(
-                state=MessageState.SENT.value,
-                sent_at=now,
-                provider_message_id=sent.provider_message_id,
-                last_code="sent",
-                last_reason=f"accepted by {send.provider}",
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if sent.provider_chat_id:
-            session.execute(
-                update(Chat)
+        sending = set(
+            session.scalars(
+                select(Message.id)
                 .where(
-                    Chat.line_id == send.line_id,
-                    Chat.recipient == outbound.recipient,
-                    Chat.provider_chat_id.is_(None),
+                    Message.id.in_([a.send.outbound.message_id for a in accepted]),
+                    # A late answer also settles a send a reconciler flagged for a person.
+                    Message.state.in_([MessageState.SENDING, MessageState.NEEDS_REVIEW]),
                 )
-                .values(provider_chat_id=sent.provider_chat_id)
-                .execution_options(synchronize_session=False)
-            )
-        session.add(
-            DecisionRecord(
-                message_id=outbound.message_id,
-                at=now,
-                action="SENT",
-                code="sent",
-                reason=f"accepted by {send.provider}"
-                + (f" as {sent.provider_message_id}" if sent.provider_message_id else ""),
-                line=outbound.line,
+                .order_by(Message.id)
+                .with_for_update()
             )
         )
-    if moved.rowcount:
-        report.add("SENT")
-    else:
-        # Someone else settled the message meanwhile (a reconciler); the send stands.
-        log.warning("sent %s but it was no longer SENDING", outbound.message_id)
-        report.add("sent_unrecorded")
+        moving = [a for a in accepted if a.send.outbound.message_id in sending]
+        if moving:
+            # Locked above and still SENDING (or flagged for review): updates by primary key,
+            # many rows at once.
+            session.execute(
+                update(Message),
+                [
+                    {
+                        "id": a.send.outbound.message_id,
+                        "state": MessageState.SENT.value,
+                        "sent_at": now,
+                        "provider_message_id": a.sent.provider_message_id,
+                        "last_code": "sent",
+                        "last_reason": f"accepted by {a.send.provider}",
+                        "updated_at": now,
+                    }
+                    for a in moving
+                ],
+            )
+        for a in accepted:
+            if a.sent.provider_chat_id:
+                session.execute(
+                    update(Chat)
+                    .where(
+                        Chat.line_id == a.send.line_id,
+                        Chat.recipient == a.send.outbound.recipient,
+                        Chat.provider_chat_id.is_(None),
+                    )
+                    .values(provider_chat_id=a.sent.provider_chat_id)
+                    .execution_options(synchronize_session=False)
+                )
+        session.execute(
+            insert(DecisionRecord),
+            [
+                {
+                    "message_id": a.send.outbound.message_id,
+                    "at": now,
+                    "action": "SENT",
+                    "code": "sent",
+                    "reason": f"accepted by {a.send.provider}"
+                    + (f" as {a.sent.provider_message_id}" if a.sent.provider_message_id else ""),
+                    "line": a.send.outbound.line,
+                }
+                for a in accepted
+            ],
+        )
+    report.add("SENT", len(moving))
+    for a in accepted:
+        if a.send.outbound.message_id not in sending:
+            # Someone else settled the message meanwhile (a reconciler); the send stands.
+            log.warning("sent %s but it was no longer SENDING", a.send.outbound.message_id)
+            report.add("sent_unrecorded")
 
 
 def record_failure(

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     #: Where the ``log`` provider appends one JSON line per send.
     send_log: Path | None = None
+    #: Senders by provider name, as ``module:callable`` import paths, replacing the built-in
+    #: ones (an in-house gateway, a test double); the callable gets these settings.
+    providers: dict[str, str] = Field(default_factory=dict)
 
     tick_seconds: float = Field(constants.TICK_SECONDS, gt=0)
     dispatch_batch: int = Field(constants.DISPATCH_BATCH, gt=0)

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from policies.usage import DAY, HOUR, LineUsage
+from policies.usage import DAY, HOUR, MINUTE, LineUsage
 from scheduler.models import Chat, Line, Message
 
 
@@ -28,19 +28,7 @@ def load_usage(
     usage = {line_id: LineUsage() for line_id in ids}
     if not ids:
         return usage
-    recent = session.execute(
-        select(Message.line_id, Message.recipient, Message.dispatched_at, Message.body_hash)
-        .where(Message.line_id.in_(ids), Message.dispatched_at > now - HOUR)
-        .order_by(Message.dispatched_at)
-    )
-    for line_id, recipient, at, body_hash in recent:
-        if line_id is None or at is None:
-            continue
-        entry = usage[line_id]
-        entry.recent.append(at)
-        entry.by_recipient.setdefault(recipient, []).append(at)
-        if body_hash is not None:
-            entry.by_body.setdefault(body_hash, {})[recipient] = at
+    _load_windows(session, usage, ids, now)
     counts = session.execute(
         select(Message.line_id, func.count())
         .where(Message.line_id.in_(ids), Message.dispatched_at > now - DAY)
@@ -68,3 +56,43 @@ def load_usage(
         if first is not None:
             usage[line_id].new_chats.append(first)
     return usage
+
+
+def _load_windows(
+    session: Session, usage: dict[int, LineUsage], ids: list[int], now: datetime
+) -> None:
+    """The last minute's sends and the last hour's recipients and bodies of each line.
+
+    Each send of the last minute (the per-minute caps), and per recipient and per body
+    only the last send of the hour (distinct recipients, the same-body rule): the rows
+    read grow with recipients, not with sends.
+    """
+    minute: dict[tuple[int, str], list[datetime]] = {}
+    recent = session.execute(
+        select(Message.line_id, Message.recipient, Message.dispatched_at)
+        .where(Message.line_id.in_(ids), Message.dispatched_at > now - MINUTE)
+        .order_by(Message.dispatched_at)
+    )
+    for line_id, recipient, at in recent:
+        if line_id is None or at is None:
+            continue
+        usage[line_id].recent.append(at)
+        minute.setdefault((line_id, recipient), []).append(at)
+    last = func.max(Message.dispatched_at)
+    hour = Message.line_id.in_(ids), Message.dispatched_at > now - HOUR
+    recipients = session.execute(
+        select(Message.line_id, Message.recipient, last)
+        .where(*hour)
+        .group_by(Message.line_id, Message.recipient)
+    )
+    for line_id, recipient, at in recipients:
+        if line_id is not None and at is not None:
+            usage[line_id].by_recipient[recipient] = minute.get((line_id, recipient)) or [at]
+    bodies = session.execute(
+        select(Message.line_id, Message.body_hash, Message.recipient, last)
+        .where(*hour, Message.body_hash.is_not(None))
+        .group_by(Message.line_id, Message.body_hash, Message.recipient)
+    )
+    for line_id, body_hash, recipient, at in bodies:
+        if line_id is not None and body_hash is not None and at is not None:
+            usage[line_id].by_body.setdefault(body_hash, {})[recipient] = at

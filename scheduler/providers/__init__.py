@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import cast
 
 from policies.config import Policy
 from policies.errors import HealthgateError
@@ -34,6 +36,8 @@ class Providers:
         return client
 
     def _build(self, name: str) -> Provider:
+        if name in self.settings.providers:
+            return _imported(self.settings.providers[name], self.settings)
         if name == "log":
             return LogProvider(self.settings.send_log_path)
         if name == "linq":
@@ -56,3 +60,13 @@ class Providers:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+
+
+def _imported(path: str, settings: Settings) -> Provider:
+    """The sender an import path names (``module:callable``), built from ``settings``."""
+    module, _, attribute = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise HealthgateError(f"providers: {path!r} names no importable sender ({exc})") from None
+    return cast(Provider, factory(settings))

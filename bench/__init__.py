@@ -1,0 +1,1 @@
+"""healthgate's benchmark: ``python -m bench --size smoke|full`` (or ``make bench``)."""

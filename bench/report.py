@@ -1,0 +1,109 @@
+"""The results as a Markdown table, each figure next to its goal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GOALS = {
+    "end_to_end_ratio": 3.0,
+    "bulk_enqueue_per_second": 20_000,
+    "gate_p99_us": 50,
+    "scale_ratio": 1.2,
+    "rss_growth_percent": 10,
+}
+
+
+def _row(name: str, figure: str, goal: str, met: bool | None) -> str:
+    mark = "—" if met is None else ("met" if met else "not met")
+    return f"| {name} | {figure} | {goal} | {mark} |\n"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    text = f"# healthgate benchmark ({r['size']})\n\n"
+    text += (
+        f"{r['date']}; {m['cores']} cores, {m['ram_gib']} GiB RAM; Python {m['python']}, "
+        f"PostgreSQL {m['postgresql']}, Redis {m['redis']}, Celery {m['celery']}, "
+        f"SQLAlchemy {m['sqlalchemy']}, healthgate {m['healthgate']}.\n\n"
+    )
+    if r.get("note"):
+        text += f"Conditions: {r['note']}\n\n"
+    text += "| measure | result | goal | |\n|---|---|---|---|\n"
+    if "enqueue" in r:
+        e = r["enqueue"]
+        text += _row(
+            "enqueue, one call a message", f"{e['single_per_second']:,.0f} msg/s", "", None
+        )
+        text += _row(
+            f"enqueue_many ({e['bulk_chunk']} a call)",
+            f"{e['bulk_per_second']:,.0f} msg/s",
+            "≥ 20,000 msg/s",
+            e["bulk_per_second"] >= GOALS["bulk_enqueue_per_second"],
+        )
+    if "gate" in r:
+        g = r["gate"]
+        text += _row(
+            "gate decide(), median / p99",
+            f"{g['median_us']} / {g['p99_us']} µs",
+            "p99 ≤ 50 µs",
+            g["p99_us"] <= GOALS["gate_p99_us"],
+        )
+    if "end_to_end" in r:
+        e2e = r["end_to_end"]
+        text += _row(
+            "bare Celery task per message (baseline)",
+            f"{e2e['baseline']['per_second']:,.0f} msg/s",
+            "",
+            None,
+        )
+        text += _row(
+            "healthgate, gated end to end", f"{e2e['gated']['per_second']:,.0f} msg/s", "", None
+        )
+        text += _row(
+            "ratio, same run", f"{e2e['ratio']}x", "≥ 3x", e2e["ratio"] >= GOALS["end_to_end_ratio"]
+        )
+        mem = e2e["gated"]["memory"]
+        if mem:
+            text += _row(
+                "worker RSS: peak process / pool total",
+                f"{mem['peak_process_mib']} / {mem['peak_total_mib']} MiB",
+                "",
+                None,
+            )
+            text += _row(
+                "worker RSS, first vs last quarter of the run",
+                f"{mem['first_quarter_total_mib']} → {mem['last_quarter_total_mib']} MiB "
+                f"({mem['growth_percent']:+}%)",
+                "flat (< 10%)",
+                mem["growth_percent"] < GOALS["rss_growth_percent"],
+            )
+    if "scale" in r:
+        points = r["scale"]["points"]
+        for p in points:
+            text += _row(
+                f"dispatch with {p['waiting']:,} waiting",
+                f"{p['us_per_decision']:,.0f} µs/decision",
+                "",
+                None,
+            )
+        text += _row(
+            "cost at the largest backlog / smallest",
+            f"{r['scale']['ratio']}x",
+            "≤ 1.2x",
+            r["scale"]["ratio"] <= GOALS["scale_ratio"],
+        )
+    if "recovery" in r:
+        rec = r["recovery"]
+        text += _row(
+            f"recovery: {rec['backlog']:,} deferred released to the queue",
+            f"{rec['released_to_queue_seconds']} s",
+            "",
+            None,
+        )
+        text += _row(
+            "recovery: all dispatched (one process)",
+            f"{rec['dispatch_seconds']} s ({rec['dispatched_per_second']:,.0f} msg/s)",
+            "",
+            None,
+        )
+    return text
