@@ -73,6 +73,8 @@ def same_body_spread(
     recipients = usage.by_body.get(body_hash, {})
     if recipients.get(recipient, start) > start:
         return None  # this recipient is already counted: a repeat is not a new spread
+    if len(recipients) < limit:
+        return None  # fewer recipients in all than the cap: none need reading
     lasts = [at for at in recipients.values() if at > start]
     if len(lasts) < limit:
         return None  # room left: no need to order them

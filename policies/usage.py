@@ -77,6 +77,8 @@ class LineUsage:
         latest = self.by_recipient.get(recipient)
         if latest and latest[-1] > start:
             return now  # already counted in this window: no new distinct recipient
+        if len(self.by_recipient) < limit:
+            return now  # fewer recipients in all than the cap: none need reading
         lasts = [times[-1] for times in self.by_recipient.values() if times[-1] > start]
         if len(lasts) < limit:
             return now  # room left: no need to order them

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,6 +33,8 @@ class Batch:
     unanswered: dict[int, tuple[datetime, ...]]
     #: Dispatch times of each body digest to each AT_RISK chat, for the repeat rule.
     same_body: dict[tuple[int, str], list[datetime]] = field(default_factory=dict)
+    #: Decision records taken on the batch, inserted together before its commit.
+    decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_batch(

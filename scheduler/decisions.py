@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -34,6 +35,21 @@ class Report:
     def merge(self, other: Report) -> None:
         for outcome, n in other.counts.items():
             self.add(outcome, n)
+
+
+def decision_row(
+    message: Message, decision: Decision, now: datetime, line: str | None
+) -> dict[str, Any]:
+    """One decision on one message as the columns of its record, to insert many at once."""
+    return {
+        "message_id": message.id,
+        "at": now,
+        "action": decision.action.value,
+        "code": decision.code,
+        "reason": decision.reason,
+        "not_before": decision.not_before,
+        "line": line,
+    }
 
 
 def record_decision(

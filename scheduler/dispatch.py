@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from policies.decision import Decision
@@ -16,11 +16,12 @@ from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
 from scheduler.answers import BatchAnswers
 from scheduler.batch import Batch, batch_usage, facts_for, load_batch
+from scheduler.bulk import insert_rows
 from scheduler.claims import Claim, claim_due
-from scheduler.decisions import STATE_AFTER, Report, record_decision
+from scheduler.decisions import STATE_AFTER, Report, decision_row
 from scheduler.enqueue import chat_for
 from scheduler.limits import Ticket
-from scheduler.models import Chat, Message, MessageState
+from scheduler.models import Chat, DecisionRecord, Message, MessageState
 from scheduler.providers import Outbound
 from scheduler.router import eligible_lines, rank
 from scheduler.runtime import Runtime, utcnow
@@ -65,6 +66,8 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
             for message in messages
             if (send := _gate(session, message, batch, report, runtime)) is not None
         ]
+        table = cast(Table, DecisionRecord.__table__)
+        insert_rows(session.connection(), table, batch.decisions)
     send_batch(runtime, to_send, report, BatchAnswers(runtime.policy.opt_out.scope))
     return report
 
@@ -184,7 +187,7 @@ def _reroute(
     moved = Decision(
         Action.REROUTE, decision.code, f"{decision.reason}; moved to line {line.number}"
     )
-    record_decision(session, message, moved, batch.now, line.number)
+    batch.decisions.append(decision_row(message, moved, batch.now, line.number))
     return True
 
 
@@ -204,7 +207,7 @@ def _apply(session: Session, message: Message, decision: Decision, batch: Batch)
     if decision.action is Action.SEND:
         message.dispatched_at = now
     line = batch.lines.get(message.line_id) if message.line_id is not None else None
-    record_decision(session, message, decision, now, line.number if line else None)
+    batch.decisions.append(decision_row(message, decision, now, line.number if line else None))
 
 
 def drain(runtime: Runtime, now: datetime | None = None, batch: int | None = None) -> Report:

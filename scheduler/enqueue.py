@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,7 @@ from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.statuses import Action
 from policies.text import storable_text, storable_time
+from scheduler.bulk import insert_rows
 from scheduler.lines import get_line, sync_lines
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
 from scheduler.router import lines_for_new_recipient, sticky_chat
@@ -160,8 +161,14 @@ def _store(
             ids.append(known[item.idempotency_key])
             continue
         field = "line" if len(items) == 1 else f"messages[{index}].line"
-        line, chat = pinned.get((item.line, item.to)) or _route(session, item, field, policy, now)
-        message, decision = _new_row(item, line, chat, policy, now, item.to in opted_out)
+        found: tuple[Line | None, int | None, bool] | None = pinned.get((item.line, item.to))
+        if found is None:
+            line, chat = _route(session, item, field, policy, now)
+            found = (line, chat.id if chat else None, chat is not None and _opted_out(chat))
+        line, chat_id, chat_opted_out = found
+        message, decision = _new_row(
+            item, line, chat_id, policy, now, chat_opted_out or item.to in opted_out
+        )
         messages.append(message)
         decisions.append(decision)
         if item.idempotency_key:
@@ -170,15 +177,20 @@ def _store(
     # Many rows a statement (executemany / multi-row VALUES), not one flush per message.
     if messages:
         connection = session.connection()
-        connection.execute(insert(cast(Table, Message.__table__)), messages)
-        connection.execute(insert(cast(Table, DecisionRecord.__table__)), decisions)
+        insert_rows(connection, cast(Table, Message.__table__), messages)
+        insert_rows(connection, cast(Table, DecisionRecord.__table__), decisions)
     return ids
+
+
+def _opted_out(chat: Chat) -> bool:
+    return chat.opted_out_at is not None
 
 
 def _pinned_chats(
     session: Session, items: Sequence[NewMessage], now: datetime
-) -> dict[tuple[str | None, str], tuple[Line, Chat]]:
-    """The line and chat of every message that names its line, loaded (or created) at once."""
+) -> dict[tuple[str | None, str], tuple[Line, int, bool]]:
+    """The line, chat id and chat opt-out of every message that names its line, the
+    chats loaded (or created) at once."""
     lines: dict[str, Line] = {}
     for index, item in enumerate(items):
         if item.line is not None and item.line not in lines:
@@ -197,41 +209,49 @@ def _pinned_chats(
         )
         if (chat.line_id, chat.recipient) in wanted
     }
+    chats = {key: (chat.id, _opted_out(chat)) for key, chat in found.items()}
+    new: list[dict[str, Any]] = []
     for (line_id, recipient), provider_chat_id in wanted.items():
         chat = found.get((line_id, recipient))
         if chat is None:
-            found[(line_id, recipient)] = Chat(
-                line_id=line_id,
-                recipient=recipient,
-                provider_chat_id=provider_chat_id,
-                health="HEALTHY",
-                created_at=now,
+            new.append(
+                {
+                    "line_id": line_id,
+                    "recipient": recipient,
+                    "provider_chat_id": provider_chat_id,
+                    "health": "HEALTHY",
+                    "created_at": now,
+                }
             )
-            session.add(found[(line_id, recipient)])
         elif provider_chat_id and chat.provider_chat_id is None:
             chat.provider_chat_id = provider_chat_id
     session.flush()
+    # New chats in one statement, not one ORM object each.
+    for row in insert_rows(
+        session.connection(), cast(Table, Chat.__table__), new, ("id", "line_id", "recipient")
+    ):
+        chats[(row.line_id, row.recipient)] = (row.id, False)
     by_id = {line.id: line for line in lines.values()}
     return {
-        (by_id[line_id].number, recipient): (by_id[line_id], chat)
-        for (line_id, recipient), chat in found.items()
+        (by_id[line_id].number, recipient): (by_id[line_id], chat_id, opted_out)
+        for (line_id, recipient), (chat_id, opted_out) in chats.items()
     }
 
 
 def _new_row(
     item: NewMessage,
     line: Line | None,
-    chat: Chat | None,
+    chat_id: int | None,
     policy: Policy,
     now: datetime,
-    recipient_opted_out: bool,
+    opted_out: bool,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The message's row and its first decision's, as column values."""
     message: dict[str, Any] = {
         "id": new_message_id(),
         "idempotency_key": item.idempotency_key,
         "line_id": line.id if line else None,
-        "chat_id": chat.id if chat else None,
+        "chat_id": chat_id,
         "pinned": item.line is not None,
         "recipient": item.to,
         "body": item.body,
@@ -246,7 +266,7 @@ def _new_row(
         "updated_at": now,
     }
     action, code, reason = "ENQUEUE", "enqueued", "enqueued"
-    if (chat is not None and chat.opted_out_at is not None) or recipient_opted_out:
+    if opted_out:
         # Later enqueues to an opted-out chat are dropped at once, with that reason.
         message["state"], message["not_before"] = MessageState.DROPPED.value, None
         action, code, reason = Action.DROP.value, "chat_opted_out", "the recipient opted out"

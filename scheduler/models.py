@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -143,6 +144,10 @@ class OptOut(Base):
     source: Mapped[str] = mapped_column(String(200))
 
 
+#: ``WAITING_STATES`` as SQL, for the partial index the claim reads.
+WAITING_SQL = "state IN ('queued', 'throttled', 'deferred')"
+
+
 class Message(Base):
     """One outbound message and where it stands."""
 
@@ -150,6 +155,15 @@ class Message(Base):
     __table_args__ = (
         # The claim: waiting messages whose time has come, oldest first.
         Index("ix_messages_state_not_before", "state", "not_before"),
+        # The claim's order: read in index order up to its limit, never sorting every
+        # due message (a backlog released at once is all due).
+        Index(
+            "ix_messages_waiting_due",
+            "not_before",
+            "id",
+            postgresql_where=text(WAITING_SQL),
+            sqlite_where=text(WAITING_SQL),
+        ),
         # Caps: a line's dispatches inside a window.
         Index("ix_messages_line_dispatched", "line_id", "dispatched_at"),
         # Releases and opt-out drops: a chat's waiting messages.

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, select, update
 
 from policies.outcome import Failure, after_failure
 from policies.statuses import Action, LineStatus
 from scheduler import constants
 from scheduler.answers import BatchAnswers
+from scheduler.bulk import insert_rows
 from scheduler.decisions import STATE_AFTER, Report, record_decision
 from scheduler.health import opt_out
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState
@@ -134,8 +135,9 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
                     .values(provider_chat_id=a.sent.provider_chat_id)
                     .execution_options(synchronize_session=False)
                 )
-        session.execute(
-            insert(DecisionRecord),
+        insert_rows(
+            session.connection(),
+            cast(Table, DecisionRecord.__table__),
             [
                 {
                     "message_id": a.send.outbound.message_id,

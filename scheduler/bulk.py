@@ -1,0 +1,55 @@
+"""Many rows in one statement: PostgreSQL reads them from arrays, others use executemany.
+
+A multi-row ``VALUES`` statement of a thousand rows is a long text the driver has to
+rewrite on every call; ``INSERT ... SELECT FROM unnest(arrays)`` is one short statement
+whatever the number of rows, with one parameter a column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, Table, insert
+
+
+def insert_rows(
+    connection: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    returning: Sequence[str] = (),
+) -> list[Row[Any]]:
+    """Insert ``rows`` (each with the same keys) into ``table``; the ``returning`` columns
+    of the new rows, in no particular order."""
+    if not rows:
+        return []
+    if connection.dialect.name != "postgresql":
+        statement = insert(table)
+        if returning:
+            statement = statement.returning(*(table.c[name] for name in returning))
+            return list(connection.execute(statement, list(rows)).all())
+        connection.execute(statement, list(rows))
+        return []
+    dialect = connection.dialect
+    preparer = dialect.identifier_preparer
+    names = list(rows[0])
+    arrays: list[list[Any]] = []
+    casts: list[str] = []
+    for name in names:
+        column = table.c[name]
+        process = column.type.bind_processor(dialect)
+        values = [row[name] for row in rows]
+        if process is not None:
+            values = [process(value) for value in values]
+        arrays.append(values)
+        casts.append(f"CAST(%s AS {column.type.compile(dialect=dialect)}[])")
+    sql = (
+        f"INSERT INTO {preparer.format_table(table)} "
+        f"({', '.join(preparer.quote(name) for name in names)}) "
+        f"SELECT * FROM unnest({', '.join(casts)})"
+    )
+    if returning:
+        sql += f" RETURNING {', '.join(preparer.quote(name) for name in returning)}"
+        return list(connection.exec_driver_sql(sql, tuple(arrays)).all())
+    connection.exec_driver_sql(sql, tuple(arrays))
+    return []
