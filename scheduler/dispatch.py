@@ -22,7 +22,6 @@ from scheduler.decisions import STATE_AFTER, Report, decision_row
 from scheduler.enqueue import chat_for
 from scheduler.limits import Ticket
 from scheduler.models import Chat, DecisionRecord, Message, MessageState
-from scheduler.providers import Outbound
 from scheduler.router import eligible_lines, rank
 from scheduler.runtime import Runtime, utcnow
 from scheduler.sending import Send, send_batch
@@ -94,15 +93,7 @@ def _gate(
         batch.same_body[(chat.id, message.body_hash)] = [batch.now]
     if chat.id in batch.unanswered:
         batch.unanswered[chat.id] = (*batch.unanswered[chat.id], batch.now)
-    outbound = Outbound(
-        message_id=message.id,
-        line=line.number,
-        recipient=message.recipient,
-        body=message.body,
-        idempotency_key=message.id,
-        provider_chat_id=chat.provider_chat_id,
-    )
-    return Send(line.provider, line.id, outbound)
+    return Send.of(message, line, chat)
 
 
 class _Decided(NamedTuple):

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 from scheduler.answers import BatchAnswers
 from scheduler.decisions import Report
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
-from scheduler.providers import Outbound
 from scheduler.runtime import Runtime
 from scheduler.sending import Send, send_one
 
@@ -82,15 +81,7 @@ def _settle(
             f"same idempotency key, which {line.provider} delivers once"
         )
         _record(session, message, now, line.number, reason)
-        outbound = Outbound(
-            message_id=message.id,
-            line=line.number,
-            recipient=message.recipient,
-            body=message.body,
-            idempotency_key=message.id,
-            provider_chat_id=chat.provider_chat_id,
-        )
-        return Send(line.provider, line.id, outbound)
+        return Send.of(message, line, chat)
     why = (
         "the recipient opted out since, so it is not sent again"
         if opted_out

@@ -30,6 +30,19 @@ class Send(NamedTuple):
     line_id: int
     outbound: Outbound
 
+    @classmethod
+    def of(cls, message: Message, line: Line, chat: Chat) -> Send:
+        """The send of ``message``; its id is the idempotency key on every attempt."""
+        outbound = Outbound(
+            message_id=message.id,
+            line=line.number,
+            recipient=message.recipient,
+            body=message.body,
+            idempotency_key=message.id,
+            provider_chat_id=chat.provider_chat_id,
+        )
+        return cls(line.provider, line.id, outbound)
+
 
 class Accepted(NamedTuple):
     """A send the provider accepted, waiting to be recorded."""
