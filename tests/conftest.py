@@ -22,6 +22,9 @@ from scheduler.providers.log import read_send_log
 from scheduler.settings import Settings
 from tests.services import require_postgres
 
+#: Fixtures of the providers' fake HTTP side (linq, d360, provider_client).
+pytest_plugins = ["tests.provider_fixtures"]
+
 # Property tests: a modest count by default so the suite stays fast on a shared machine;
 # HEALTHGATE_HYPOTHESIS_PROFILE=thorough searches far longer before a release.
 hypothesis_settings.register_profile(

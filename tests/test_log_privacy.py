@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pydantic.v1  # noqa: F401  FastAPI imports it lazily, which fails once fr
 import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
-from freezegun.api import FrozenDateTimeFactory
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
@@ -27,7 +25,7 @@ from scheduler.client import Healthgate
 from scheduler.settings import Settings
 from scheduler.web import create_app
 from tests.conftest import LINE_A, LINE_B, START
-from tests.fakes import PROVIDER_POLICY, FakeProvider, answer, d360_ok, fails, fake_client, linq_ok
+from tests.fakes import PROVIDER_POLICY, FakeProvider, answer, fails, linq_ok
 from tests.linq_events import SECRET, line_event, message_event, signed
 from tests.test_polling import phone
 
@@ -57,22 +55,8 @@ def policy_text() -> str:
 
 
 @pytest.fixture
-def linq() -> FakeProvider:
-    return FakeProvider(linq_ok)
-
-
-@pytest.fixture
-def d360() -> FakeProvider:
-    return FakeProvider(d360_ok)
-
-
-@pytest.fixture
-def hg(
-    settings: Settings, clock: FrozenDateTimeFactory, linq: FakeProvider, d360: FakeProvider
-) -> Iterator[Healthgate]:
-    client = fake_client(settings, linq, d360)
-    yield client
-    client.close()
+def hg(provider_client: Healthgate) -> Healthgate:
+    return provider_client
 
 
 def test_a_drain_with_refusals_and_failures_logs_no_body_or_recipient(

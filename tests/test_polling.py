@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,6 @@ from tests.fakes import (
     PROVIDER_POLICY,
     FakeProvider,
     answer,
-    d360_ok,
-    fake_client,
-    linq_ok,
 )
 
 LINE_C = "+14155550102"
@@ -198,22 +194,8 @@ def policy_text() -> str:
 
 
 @pytest.fixture
-def linq() -> FakeProvider:
-    return FakeProvider(linq_ok)
-
-
-@pytest.fixture
-def d360() -> FakeProvider:
-    return FakeProvider(d360_ok)
-
-
-@pytest.fixture
-def hg(
-    settings: Settings, clock: FrozenDateTimeFactory, linq: FakeProvider, d360: FakeProvider
-) -> Iterator[Healthgate]:
-    client = fake_client(settings, linq, d360)
-    yield client
-    client.close()
+def hg(provider_client: Healthgate) -> Healthgate:
+    return provider_client
 
 
 def line(hg: Healthgate, number: str) -> dict[str, Any]:

@@ -4,7 +4,6 @@ through the real dispatch path, on every store."""
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from policies.outcome import Failure
 from scheduler.client import Healthgate
 from scheduler.providers import Outbound, SendFailed
 from scheduler.providers.dialog360 import Dialog360Provider, env_keys
-from scheduler.settings import Settings
 from tests.conftest import LINE_A, LINE_B, START
 from tests.fakes import (
     D360_KEY,
@@ -29,8 +27,6 @@ from tests.fakes import (
     answer,
     d360_ok,
     fails,
-    fake_client,
-    linq_ok,
 )
 
 BOB = "+14155550123"
@@ -43,22 +39,8 @@ def policy_text() -> str:
 
 
 @pytest.fixture
-def linq() -> FakeProvider:
-    return FakeProvider(linq_ok)
-
-
-@pytest.fixture
-def d360() -> FakeProvider:
-    return FakeProvider(d360_ok)
-
-
-@pytest.fixture
-def hg(
-    settings: Settings, clock: FrozenDateTimeFactory, linq: FakeProvider, d360: FakeProvider
-) -> Iterator[Healthgate]:
-    client = fake_client(settings, linq, d360)
-    yield client
-    client.close()
+def hg(provider_client: Healthgate) -> Healthgate:
+    return provider_client
 
 
 def state(hg: Healthgate, message_id: str) -> str:
