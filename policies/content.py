@@ -11,7 +11,7 @@ from datetime import datetime
 from policies.config import Policy
 from policies.decision import Decision
 from policies.statuses import Action
-from policies.usage import HOUR, LineUsage, earliest_allowed
+from policies.usage import LineUsage
 
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _DIGITS = re.compile(r"\d+")
@@ -69,17 +69,7 @@ def same_body_spread(
 ) -> Decision | None:
     """Hold a body the line already sent to too many other recipients within the hour."""
     limit = policy.content.same_body_max_recipients_per_hour
-    start = now - HOUR
-    recipients = usage.by_body.get(body_hash, {})
-    if recipients.get(recipient, start) > start:
-        return None  # this recipient is already counted: a repeat is not a new spread
-    if len(recipients) < limit:
-        return None  # fewer recipients in all than the cap: none need reading
-    lasts = [at for at in recipients.values() if at > start]
-    if len(lasts) < limit:
-        return None  # room left: no need to order them
-    lasts.sort()
-    allowed = earliest_allowed(lasts, limit, HOUR, now)
+    allowed = usage.body_allowed(body_hash, recipient, limit, now)
     if allowed <= now:
         return None
     return Decision(

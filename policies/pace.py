@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
 from policies.config import Caps, Policy
 from policies.statuses import LineReputation
-from policies.usage import DAY, HOUR, MINUTE, LineUsage, earliest_allowed
+from policies.usage import MINUTE, LineUsage, earliest_allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +100,7 @@ def check(
     """
     candidates = [
         Verdict(
-            earliest_allowed(usage.recent, limits.sends_per_minute, MINUTE, now),
+            usage.minute_allowed(limits.sends_per_minute, now),
             "sends_per_minute",
             limits.sends_per_minute,
         ),
@@ -127,7 +126,7 @@ def check(
     if new_chat:
         candidates.append(
             Verdict(
-                earliest_allowed(usage.new_chats, limits.new_conversations_per_day, DAY, now),
+                usage.new_chats_allowed(limits.new_conversations_per_day, now),
                 "new_conversations_per_day",
                 limits.new_conversations_per_day,
             )
@@ -138,13 +137,10 @@ def check(
 
 def headroom(usage: LineUsage, limits: Limits, now: datetime) -> float:
     """The smallest share left, 0 to 1, of any cap a send to a new recipient uses."""
-    minute = len(usage.recent) - bisect_right(usage.recent, now - MINUTE)
-    new = len(usage.new_chats) - bisect_right(usage.new_chats, now - DAY)
-    distinct = sum(1 for times in usage.by_recipient.values() if times and times[-1] > now - HOUR)
     used = (
-        minute / limits.sends_per_minute,
+        usage.sent_last_minute(now) / limits.sends_per_minute,
         usage.day_count / limits.sends_per_day,
-        distinct / limits.distinct_recipients_per_hour,
-        new / limits.new_conversations_per_day,
+        usage.recipients_last_hour(now) / limits.distinct_recipients_per_hour,
+        usage.new_chats_last_day(now) / limits.new_conversations_per_day,
     )
     return max(0.0, 1.0 - max(used))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,25 @@ class Batch:
     same_body: dict[tuple[int, str], list[datetime]] = field(default_factory=dict)
     #: Decision records taken on the batch, inserted together before its commit.
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    #: Who the batch sends to, and with which body digests: the usage it loads.
+    recipients: frozenset[str] = frozenset()
+    digests: frozenset[str] = frozenset()
+    #: Messages in the batch: at most this many sends on any one line.
+    size: int = 0
+
+    def load_usage(self, session: Session, lines: Sequence[Line]) -> None:
+        """Add the usage of ``lines`` for this batch's messages (a reroute needs more)."""
+        self.usage.update(
+            batch_usage(
+                session,
+                lines,
+                self.policy,
+                self.now,
+                self.size,
+                self.recipients,
+                self.digests,
+            )
+        )
 
 
 def load_batch(
@@ -64,17 +83,21 @@ def load_batch(
     # A new recipient may move to any line, so a batch that has one locks them all.
     movable = any(not m.pinned and is_new_chat(chats.get(m.chat_id or 0)) for m in messages)
     runtime.limiter.lock(session, sorted(lines) if movable else [line.id for line in used])
-    usage = batch_usage(session, used, policy, now, headroom=len(messages))
-    return Batch(
+    batch = Batch(
         policy,
         now,
         lines,
         chats,
         opted_out,
-        usage,
+        {},
         _unanswered(session, chats, policy, now),
         _same_body(session, chats, messages, policy, now),
+        recipients=frozenset(m.recipient for m in messages),
+        digests=frozenset(m.body_hash for m in messages if m.body_hash is not None),
+        size=len(messages),
     )
+    batch.load_usage(session, used)
+    return batch
 
 
 def is_new_chat(chat: Chat | None) -> bool:
@@ -83,13 +106,19 @@ def is_new_chat(chat: Chat | None) -> bool:
 
 
 def batch_usage(
-    session: Session, lines: Sequence[Line], policy: Policy, now: datetime, headroom: int
+    session: Session,
+    lines: Sequence[Line],
+    policy: Policy,
+    now: datetime,
+    headroom: int,
+    recipients: Collection[str] = (),
+    digests: Collection[str] = (),
 ) -> dict[int, LineUsage]:
-    """Usage of ``lines`` with each line's daily limit as it applies at ``now``."""
-    day_limits = {
-        line.id: limits_for(line_facts(line), policy, now).sends_per_day for line in lines
-    }
-    return load_usage(session, lines, day_limits, now, headroom)
+    """Usage of ``lines`` under each line's caps as they apply at ``now``, for up to
+    ``headroom`` sends to ``recipients`` with bodies of ``digests``."""
+    limits = {line.id: limits_for(line_facts(line), policy, now) for line in lines}
+    body_limit = policy.content.same_body_max_recipients_per_hour
+    return load_usage(session, lines, limits, now, headroom, recipients, digests, body_limit)
 
 
 def _same_body(

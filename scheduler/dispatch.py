@@ -15,7 +15,7 @@ from policies.gate import LineFacts, decide, limits_for, throttled
 from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
 from scheduler.answers import BatchAnswers
-from scheduler.batch import Batch, batch_usage, facts_for, load_batch
+from scheduler.batch import Batch, facts_for, load_batch
 from scheduler.bulk import insert_rows
 from scheduler.claims import Claim, claim_due
 from scheduler.decisions import STATE_AFTER, Report, decision_row
@@ -163,7 +163,7 @@ def _reroute(
     candidates = eligible_lines(sorted(batch.lines.values(), key=lambda x: x.id), batch.policy)
     missing = [line for line in candidates if line.id not in batch.usage]
     if missing:
-        batch.usage.update(batch_usage(session, missing, batch.policy, batch.now, headroom=1))
+        batch.load_usage(session, missing)
     choices = [
         choice.line
         for choice in rank(candidates, batch.usage, batch.policy, batch.now)

@@ -62,9 +62,7 @@ def rank_lines(session: Session, policy: Policy, now: datetime) -> list[Choice]:
         session.scalars(select(Line).where(Line.enabled.is_(True)).order_by(Line.id)), policy
     )
     limits = {line.id: limits_for(line_facts(line), policy, now) for line in candidates}
-    usage = load_usage(
-        session, candidates, {i: lim.sends_per_day for i, lim in limits.items()}, now, 1
-    )
+    usage = load_usage(session, candidates, limits, now, headroom=1)
     return rank(candidates, usage, policy, now)
 
 

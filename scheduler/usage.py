@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, distinct, func, select
 from sqlalchemy.orm import Session
 
+from policies.pace import Limits
 from policies.usage import DAY, HOUR, MINUTE, LineUsage
 from scheduler.models import Chat, Line, Message
 
@@ -15,84 +17,161 @@ from scheduler.models import Chat, Line, Message
 def load_usage(
     session: Session,
     lines: Collection[Line],
-    day_limits: Mapping[int, int],
+    limits: Mapping[int, Limits],
     now: datetime,
     headroom: int,
+    recipients: Collection[str] = (),
+    digests: Collection[str] = (),
+    body_limit: int = 0,
 ) -> dict[int, LineUsage]:
-    """Usage of ``lines``, counted from dispatched messages.
+    """Usage of ``lines`` at ``now``, counted from dispatched messages, for deciding on up
+    to ``headroom`` more sends to ``recipients`` (with ``digests`` of bodies, against at
+    most ``body_limit`` recipients of a body an hour).
 
-    The day's times are loaded only for lines within ``headroom`` sends of their daily
-    cap (``day_limits`` by line id, as it applies now); the rest need just the count.
+    Each window is read as a count, and its times only when the line is within
+    ``headroom`` sends of that cap (``limits`` by line id, as they apply now): the rows a
+    batch reads grow with the batch, not with what the line sent.
     """
     ids = [line.id for line in lines]
     usage = {line_id: LineUsage() for line_id in ids}
     if not ids:
         return usage
-    _load_windows(session, usage, ids, now)
-    counts = session.execute(
-        select(Message.line_id, func.count())
-        .where(Message.line_id.in_(ids), Message.dispatched_at > now - DAY)
-        .group_by(Message.line_id)
-    )
-    for line_id, count in counts:
-        if line_id is not None:
-            usage[line_id].day_count = count
-    for line in lines:
-        entry = usage[line.id]
-        if entry.day_count + headroom >= day_limits[line.id]:
-            entry.day = list(
-                session.scalars(
-                    select(Message.dispatched_at)
-                    .where(Message.line_id == line.id, Message.dispatched_at > now - DAY)
-                    .order_by(Message.dispatched_at)
-                ).all()  # type: ignore[arg-type]
+
+    def near(count: int, limit: int) -> bool:
+        return count + headroom >= limit
+
+    sent = Message.line_id.in_(ids)
+    minute = _counts(session, Message.line_id, sent, Message.dispatched_at > now - MINUTE)
+    day = _counts(session, Message.line_id, sent, Message.dispatched_at > now - DAY)
+    fresh = _counts(session, Chat.line_id, Chat.line_id.in_(ids), Chat.first_sent_at > now - DAY)
+    hour = Message.dispatched_at > now - HOUR
+    reached = _counts(session, Message.line_id, sent, hour, of=distinct(Message.recipient))
+    for line_id in ids:
+        entry, caps = usage[line_id], limits[line_id]
+        entry.day_count = day.get(line_id, 0)
+        if near(minute.get(line_id, 0), caps.sends_per_minute):
+            entry.recent = _times(
+                session, Message.dispatched_at, Message.line_id == line_id, now - MINUTE
             )
-    new_chats = session.execute(
-        select(Chat.line_id, Chat.first_sent_at)
-        .where(Chat.line_id.in_(ids), Chat.first_sent_at > now - DAY)
-        .order_by(Chat.first_sent_at)
-    )
-    for line_id, first in new_chats:
-        if first is not None:
-            usage[line_id].new_chats.append(first)
+        else:
+            entry.recent_unloaded = minute.get(line_id, 0)
+        if near(entry.day_count, caps.sends_per_day):
+            entry.day = _times(
+                session, Message.dispatched_at, Message.line_id == line_id, now - DAY
+            )
+        if near(fresh.get(line_id, 0), caps.new_conversations_per_day):
+            entry.new_chats = _times(
+                session, Chat.first_sent_at, Chat.line_id == line_id, now - DAY
+            )
+        else:
+            entry.new_chats_unloaded = fresh.get(line_id, 0)
+        if near(reached.get(line_id, 0), caps.distinct_recipients_per_hour):
+            entry.by_recipient = _last_sends(session, line_id, now)
+    _load_recipients(session, usage, ids, recipients, digests, now)
+    for line_id in ids:
+        entry = usage[line_id]
+        # Read apart, the two may differ by what committed between them.
+        entry.recipients_unloaded = max(0, reached.get(line_id, 0) - len(entry.by_recipient))
+    if digests:
+        _load_bodies(session, usage, ids, digests, now, lambda n: near(n, body_limit))
     return usage
 
 
-def _load_windows(
-    session: Session, usage: dict[int, LineUsage], ids: list[int], now: datetime
-) -> None:
-    """The last minute's sends and the last hour's recipients and bodies of each line.
+def _counts(
+    session: Session,
+    line: Any,
+    *where: ColumnElement[bool],
+    of: Any = None,
+) -> dict[int, int]:
+    """``count(of)`` (rows by default) per line id, over the rows ``where`` selects."""
+    rows = session.execute(
+        select(line, func.count(of) if of is not None else func.count())
+        .where(*where)
+        .group_by(line)
+    )
+    return {line_id: count for line_id, count in rows if line_id is not None}
 
-    Each send of the last minute (the per-minute caps), and per recipient and per body
-    only the last send of the hour (distinct recipients, the same-body rule): the rows
-    read grow with recipients, not with sends.
-    """
-    minute: dict[tuple[int, str], list[datetime]] = {}
-    recent = session.execute(
-        select(Message.line_id, Message.recipient, Message.dispatched_at)
-        .where(Message.line_id.in_(ids), Message.dispatched_at > now - MINUTE)
+
+def _times(
+    session: Session, column: Any, where: ColumnElement[bool], since: datetime
+) -> list[datetime]:
+    """The times in ``column`` after ``since``, oldest first."""
+    return list(session.scalars(select(column).where(where, column > since).order_by(column)).all())
+
+
+def _last_sends(session: Session, line_id: int, now: datetime) -> dict[str, list[datetime]]:
+    """Each recipient the line reached in the last hour, with their last send's time."""
+    rows = session.execute(
+        select(Message.recipient, func.max(Message.dispatched_at))
+        .where(Message.line_id == line_id, Message.dispatched_at > now - HOUR)
+        .group_by(Message.recipient)
+    )
+    return {recipient: [at] for recipient, at in rows if at is not None}
+
+
+def _load_recipients(
+    session: Session,
+    usage: dict[int, LineUsage],
+    ids: list[int],
+    recipients: Collection[str],
+    digests: Collection[str],
+    now: datetime,
+) -> None:
+    """The last hour's sends to ``recipients``: each send of the last minute (the
+    per-recipient cap), else the last one (distinct recipients); and the last time each
+    of ``digests`` reached each of them (the same-body rule)."""
+    if not recipients:
+        return
+    chats = select(Chat.id).where(Chat.line_id.in_(ids), Chat.recipient.in_(set(recipients)))
+    rows = session.execute(
+        select(Message.line_id, Message.recipient, Message.body_hash, Message.dispatched_at)
+        .where(Message.chat_id.in_(chats.scalar_subquery()), Message.dispatched_at > now - HOUR)
         .order_by(Message.dispatched_at)
     )
-    for line_id, recipient, at in recent:
+    minute_start = now - MINUTE
+    wanted = set(digests)
+    found: dict[tuple[int, str], list[datetime]] = {}
+    for line_id, recipient, body_hash, at in rows:
         if line_id is None or at is None:
             continue
-        usage[line_id].recent.append(at)
-        minute.setdefault((line_id, recipient), []).append(at)
-    last = func.max(Message.dispatched_at)
-    hour = Message.line_id.in_(ids), Message.dispatched_at > now - HOUR
-    recipients = session.execute(
-        select(Message.line_id, Message.recipient, last)
-        .where(*hour)
-        .group_by(Message.line_id, Message.recipient)
-    )
-    for line_id, recipient, at in recipients:
-        if line_id is not None and at is not None:
-            usage[line_id].by_recipient[recipient] = minute.get((line_id, recipient)) or [at]
-    bodies = session.execute(
-        select(Message.line_id, Message.body_hash, Message.recipient, last)
-        .where(*hour, Message.body_hash.is_not(None))
-        .group_by(Message.line_id, Message.body_hash, Message.recipient)
-    )
-    for line_id, body_hash, recipient, at in bodies:
-        if line_id is not None and body_hash is not None and at is not None:
+        times = found.setdefault((line_id, recipient), [])
+        # Oldest first: each send of the last minute, after the last one before it.
+        if at > minute_start:
+            times.append(at)
+        else:
+            times[:] = [at]
+        if body_hash in wanted:
             usage[line_id].by_body.setdefault(body_hash, {})[recipient] = at
+    for (line_id, recipient), times in found.items():
+        usage[line_id].by_recipient[recipient] = times
+
+
+def _load_bodies(
+    session: Session,
+    usage: dict[int, LineUsage],
+    ids: list[int],
+    digests: Collection[str],
+    now: datetime,
+    near: Any,
+) -> None:
+    """How many recipients each of ``digests`` reached on each line in the last hour; all
+    of them, with the last time, where a line is ``near`` the cap."""
+    hour = Message.dispatched_at > now - HOUR
+    rows = session.execute(
+        select(Message.line_id, Message.body_hash, func.count(distinct(Message.recipient)))
+        .where(Message.line_id.in_(ids), Message.body_hash.in_(set(digests)), hour)
+        .group_by(Message.line_id, Message.body_hash)
+    )
+    for line_id, body_hash, count in rows:
+        if line_id is None or body_hash is None:
+            continue
+        entry = usage[line_id]
+        if not near(count):
+            entry.bodies_unloaded[body_hash] = max(0, count - len(entry.by_body.get(body_hash, {})))
+            continue
+        reached = session.execute(
+            select(Message.recipient, func.max(Message.dispatched_at))
+            .where(Message.line_id == line_id, Message.body_hash == body_hash, hour)
+            .group_by(Message.recipient)
+        )
+        entry.by_body[body_hash] = {r: at for r, at in reached if at is not None}

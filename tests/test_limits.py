@@ -72,12 +72,15 @@ def ensure_rows(session: Session, ticket: Ticket, now: datetime) -> None:
         select(Chat).where(Chat.line_id == line.id, Chat.recipient == ticket.recipient)
     ).one_or_none()
     if chat is None:
-        session.add(Chat(line_id=line.id, recipient=ticket.recipient, created_at=now))
+        chat = Chat(line_id=line.id, recipient=ticket.recipient, created_at=now)
+        session.add(chat)
+        session.flush()
     if session.get(Message, ticket.message_id) is None:
         session.add(
             Message(
                 id=ticket.message_id,
                 line_id=line.id,
+                chat_id=chat.id,
                 recipient=ticket.recipient,
                 body="hi",
                 state="claimed",

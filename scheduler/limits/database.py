@@ -42,7 +42,7 @@ class DatabaseLimiter(Limiter):
         message = session.get_one(Message, ticket.message_id)
         if message.dispatched_at is not None and message.attempts >= ticket.attempt:
             return Verdict(now, "", 0)  # this attempt is already counted
-        usage = load_usage(session, [line], {line.id: limits.sends_per_day}, now, headroom=1)
+        usage = load_usage(session, [line], {line.id: limits}, now, 1, [ticket.recipient])
         verdict = check(usage[line.id], limits, ticket.recipient, ticket.new_chat, now)
         if verdict.allowed_at > now:
             return verdict
