@@ -35,6 +35,10 @@ class Batch:
     same_body: dict[tuple[int, str], list[datetime]] = field(default_factory=dict)
     #: Decision records taken on the batch, inserted together before its commit.
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    #: Each decided message's row as the decision leaves it, written together too.
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    #: Chats the batch starts a conversation on: their first send's time.
+    started: list[dict[str, Any]] = field(default_factory=list)
     #: Who the batch sends to, and with which body digests: the usage it loads.
     recipients: frozenset[str] = frozenset()
     digests: frozenset[str] = frozenset()

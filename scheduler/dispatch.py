@@ -8,6 +8,7 @@ from typing import NamedTuple, cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from policies.decision import Decision
 from policies.decision import send as fit_to_send
@@ -16,7 +17,7 @@ from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
 from scheduler.answers import BatchAnswers
 from scheduler.batch import Batch, facts_for, load_batch
-from scheduler.bulk import insert_rows
+from scheduler.bulk import insert_rows, update_rows
 from scheduler.claims import Claim, claim_due
 from scheduler.decisions import STATE_AFTER, Report, decision_row
 from scheduler.enqueue import chat_for
@@ -60,13 +61,18 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
         if not messages:
             return report
         batch = load_batch(session, messages, runtime, now)
-        to_send = [
-            send
-            for message in messages
-            if (send := _gate(session, message, batch, report, runtime)) is not None
-        ]
-        table = cast(Table, DecisionRecord.__table__)
-        insert_rows(session.connection(), table, batch.decisions)
+        # Nothing read while deciding depends on a pending change (a new chat is
+        # flushed as it is made), so flushing before every read would only cost.
+        with session.no_autoflush:
+            to_send = [
+                send
+                for message in messages
+                if (send := _gate(session, message, batch, report, runtime)) is not None
+            ]
+        connection = session.connection()
+        update_rows(connection, cast(Table, Message.__table__), batch.updates)
+        update_rows(connection, cast(Table, Chat.__table__), batch.started)
+        insert_rows(connection, cast(Table, DecisionRecord.__table__), batch.decisions)
     send_batch(runtime, to_send, report, BatchAnswers(runtime.policy.opt_out.scope))
     return report
 
@@ -77,13 +83,15 @@ def _gate(
     """Decide on one message and apply the decision; returns what to send, if anything."""
     attempt = message.attempts + 1
     decision, new_chat = _decide(session, message, batch, runtime)
-    _apply(session, message, decision, batch)
+    _apply(message, decision, batch, attempt)
     report.add(decision.action.value)
     if decision.action is not Action.SEND or message.line_id is None or message.chat_id is None:
         return None
-    message.attempts = attempt
     line, chat = batch.lines[message.line_id], batch.chats[message.chat_id]
-    chat.first_sent_at = chat.first_sent_at or batch.now
+    if chat.first_sent_at is None:
+        # Seen by the rest of the batch at once, written with the batch's rows.
+        set_committed_value(chat, "first_sent_at", batch.now)
+        batch.started.append({"id": chat.id, "first_sent_at": batch.now})
     batch.usage.setdefault(line.id, LineUsage()).record(
         message.recipient, batch.now, new_chat=new_chat, body_hash=message.body_hash
     )
@@ -182,21 +190,28 @@ def _reroute(
     return True
 
 
-def _apply(session: Session, message: Message, decision: Decision, batch: Batch) -> None:
+def _apply(message: Message, decision: Decision, batch: Batch, attempt: int) -> None:
+    """The message's row after ``decision`` (written for the whole batch at once), and the
+    decision's record; ``attempt`` is the send's number, should it be a SEND."""
     now = batch.now
-    state = STATE_AFTER[decision.action]
-    message.state = state.value
-    message.claim_token = None
-    message.lease_expires_at = None
-    message.not_before = decision.not_before
-    message.last_code, message.last_reason = decision.code, decision.reason
-    message.updated_at = now
-    if decision.action is Action.DEFER:
-        message.held_since = message.held_since or now
-    else:
-        message.held_since = None
-    if decision.action is Action.SEND:
-        message.dispatched_at = now
+    sending = decision.action is Action.SEND
+    batch.updates.append(
+        {
+            "id": message.id,
+            "line_id": message.line_id,
+            "chat_id": message.chat_id,
+            "state": STATE_AFTER[decision.action].value,
+            "claim_token": None,
+            "lease_expires_at": None,
+            "not_before": decision.not_before,
+            "held_since": (message.held_since or now) if decision.action is Action.DEFER else None,
+            "dispatched_at": now if sending else message.dispatched_at,
+            "attempts": attempt if sending else message.attempts,
+            "last_code": decision.code,
+            "last_reason": decision.reason,
+            "updated_at": now,
+        }
+    )
     line = batch.lines.get(message.line_id) if message.line_id is not None else None
     batch.decisions.append(decision_row(message, decision, now, line.number if line else None))
 

@@ -13,7 +13,7 @@ from policies.outcome import Failure, after_failure
 from policies.statuses import Action, LineStatus
 from scheduler import constants
 from scheduler.answers import BatchAnswers
-from scheduler.bulk import insert_rows
+from scheduler.bulk import insert_rows, update_rows
 from scheduler.decisions import STATE_AFTER, Report, record_decision
 from scheduler.health import opt_out
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState
@@ -118,24 +118,23 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
             )
         )
         moving = [a for a in accepted if a.send.outbound.message_id in sending]
-        if moving:
-            # Locked above and still SENDING (or flagged for review): updates by primary key,
-            # many rows at once.
-            session.execute(
-                update(Message),
-                [
-                    {
-                        "id": a.send.outbound.message_id,
-                        "state": MessageState.SENT.value,
-                        "sent_at": now,
-                        "provider_message_id": a.sent.provider_message_id,
-                        "last_code": "sent",
-                        "last_reason": f"accepted by {a.send.provider}",
-                        "updated_at": now,
-                    }
-                    for a in moving
-                ],
-            )
+        # Locked above and still SENDING (or flagged for review): one statement for all.
+        update_rows(
+            session.connection(),
+            cast(Table, Message.__table__),
+            [
+                {
+                    "id": a.send.outbound.message_id,
+                    "state": MessageState.SENT.value,
+                    "sent_at": now,
+                    "provider_message_id": a.sent.provider_message_id,
+                    "last_code": "sent",
+                    "last_reason": f"accepted by {a.send.provider}",
+                    "updated_at": now,
+                }
+                for a in moving
+            ],
+        )
         for a in accepted:
             if a.sent.provider_chat_id:
                 session.execute(
