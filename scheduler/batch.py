@@ -37,8 +37,8 @@ class Batch:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     #: Each decided message's row as the decision leaves it, written together too.
     updates: list[dict[str, Any]] = field(default_factory=list)
-    #: Chats the batch starts a conversation on: their first send's time.
-    started: list[dict[str, Any]] = field(default_factory=list)
+    #: Chats the batch starts a conversation on, by id: their first send's time.
+    started: dict[int, datetime] = field(default_factory=dict)
     #: Who the batch sends to, and with which body digests: the usage it loads.
     recipients: frozenset[str] = frozenset()
     digests: frozenset[str] = frozenset()

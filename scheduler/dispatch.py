@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import NamedTuple, cast
@@ -64,58 +65,82 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
         # Nothing read while deciding depends on a pending change (a new chat is
         # flushed as it is made), so flushing before every read would only cost.
         with session.no_autoflush:
-            to_send = [
-                send
-                for message in messages
-                if (send := _gate(session, message, batch, report, runtime)) is not None
-            ]
+            to_send = _gate_all(session, messages, batch, report, runtime)
         connection = session.connection()
         update_rows(connection, cast(Table, Message.__table__), batch.updates)
-        update_rows(connection, cast(Table, Chat.__table__), batch.started)
+        started = [{"id": i, "first_sent_at": at} for i, at in batch.started.items()]
+        update_rows(connection, cast(Table, Chat.__table__), started)
         insert_rows(connection, cast(Table, DecisionRecord.__table__), batch.decisions)
     send_batch(runtime, to_send, report, BatchAnswers(runtime.policy.opt_out.scope))
     return report
 
 
-def _gate(
-    session: Session, message: Message, batch: Batch, report: Report, runtime: Runtime
-) -> Send | None:
-    """Decide on one message and apply the decision; returns what to send, if anything."""
-    attempt = message.attempts + 1
-    decision, new_chat = _decide(session, message, batch, runtime)
-    _apply(message, decision, batch, attempt)
-    report.add(decision.action.value)
-    if decision.action is not Action.SEND or message.line_id is None or message.chat_id is None:
-        return None
-    line, chat = batch.lines[message.line_id], batch.chats[message.chat_id]
-    if chat.first_sent_at is None:
-        # Seen by the rest of the batch at once, written with the batch's rows.
-        set_committed_value(chat, "first_sent_at", batch.now)
-        batch.started.append({"id": chat.id, "first_sent_at": batch.now})
-    batch.usage.setdefault(line.id, LineUsage()).record(
-        message.recipient, batch.now, new_chat=new_chat, body_hash=message.body_hash
-    )
-    if message.body_hash is not None and (chat.id, message.body_hash) in batch.same_body:
-        batch.same_body[(chat.id, message.body_hash)].append(batch.now)
-    elif message.body_hash is not None and chat.health == ChatHealth.AT_RISK.value:
-        batch.same_body[(chat.id, message.body_hash)] = [batch.now]
-    if chat.id in batch.unanswered:
-        batch.unanswered[chat.id] = (*batch.unanswered[chat.id], batch.now)
-    return Send.of(message, line, chat)
+class _Proposal(NamedTuple):
+    """One message's decision before the limiter has had its say."""
 
-
-class _Decided(NamedTuple):
+    message: Message
     decision: Decision
-    #: The send starts a conversation.
+    #: The send's number, should the decision be a SEND.
+    attempt: int
+    #: The line the message goes out on (None without one).
+    line: LineFacts | None
+    #: The send would start a conversation.
     new_chat: bool
+    #: The message may still move to a line with room, should the limiter refuse it.
+    may_reroute: bool
 
 
-def _decide(session: Session, message: Message, batch: Batch, runtime: Runtime) -> _Decided:
-    """The gate's decision, after any reroute and the limiter; and whether the chat is new.
+def _gate_all(
+    session: Session,
+    messages: Sequence[Message],
+    batch: Batch,
+    report: Report,
+    runtime: Runtime,
+) -> list[Send]:
+    """Decide on every message of the batch, apply the decisions; returns what to send.
+
+    A pass decides each message against the batch's view of usage, counting each send it
+    passes so the next message sees it, then asks the limiter for all those sends at once.
+    A message on a conversation an earlier message of the pass would start waits for the
+    next pass: whether it starts the conversation itself depends on the limiter's answer
+    to the earlier one.
+    """
+    sends: list[Send] = []
+    waiting = list(messages)
+    while waiting:
+        proposals: list[_Proposal] = []
+        starting: set[int] = set()
+        later: list[Message] = []
+        for message in waiting:
+            if message.chat_id in starting:
+                later.append(message)
+                continue
+            proposal = _propose(session, message, batch)
+            if message.chat_id in starting:  # rerouted onto one
+                later.append(message)
+                continue
+            if proposal.decision.action is Action.SEND:
+                _count(message, batch, proposal.new_chat)
+                if proposal.new_chat and message.chat_id is not None:
+                    starting.add(message.chat_id)
+            proposals.append(proposal)
+        settled = _reserve_all(session, proposals, batch, runtime, starting)
+        for proposal, decision in zip(proposals, settled, strict=True):
+            send = _settle(proposal, decision, batch)
+            report.add(decision.action.value)
+            if send is not None:
+                sends.append(send)
+        waiting = later
+    return sends
+
+
+def _propose(session: Session, message: Message, batch: Batch) -> _Proposal:
+    """The gate's decision from the batch's view, after any reroute.
 
     A new recipient moves off a paused line, or off a line at a cap when another line
     can take it now; existing chats never move.
     """
+    attempt = message.attempts + 1
     facts = facts_for(message, batch)
     decision = decide(*facts, batch.policy, batch.now)
     no_line = facts[2] is None and decision.action is Action.DEFER
@@ -124,16 +149,119 @@ def _decide(session: Session, message: Message, batch: Batch, runtime: Runtime) 
             facts = facts_for(message, batch)
         facts = (replace(facts[0], may_reroute=False), *facts[1:])
         decision = decide(*facts, batch.policy, batch.now)
-    if decision.action is Action.SEND and facts[2] is not None:
-        decision = _reserve(session, message, facts[2], facts[1].is_new, batch, runtime)
-    capped = decision.action is Action.THROTTLE and decision.code.startswith("cap_")
-    if capped and facts[0].may_reroute and _reroute(session, message, batch, decision, True):
+    if (
+        _capped(decision)
+        and facts[0].may_reroute
+        and _reroute(session, message, batch, decision, True)
+    ):
         facts = facts_for(message, batch)
         facts = (replace(facts[0], may_reroute=False), *facts[1:])
         decision = decide(*facts, batch.policy, batch.now)
-        if decision.action is Action.SEND and facts[2] is not None:
-            decision = _reserve(session, message, facts[2], facts[1].is_new, batch, runtime)
-    return _Decided(decision, facts[1].is_new)
+    return _Proposal(message, decision, attempt, facts[2], facts[1].is_new, facts[0].may_reroute)
+
+
+def _capped(decision: Decision) -> bool:
+    return decision.action is Action.THROTTLE and decision.code.startswith("cap_")
+
+
+def _reserve_all(
+    session: Session,
+    proposals: Sequence[_Proposal],
+    batch: Batch,
+    runtime: Runtime,
+    starting: set[int],
+) -> list[Decision]:
+    """Each proposal's final decision, its send consumed from the shared limiter.
+
+    The gate checked the batch's view of usage; the limiter re-checks every cap of every
+    send against the count all workers share, in one call. A send it refuses is
+    throttled to when it fits, or, for a new recipient, moved to a line with room now.
+    """
+    asked = [(i, p) for i, p in enumerate(proposals) if p.decision.action is Action.SEND]
+    limits = {i: limits_for(p.line, batch.policy, batch.now) for i, p in asked if p.line}
+    requests = [
+        (Ticket(p.message.id, p.attempt, p.line.number, p.message.recipient, p.new_chat), limits[i])
+        for i, p in asked
+        if p.line is not None
+    ]
+    verdicts = dict(
+        zip(limits, runtime.limiter.hit_many(session, requests, batch.now), strict=True)
+    )
+    decisions = []
+    for i, p in enumerate(proposals):
+        verdict = verdicts.get(i)
+        if verdict is None or verdict.allowed_at <= batch.now or p.line is None:
+            decisions.append(p.decision)
+            continue
+        _uncount(p, batch)
+        refused = throttled(verdict, p.line.number, limits[i], p.message.expires_at)
+        decisions.append(_elsewhere(session, p, refused, batch, runtime, starting))
+    return decisions
+
+
+def _elsewhere(
+    session: Session,
+    proposal: _Proposal,
+    refused: Decision,
+    batch: Batch,
+    runtime: Runtime,
+    starting: set[int],
+) -> Decision:
+    """A new recipient the limiter refused, sent on a line with room now if one has it."""
+    message = proposal.message
+    if not proposal.may_reroute or not _reroute(session, message, batch, refused, True):
+        return refused
+    if message.chat_id in starting:
+        # Another message of the pass would start that conversation: not now.
+        return refused
+    facts = facts_for(message, batch)
+    facts = (replace(facts[0], may_reroute=False), *facts[1:])
+    decision = decide(*facts, batch.policy, batch.now)
+    if decision.action is Action.SEND and facts[2] is not None:
+        decision = _reserve(session, message, facts[2], facts[1].is_new, batch, runtime)
+        if decision.action is Action.SEND:
+            _count(message, batch, facts[1].is_new)
+    return decision
+
+
+def _count(message: Message, batch: Batch, new_chat: bool) -> None:
+    """Count a send in the batch's view, so the messages after it see it."""
+    if message.line_id is None or message.chat_id is None:
+        return
+    chat = batch.chats[message.chat_id]
+    if chat.first_sent_at is None:
+        # Seen by the rest of the batch at once; written with its rows if the send stands.
+        set_committed_value(chat, "first_sent_at", batch.now)
+    batch.usage.setdefault(message.line_id, LineUsage()).record(
+        message.recipient, batch.now, new_chat=new_chat, body_hash=message.body_hash
+    )
+    if message.body_hash is not None and (chat.id, message.body_hash) in batch.same_body:
+        batch.same_body[(chat.id, message.body_hash)].append(batch.now)
+    elif message.body_hash is not None and chat.health == ChatHealth.AT_RISK.value:
+        batch.same_body[(chat.id, message.body_hash)] = [batch.now]
+    if chat.id in batch.unanswered:
+        batch.unanswered[chat.id] = (*batch.unanswered[chat.id], batch.now)
+
+
+def _uncount(proposal: _Proposal, batch: Batch) -> None:
+    """Undo a refused send's conversation start; its usage stays counted (on the safe
+    side: the batch's later messages were decided with it)."""
+    chat_id = proposal.message.chat_id
+    if proposal.new_chat and chat_id is not None:
+        set_committed_value(batch.chats[chat_id], "first_sent_at", None)
+
+
+def _settle(proposal: _Proposal, decision: Decision, batch: Batch) -> Send | None:
+    """Apply ``decision`` to the message; what to send, if it is a SEND."""
+    message = proposal.message
+    _apply(message, decision, batch, proposal.attempt)
+    if decision.action is not Action.SEND or message.line_id is None or message.chat_id is None:
+        return None
+    line, chat = batch.lines[message.line_id], batch.chats[message.chat_id]
+    if chat.first_sent_at == batch.now:
+        # Started by this batch (or, under a frozen clock, by one at the same moment).
+        batch.started[chat.id] = batch.now
+    return Send.of(message, line, chat)
 
 
 def _reserve(

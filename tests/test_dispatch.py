@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 import pytest
 from freezegun.api import FrozenDateTimeFactory
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from policies.outcome import Failure
+from policies.pace import Limits, Verdict
 from scheduler.client import Healthgate
 from scheduler.dispatch import Claim, claim_due, dispatch_claimed
+from scheduler.limits import MemoryLimiter, Ticket
+from scheduler.models import Chat
 from scheduler.providers import Outbound, SendFailed, Sent
 from tests.conftest import LINE_A, LINE_B, POLICY, START
 
@@ -393,3 +398,66 @@ def test_rate_limit_waits_for_the_provider_hint(hg: Healthgate) -> None:
 
     assert state(hg, message_id) == "throttled"
     assert last(hg, message_id)["not_before"] == (START + timedelta(minutes=10)).isoformat()
+
+
+class Elsewhere(MemoryLimiter):
+    """A shared limiter that also counts another host's sends, which this store never saw."""
+
+    def __init__(self, line: str, new_chats: int) -> None:
+        super().__init__()
+        for i in range(new_chats):
+            ticket = Ticket(f"other_{i}", 1, line, f"+1415555030{i}", new_chat=True)
+            self.hit(None, ticket, WIDE, START)  # type: ignore[arg-type]
+        #: The tickets of each call, as (message id, starts a conversation).
+        self.calls: list[list[tuple[str, bool]]] = []
+
+    def hit_many(
+        self, session: Session, requests: Sequence[tuple[Ticket, Limits]], now: datetime
+    ) -> list[Verdict]:
+        self.calls.append([(ticket.message_id, ticket.new_chat) for ticket, _ in requests])
+        return super().hit_many(session, requests, now)
+
+
+WIDE = Limits(
+    sends_per_minute=100,
+    sends_per_day=100,
+    sends_per_recipient_per_minute=100,
+    distinct_recipients_per_hour=100,
+    new_conversations_per_day=100,
+)
+ONE_NEW_A_DAY = POLICY + "\n[caps]\nnew_conversations_per_day = 1\n"
+
+
+def test_a_batch_asks_the_limiter_once_for_all_its_sends(hg: Healthgate, sends: Sends) -> None:
+    # Given three messages to three recipients, one of them twice
+    limiter = hg.runtime.limiter = Elsewhere(LINE_A, new_chats=0)
+    ids = [hg.enqueue(to=to, body="hi", line=LINE_A) for to in (BOB, CAROL, BOB)]
+
+    # When one batch dispatches them
+    hg.drain()
+
+    # Then all go; the first pass asks for the two new conversations together, and
+    # Bob's second message is asked for once his conversation is known to have started
+    assert [state(hg, m) for m in ids] == ["sent"] * 3
+    assert limiter.calls == [[(ids[0], True), (ids[1], True)], [(ids[2], False)]]
+
+
+@pytest.mark.parametrize("policy_text", [ONE_NEW_A_DAY])
+def test_a_conversation_the_limiter_refuses_to_start_is_not_started_by_the_next_message(
+    hg: Healthgate, sends: Sends
+) -> None:
+    # Given a line whose one new conversation of the day another host already used
+    hg.runtime.limiter = Elsewhere(LINE_A, new_chats=1)
+    ids = [hg.enqueue(to=BOB, body=f"note {i}", line=LINE_A) for i in range(2)]
+
+    # When both of Bob's messages are dispatched in one batch (this store saw no send)
+    hg.drain()
+
+    # Then neither goes: the second does not pass as part of a conversation the first
+    # would have started, and the chat has not started
+    assert [state(hg, m) for m in ids] == ["throttled", "throttled"]
+    assert {last(hg, m)["code"] for m in ids} == {"cap_new_conversations_per_day"}
+    assert sends() == []
+    with hg.runtime.sessions() as session:
+        chat = session.scalars(select(Chat).where(Chat.recipient == BOB)).one()
+        assert chat.first_sent_at is None

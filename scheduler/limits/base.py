@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -53,6 +53,13 @@ class Limiter(ABC):
         otherwise the earliest moment every cap allows it and the cap that binds, and
         nothing is consumed. ``session`` is the dispatcher's gating transaction.
         """
+
+    def hit_many(
+        self, session: Session, requests: Sequence[tuple[Ticket, Limits]], now: datetime
+    ) -> list[Verdict]:
+        """:meth:`hit` for each request in order, one verdict each; backends that can
+        answer many at once in one round trip override it."""
+        return [self.hit(session, ticket, limits, now) for ticket, limits in requests]
 
     def close(self) -> None:
         """Release connections; the default holds none."""
