@@ -1,4 +1,9 @@
-"""The two tasks: beat's tick claims due messages, dispatch gates and sends one batch."""
+"""The two tasks: beat's tick claims due messages, dispatch gates and sends one batch.
+
+A dispatch whose batch was full claims the next batch itself when it is done, so while
+messages are due the workers pull them as fast as they gate and send, whatever the
+tick's period; the tick starts that, and picks up what comes due later.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +24,15 @@ def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) ->
 
     @app.task(name=constants.DISPATCH_TASK, ignore_result=True, shared=False)
     def dispatch(token: str, ids: list[str]) -> dict[str, int]:
-        """Gate and send one claimed batch (a stale token does nothing)."""
-        return dispatch_claimed(runtime(), Claim(token, ids)).counts
+        """Gate and send one claimed batch (a stale token does nothing), then claim the
+        next batch when this one was full: more may be due."""
+        current = runtime()
+        counts = dispatch_claimed(current, Claim(token, ids)).counts
+        if len(ids) >= settings.dispatch_batch:
+            following = claim_due(current, utcnow(), settings.dispatch_batch)
+            if following.ids:
+                dispatch.apply_async(args=(following.token, following.ids))
+        return counts
 
     @app.task(name=constants.TICK_TASK, ignore_result=True, shared=False)
     def tick() -> int:

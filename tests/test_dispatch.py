@@ -12,11 +12,14 @@ from sqlalchemy.orm import Session
 
 from policies.outcome import Failure
 from policies.pace import Limits, Verdict
+from scheduler import constants
 from scheduler.client import Healthgate
 from scheduler.dispatch import Claim, claim_due, dispatch_claimed
 from scheduler.limits import MemoryLimiter, Ticket
 from scheduler.models import Chat
 from scheduler.providers import Outbound, SendFailed, Sent
+from scheduler.settings import Settings
+from tasks.application import create_app
 from tests.conftest import LINE_A, LINE_B, POLICY, START
 
 Sends = Callable[[], list[dict[str, str]]]
@@ -461,3 +464,18 @@ def test_a_conversation_the_limiter_refuses_to_start_is_not_started_by_the_next_
     with hg.runtime.sessions() as session:
         chat = session.scalars(select(Chat).where(Chat.recipient == BOB)).one()
         assert chat.first_sent_at is None
+
+
+def test_a_full_batch_claims_the_next_one_itself(hg: Healthgate, settings: Settings) -> None:
+    # Given five due messages, batches of two, and tasks run where they are sent
+    app = create_app(settings.model_copy(update={"dispatch_batch": 2}))
+    app.conf.task_always_eager = True
+    ids = [hg.enqueue(to=f"+1415555020{i}", body="hi", line=LINE_A) for i in range(5)]
+    first = claim_due(hg.runtime, START, 2)
+
+    # When the first batch is dispatched, with no tick after it
+    app.tasks[constants.DISPATCH_TASK].apply(args=(first.token, first.ids))
+
+    # Then each full batch claimed the next, and the last, not full, claimed nothing
+    assert [state(hg, m) for m in ids] == ["sent"] * 5
+    assert hg.status()["messages"].get("claimed", 0) == 0
