@@ -40,12 +40,29 @@ def load_usage(
     def near(count: int, limit: int) -> bool:
         return count + headroom >= limit
 
-    sent = Message.line_id.in_(ids)
-    minute = _counts(session, Message.line_id, sent, Message.dispatched_at > now - MINUTE)
-    day = _counts(session, Message.line_id, sent, Message.dispatched_at > now - DAY)
-    fresh = _counts(session, Chat.line_id, Chat.line_id.in_(ids), Chat.first_sent_at > now - DAY)
-    hour = Message.dispatched_at > now - HOUR
-    reached = _counts(session, Message.line_id, sent, hour, of=distinct(Message.recipient))
+    # One pass over the day's sends counts the minute, the day and the hour's recipients.
+    minute: dict[int, int] = {}
+    day: dict[int, int] = {}
+    reached: dict[int, int] = {}
+    counted = session.execute(
+        select(
+            Message.line_id,
+            func.count().filter(Message.dispatched_at > now - MINUTE),
+            func.count(),
+            func.count(distinct(Message.recipient)).filter(Message.dispatched_at > now - HOUR),
+        )
+        .where(Message.line_id.in_(ids), Message.dispatched_at > now - DAY)
+        .group_by(Message.line_id)
+    )
+    for line_id, last_minute, last_day, last_hour in counted:
+        if line_id is not None:
+            minute[line_id], day[line_id], reached[line_id] = last_minute, last_day, last_hour
+    started = session.execute(
+        select(Chat.line_id, func.count())
+        .where(Chat.line_id.in_(ids), Chat.first_sent_at > now - DAY)
+        .group_by(Chat.line_id)
+    )
+    fresh = {line_id: count for line_id, count in started}
     for line_id in ids:
         entry, caps = usage[line_id], limits[line_id]
         entry.day_count = day.get(line_id, 0)
@@ -75,21 +92,6 @@ def load_usage(
     if digests:
         _load_bodies(session, usage, ids, digests, now, lambda n: near(n, body_limit))
     return usage
-
-
-def _counts(
-    session: Session,
-    line: Any,
-    *where: ColumnElement[bool],
-    of: Any = None,
-) -> dict[int, int]:
-    """``count(of)`` (rows by default) per line id, over the rows ``where`` selects."""
-    rows = session.execute(
-        select(line, func.count(of) if of is not None else func.count())
-        .where(*where)
-        .group_by(line)
-    )
-    return {line_id: count for line_id, count in rows if line_id is not None}
 
 
 def _times(
