@@ -74,7 +74,8 @@ class LineUsage:
     recipients_unloaded: int = 0
     #: Per body digest, the last dispatch time to each recipient over the last hour.
     by_body: dict[str, dict[str, datetime]] = field(default_factory=dict)
-    #: Per body digest, distinct recipients over the last hour not in ``by_body``.
+    #: Per body digest, distinct recipients over the last hour not in ``by_body`` (far
+    #: from the cap, at most that many: a loader may bound it by the line's recipients).
     bodies_unloaded: dict[str, int] = field(default_factory=dict)
 
     def record(

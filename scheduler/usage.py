@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -90,7 +90,7 @@ def load_usage(
         # Read apart, the two may differ by what committed between them.
         entry.recipients_unloaded = max(0, reached.get(line_id, 0) - len(entry.by_recipient))
     if digests:
-        _load_bodies(session, usage, ids, digests, now, lambda n: near(n, body_limit))
+        _load_bodies(session, usage, digests, now, reached, lambda n: near(n, body_limit))
     return usage
 
 
@@ -151,13 +151,27 @@ def _load_recipients(
 def _load_bodies(
     session: Session,
     usage: dict[int, LineUsage],
-    ids: list[int],
     digests: Collection[str],
     now: datetime,
-    near: Any,
+    reached: Mapping[int, int],
+    near: Callable[[int], bool],
 ) -> None:
     """How many recipients each of ``digests`` reached on each line in the last hour; all
-    of them, with the last time, where a line is ``near`` the cap."""
+    of them, with the last time, where a line is ``near`` the cap.
+
+    A body reached no more recipients than its line did (``reached``): on a line far from
+    the cap by that count, no body needs counting.
+    """
+    ids = []
+    for line, entry in usage.items():
+        if near(reached.get(line, 0)):
+            ids.append(line)
+            continue
+        for digest in digests:
+            known = len(entry.by_body.get(digest, {}))
+            entry.bodies_unloaded[digest] = max(0, reached.get(line, 0) - known)
+    if not ids:
+        return
     hour = Message.dispatched_at > now - HOUR
     rows = session.execute(
         select(Message.line_id, Message.body_hash, func.count(distinct(Message.recipient)))
@@ -171,9 +185,9 @@ def _load_bodies(
         if not near(count):
             entry.bodies_unloaded[body_hash] = max(0, count - len(entry.by_body.get(body_hash, {})))
             continue
-        reached = session.execute(
+        reached_now = session.execute(
             select(Message.recipient, func.max(Message.dispatched_at))
             .where(Message.line_id == line_id, Message.body_hash == body_hash, hour)
             .group_by(Message.recipient)
         )
-        entry.by_body[body_hash] = {r: at for r, at in reached if at is not None}
+        entry.by_body[body_hash] = {r: at for r, at in reached_now if at is not None}
