@@ -124,10 +124,16 @@ def _load_recipients(
     of ``digests`` reached each of them (the same-body rule)."""
     if not recipients:
         return
-    chats = select(Chat.id).where(Chat.line_id.in_(ids), Chat.recipient.in_(set(recipients)))
+    # The chats first, then their messages by a list of ids: as one statement, the
+    # planner may read the whole hour's sends instead of the chats' own.
+    chats = session.scalars(
+        select(Chat.id).where(Chat.recipient.in_(set(recipients)), Chat.line_id.in_(ids))
+    ).all()
+    if not chats:
+        return
     rows = session.execute(
         select(Message.line_id, Message.recipient, Message.body_hash, Message.dispatched_at)
-        .where(Message.chat_id.in_(chats.scalar_subquery()), Message.dispatched_at > now - HOUR)
+        .where(Message.chat_id.in_(chats), Message.dispatched_at > now - HOUR)
         .order_by(Message.dispatched_at)
     )
     minute_start = now - MINUTE
