@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,8 +20,8 @@ from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.statuses import Action
 from policies.text import storable_text, storable_time
-from scheduler.bulk import insert_rows
-from scheduler.lines import get_line, sync_lines
+from scheduler.bulk import among, insert_rows, plan_each_call
+from scheduler.lines import declared_lines, get_line, sync_lines
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
 from scheduler.router import lines_for_new_recipient, sticky_chat
 from scheduler.runtime import Runtime, utcnow
@@ -43,6 +43,9 @@ class NewMessage:
     send_at: datetime | None = None
     expires_at: datetime | None = None
 
+
+#: The keys a message given as a mapping may have.
+_FIELDS = frozenset(NewMessage.__dataclass_fields__)
 
 _sequence = itertools.count()
 
@@ -72,6 +75,8 @@ def enqueue_many(
     for attempt in range(2):
         try:
             with runtime.sessions.begin() as session:
+                if len(items) > 1:
+                    plan_each_call(session.connection())
                 sync_lines(session, policy, now)
                 return _store(session, items, policy, now)
         except IntegrityError:
@@ -89,7 +94,7 @@ def enqueue(runtime: Runtime, message: NewMessage, now: datetime | None = None) 
 def _validated(item: NewMessage | Mapping[str, Any], where: str, now: datetime) -> NewMessage:
     if isinstance(item, Mapping):
         fields = dict(item)
-        unknown = set(fields) - set(NewMessage.__dataclass_fields__)
+        unknown = fields.keys() - _FIELDS
         if unknown:
             name = sorted(unknown)[0]
             raise InvalidInput(f"{where}.{name}", fields[name], "is not a message field")
@@ -136,31 +141,39 @@ def _check_text(value: object, field: str, limit: int) -> None:
 def _store(
     session: Session, items: Sequence[NewMessage], policy: Policy, now: datetime
 ) -> list[str]:
-    keys = [item.idempotency_key for item in items if item.idempotency_key]
+    dialect = session.get_bind().dialect
+    keys = {item.idempotency_key for item in items if item.idempotency_key}
     known: dict[str, str] = {}
     if keys:
         rows = session.execute(
-            select(Message.idempotency_key, Message.id).where(Message.idempotency_key.in_(keys))
+            select(Message.idempotency_key, Message.id).where(
+                among(Message.idempotency_key, keys, dialect)
+            )
         )
         known = {key: message_id for key, message_id in rows if key is not None}
     opted_out = (
         set(
             session.scalars(
-                select(OptOut.recipient).where(OptOut.recipient.in_({item.to for item in items}))
+                select(OptOut.recipient).where(
+                    among(OptOut.recipient, {item.to for item in items}, dialect)
+                )
             )
         )
         if policy.opt_out.scope is OptOutScope.ACCOUNT
         else set()
     )
-    pinned = _pinned_chats(session, [i for i in items if i.idempotency_key not in known], now)
+    # Each message with the field an error about its line names.
+    fielded = [(item, _field(index, len(items), "line")) for index, item in enumerate(items)]
+    pinned = _pinned_chats(
+        session, [pair for pair in fielded if pair[0].idempotency_key not in known], now
+    )
     ids: list[str] = []
     messages: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
+    for item, field in fielded:
         if item.idempotency_key and item.idempotency_key in known:
             ids.append(known[item.idempotency_key])
             continue
-        field = "line" if len(items) == 1 else f"messages[{index}].line"
         found: tuple[Line | None, int | None, bool] | None = pinned.get((item.line, item.to))
         if found is None:
             line, chat = _route(session, item, field, policy, now)
@@ -174,7 +187,7 @@ def _store(
         if item.idempotency_key:
             known[item.idempotency_key] = message["id"]
         ids.append(message["id"])
-    # Many rows a statement (executemany / multi-row VALUES), not one flush per message.
+    # Many rows a statement (executemany / rows from arrays), not one flush per message.
     if messages:
         connection = session.connection()
         insert_rows(connection, cast(Table, Message.__table__), messages)
@@ -182,38 +195,51 @@ def _store(
     return ids
 
 
+def _field(index: int, count: int, name: str) -> str:
+    """How an error names a message's field: bare for one message, with its index for many."""
+    return name if count == 1 else f"messages[{index}].{name}"
+
+
 def _opted_out(chat: Chat) -> bool:
     return chat.opted_out_at is not None
 
 
 def _pinned_chats(
-    session: Session, items: Sequence[NewMessage], now: datetime
+    session: Session, items: Sequence[tuple[NewMessage, str]], now: datetime
 ) -> dict[tuple[str | None, str], tuple[Line, int, bool]]:
-    """The line, chat id and chat opt-out of every message that names its line, the
-    chats loaded (or created) at once."""
-    lines: dict[str, Line] = {}
-    for index, item in enumerate(items):
-        if item.line is not None and item.line not in lines:
-            field = "line" if len(items) == 1 else f"messages[{index}].line"
-            lines[item.line] = get_line(session, item.line, field)
+    """The line, chat id and chat opt-out of every message that names its line (each
+    given with the field an error names), the chats read (or created) at once."""
+    named: dict[str, str] = {}
+    for item, field in items:
+        if item.line is not None:
+            named.setdefault(item.line, field)
+    lines = declared_lines(session, named)
     if not lines:
         return {}
-    wanted = {(lines[i.line].id, i.to): i.chat_id for i in items if i.line is not None}
+    wanted = {(lines[i.line].id, i.to): i.chat_id for i, _ in items if i.line is not None}
+    # Plain rows, not ORM objects: only these columns are needed, and a thousand
+    # objects cost more than the query.
     found = {
-        (chat.line_id, chat.recipient): chat
-        for chat in session.scalars(
-            select(Chat).where(
+        (row.line_id, row.recipient): row
+        for row in session.execute(
+            select(
+                Chat.id, Chat.line_id, Chat.recipient, Chat.provider_chat_id, Chat.opted_out_at
+            ).where(
                 Chat.line_id.in_({line_id for line_id, _ in wanted}),
-                Chat.recipient.in_({recipient for _, recipient in wanted}),
+                among(
+                    Chat.recipient,
+                    {recipient for _, recipient in wanted},
+                    session.get_bind().dialect,
+                ),
             )
         )
-        if (chat.line_id, chat.recipient) in wanted
+        if (row.line_id, row.recipient) in wanted
     }
-    chats = {key: (chat.id, _opted_out(chat)) for key, chat in found.items()}
+    chats = {key: (row.id, row.opted_out_at is not None) for key, row in found.items()}
     new: list[dict[str, Any]] = []
     for (line_id, recipient), provider_chat_id in wanted.items():
-        chat = found.get((line_id, recipient))
-        if chat is None:
+        existing = found.get((line_id, recipient))
+        if existing is None:
             new.append(
                 {
                     "line_id": line_id,
@@ -223,17 +249,18 @@ def _pinned_chats(
                     "created_at": now,
                 }
             )
-        elif provider_chat_id and chat.provider_chat_id is None:
-            chat.provider_chat_id = provider_chat_id
-    session.flush()
+        elif provider_chat_id and existing.provider_chat_id is None:
+            session.execute(
+                update(Chat).where(Chat.id == existing.id).values(provider_chat_id=provider_chat_id)
+            )
     # New chats in one statement, not one ORM object each.
-    for row in insert_rows(
+    for created in insert_rows(
         session.connection(), cast(Table, Chat.__table__), new, ("id", "line_id", "recipient")
     ):
-        chats[(row.line_id, row.recipient)] = (row.id, False)
-    by_id = {line.id: line for line in lines.values()}
+        chats[(created.line_id, created.recipient)] = (created.id, False)
+    by_id = {line.id: (number, line) for number, line in lines.items()}
     return {
-        (by_id[line_id].number, recipient): (by_id[line_id], chat_id, opted_out)
+        (by_id[line_id][0], recipient): (by_id[line_id][1], chat_id, opted_out)
         for (line_id, recipient), (chat_id, opted_out) in chats.items()
     }
 

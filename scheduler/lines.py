@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy import select
@@ -13,6 +14,8 @@ from policies.errors import InvalidInput
 from policies.gate import LineFacts
 from policies.statuses import LineReputation, LineStatus
 from scheduler.models import Line
+
+NOT_DECLARED = "is not a line declared in the policy file"
 
 
 def sync_lines(session: Session, policy: Policy, now: datetime) -> None:
@@ -37,8 +40,24 @@ def get_line(session: Session, number: str, field: str = "line") -> Line:
     normalized = to_e164(number, field)
     line = session.scalars(select(Line).where(Line.number == normalized)).one_or_none()
     if line is None or not line.enabled:
-        raise InvalidInput(field, number, "is not a line declared in the policy file")
+        raise InvalidInput(field, number, NOT_DECLARED)
     return line
+
+
+def declared_lines(session: Session, numbers: Mapping[str, str]) -> dict[str, Line]:
+    """The declared lines of ``numbers`` (E.164, each with the field that first names it),
+    loaded in one query; an unknown or disabled one is an error naming its field."""
+    if not numbers:
+        return {}
+    lines = {
+        line.number: line
+        for line in session.scalars(select(Line).where(Line.number.in_(numbers)))
+        if line.enabled
+    }
+    for number, field in numbers.items():
+        if number not in lines:
+            raise InvalidInput(field, number, NOT_DECLARED)
+    return lines
 
 
 def line_facts(line: Line) -> LineFacts:
