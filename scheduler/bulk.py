@@ -10,7 +10,8 @@ by value, and costs several times more.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Row, Table, any_, bindparam, insert
@@ -77,12 +78,19 @@ def among(
     return matches
 
 
-def plan_each_call(connection: Connection) -> None:
-    """Have PostgreSQL plan this transaction's statements for their own parameters.
+@contextmanager
+def planned_for_values(connection: Connection) -> Iterator[None]:
+    """Have PostgreSQL plan the look-ups inside for their own arrays.
 
-    A prepared statement (the driver prepares one run five times) keeps a generic plan
-    made once for any parameters; one made while a table was nearly empty scans it
-    whole even after it grew, and ``= ANY(array)`` look-ups are where that hurts.
+    The driver prepares a statement run five times, and PostgreSQL may then keep one
+    generic plan for any parameters: one made while a table was nearly empty scans it
+    whole even after it grew, and an ``= ANY(array)`` look-up of a thousand values is
+    where that hurts. The inserts that follow are left to the generic plans, which
+    cost them half as much. On an error the transaction is rolled back, setting and all.
     """
-    if connection.dialect.name == "postgresql":
+    postgres = connection.dialect.name == "postgresql"
+    if postgres:
         connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+    yield
+    if postgres:
+        connection.exec_driver_sql("SET LOCAL plan_cache_mode TO DEFAULT")

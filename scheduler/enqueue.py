@@ -6,11 +6,13 @@ import itertools
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Row, Table, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,7 +22,7 @@ from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.statuses import Action
 from policies.text import storable_text, storable_time
-from scheduler.bulk import among, insert_rows, plan_each_call
+from scheduler.bulk import among, insert_rows, planned_for_values
 from scheduler.lines import declared_lines, get_line, sync_lines
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
 from scheduler.router import lines_for_new_recipient, sticky_chat
@@ -43,6 +45,10 @@ class NewMessage:
     send_at: datetime | None = None
     expires_at: datetime | None = None
 
+
+#: A stored chat as ``_existing_chats`` reads it: id, line id, recipient, provider
+#: chat id, opt-out time.
+ChatRow = Row[int, int, str, str | None, datetime | None]
 
 #: The keys a message given as a mapping may have.
 _FIELDS = frozenset(NewMessage.__dataclass_fields__)
@@ -75,8 +81,6 @@ def enqueue_many(
     for attempt in range(2):
         try:
             with runtime.sessions.begin() as session:
-                if len(items) > 1:
-                    plan_each_call(session.connection())
                 sync_lines(session, policy, now)
                 return _store(session, items, policy, now)
         except IntegrityError:
@@ -141,32 +145,25 @@ def _check_text(value: object, field: str, limit: int) -> None:
 def _store(
     session: Session, items: Sequence[NewMessage], policy: Policy, now: datetime
 ) -> list[str]:
-    dialect = session.get_bind().dialect
-    keys = {item.idempotency_key for item in items if item.idempotency_key}
-    known: dict[str, str] = {}
-    if keys:
-        rows = session.execute(
-            select(Message.idempotency_key, Message.id).where(
-                among(Message.idempotency_key, keys, dialect)
-            )
-        )
-        known = {key: message_id for key, message_id in rows if key is not None}
-    opted_out = (
-        set(
-            session.scalars(
-                select(OptOut.recipient).where(
-                    among(OptOut.recipient, {item.to for item in items}, dialect)
-                )
-            )
-        )
-        if policy.opt_out.scope is OptOutScope.ACCOUNT
-        else set()
-    )
     # Each message with the field an error about its line names.
     fielded = [(item, _field(index, len(items), "line")) for index, item in enumerate(items)]
-    pinned = _pinned_chats(
-        session, [pair for pair in fielded if pair[0].idempotency_key not in known], now
-    )
+    dialect = session.get_bind().dialect
+    with planned_for_values(session.connection()) if len(items) > 1 else nullcontext():
+        known = _known_ids(session, items, dialect)
+        opted_out = (
+            _opted_out_recipients(session, items, dialect)
+            if policy.opt_out.scope is OptOutScope.ACCOUNT
+            else set()
+        )
+        fresh = [pair for pair in fielded if pair[0].idempotency_key not in known]
+        named: dict[str, str] = {}
+        for item, field in fresh:
+            if item.line is not None:
+                named.setdefault(item.line, field)
+        lines = declared_lines(session, named)
+        wanted = {(lines[i.line].id, i.to): i.chat_id for i, _ in fresh if i.line is not None}
+        found = _existing_chats(session, wanted, dialect)
+    pinned = _pinned_chats(session, lines, wanted, found, now)
     ids: list[str] = []
     messages: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []
@@ -174,11 +171,11 @@ def _store(
         if item.idempotency_key and item.idempotency_key in known:
             ids.append(known[item.idempotency_key])
             continue
-        found: tuple[Line | None, int | None, bool] | None = pinned.get((item.line, item.to))
-        if found is None:
+        found_chat: tuple[Line | None, int | None, bool] | None = pinned.get((item.line, item.to))
+        if found_chat is None:
             line, chat = _route(session, item, field, policy, now)
-            found = (line, chat.id if chat else None, chat is not None and _opted_out(chat))
-        line, chat_id, chat_opted_out = found
+            found_chat = (line, chat.id if chat else None, chat is not None and _opted_out(chat))
+        line, chat_id, chat_opted_out = found_chat
         message, decision = _new_row(
             item, line, chat_id, policy, now, chat_opted_out or item.to in opted_out
         )
@@ -200,41 +197,65 @@ def _field(index: int, count: int, name: str) -> str:
     return name if count == 1 else f"messages[{index}].{name}"
 
 
+def _known_ids(session: Session, items: Sequence[NewMessage], dialect: Dialect) -> dict[str, str]:
+    """The ids of stored messages with the idempotency keys of ``items``, by key."""
+    keys = {item.idempotency_key for item in items if item.idempotency_key}
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(Message.idempotency_key, Message.id).where(
+            among(Message.idempotency_key, keys, dialect)
+        )
+    )
+    return {key: message_id for key, message_id in rows if key is not None}
+
+
+def _opted_out_recipients(
+    session: Session, items: Sequence[NewMessage], dialect: Dialect
+) -> set[str]:
+    """The recipients of ``items`` who opted out of the whole account."""
+    recipients = {item.to for item in items}
+    chosen = among(OptOut.recipient, recipients, dialect)
+    return set(session.scalars(select(OptOut.recipient).where(chosen)))
+
+
 def _opted_out(chat: Chat) -> bool:
     return chat.opted_out_at is not None
 
 
-def _pinned_chats(
-    session: Session, items: Sequence[tuple[NewMessage, str]], now: datetime
-) -> dict[tuple[str | None, str], tuple[Line, int, bool]]:
-    """The line, chat id and chat opt-out of every message that names its line (each
-    given with the field an error names), the chats read (or created) at once."""
-    named: dict[str, str] = {}
-    for item, field in items:
-        if item.line is not None:
-            named.setdefault(item.line, field)
-    lines = declared_lines(session, named)
-    if not lines:
+def _existing_chats(
+    session: Session, wanted: Mapping[tuple[int, str], str | None], dialect: Dialect
+) -> dict[tuple[int, str], ChatRow]:
+    """The stored chats among ``wanted`` (line id, recipient), by that pair.
+
+    Plain rows, not ORM objects: only a few columns are needed, and a thousand
+    objects cost more than the query.
+    """
+    if not wanted:
         return {}
-    wanted = {(lines[i.line].id, i.to): i.chat_id for i, _ in items if i.line is not None}
-    # Plain rows, not ORM objects: only these columns are needed, and a thousand
-    # objects cost more than the query.
-    found = {
-        (row.line_id, row.recipient): row
-        for row in session.execute(
-            select(
-                Chat.id, Chat.line_id, Chat.recipient, Chat.provider_chat_id, Chat.opted_out_at
-            ).where(
-                Chat.line_id.in_({line_id for line_id, _ in wanted}),
-                among(
-                    Chat.recipient,
-                    {recipient for _, recipient in wanted},
-                    session.get_bind().dialect,
-                ),
-            )
+    rows = session.execute(
+        select(
+            Chat.id, Chat.line_id, Chat.recipient, Chat.provider_chat_id, Chat.opted_out_at
+        ).where(
+            Chat.line_id.in_({line_id for line_id, _ in wanted}),
+            among(Chat.recipient, {recipient for _, recipient in wanted}, dialect),
         )
-        if (row.line_id, row.recipient) in wanted
+    )
+    return {
+        (row.line_id, row.recipient): row for row in rows if (row.line_id, row.recipient) in wanted
     }
+
+
+def _pinned_chats(
+    session: Session,
+    lines: Mapping[str, Line],
+    wanted: Mapping[tuple[int, str], str | None],
+    found: Mapping[tuple[int, str], ChatRow],
+    now: datetime,
+) -> dict[tuple[str | None, str], tuple[Line, int, bool]]:
+    """The line, chat id and chat opt-out of every (line, recipient) pair that messages
+    naming their line go to: ``found`` chats as stored (given a provider chat id they
+    lacked), the others created in one statement."""
     chats = {key: (row.id, row.opted_out_at is not None) for key, row in found.items()}
     new: list[dict[str, Any]] = []
     for (line_id, recipient), provider_chat_id in wanted.items():
@@ -253,7 +274,6 @@ def _pinned_chats(
             session.execute(
                 update(Chat).where(Chat.id == existing.id).values(provider_chat_id=provider_chat_id)
             )
-    # New chats in one statement, not one ORM object each.
     for created in insert_rows(
         session.connection(), cast(Table, Chat.__table__), new, ("id", "line_id", "recipient")
     ):
