@@ -81,8 +81,8 @@ def enqueue_many(
     for attempt in range(2):
         try:
             with runtime.sessions.begin() as session:
-                sync_lines(session, policy, now)
-                return _store(session, items, policy, now)
+                lines = sync_lines(session, policy, now)
+                return _store(session, items, lines, policy, now)
         except IntegrityError:
             # A concurrent enqueue stored one of our idempotency keys first; the
             # second pass finds it and returns its id.
@@ -143,8 +143,13 @@ def _check_text(value: object, field: str, limit: int) -> None:
 
 
 def _store(
-    session: Session, items: Sequence[NewMessage], policy: Policy, now: datetime
+    session: Session,
+    items: Sequence[NewMessage],
+    declared: Mapping[str, Line],
+    policy: Policy,
+    now: datetime,
 ) -> list[str]:
+    """Store the messages whose keys are new, read what they need first; their ids."""
     # Each message with the field an error about its line names.
     fielded = [(item, _field(index, len(items), "line")) for index, item in enumerate(items)]
     dialect = session.get_bind().dialect
@@ -160,7 +165,7 @@ def _store(
         for item, field in fresh:
             if item.line is not None:
                 named.setdefault(item.line, field)
-        lines = declared_lines(session, named)
+        lines = declared_lines(declared, named)
         wanted = {(lines[i.line].id, i.to): i.chat_id for i, _ in fresh if i.line is not None}
         found = _existing_chats(session, wanted, dialect)
     pinned = _pinned_chats(session, lines, wanted, found, now)
