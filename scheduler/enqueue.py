@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Row, Table, select, update
 from sqlalchemy.engine import Dialect
@@ -150,34 +150,18 @@ def _store(
     now: datetime,
 ) -> list[str]:
     """Store the messages whose keys are new, read what they need first; their ids."""
-    # Each message with the field an error about its line names.
-    fielded = [(item, _field(index, len(items), "line")) for index, item in enumerate(items)]
-    dialect = session.get_bind().dialect
-    with planned_for_values(session.connection()) if len(items) > 1 else nullcontext():
-        known = _known_ids(session, items, dialect)
-        opted_out = (
-            _opted_out_recipients(session, items, dialect)
-            if policy.opt_out.scope is OptOutScope.ACCOUNT
-            else set()
-        )
-        fresh = [pair for pair in fielded if pair[0].idempotency_key not in known]
-        named: dict[str, str] = {}
-        for item, field in fresh:
-            if item.line is not None:
-                named.setdefault(item.line, field)
-        lines = declared_lines(declared, named)
-        wanted = {(lines[i.line].id, i.to): i.chat_id for i, _ in fresh if i.line is not None}
-        found = _existing_chats(session, wanted, dialect)
+    known, opted_out, lines, wanted, found = _read(session, items, declared, policy)
     pinned = _pinned_chats(session, lines, wanted, found, now)
     ids: list[str] = []
     messages: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []
-    for item, field in fielded:
+    for index, item in enumerate(items):
         if item.idempotency_key and item.idempotency_key in known:
             ids.append(known[item.idempotency_key])
             continue
         found_chat: tuple[Line | None, int | None, bool] | None = pinned.get((item.line, item.to))
         if found_chat is None:
+            field = _field(index, len(items), "line")
             line, chat = _route(session, item, field, policy, now)
             found_chat = (line, chat.id if chat else None, chat is not None and _opted_out(chat))
         line, chat_id, chat_opted_out = found_chat
@@ -195,6 +179,85 @@ def _store(
         insert_rows(connection, cast(Table, Message.__table__), messages)
         insert_rows(connection, cast(Table, DecisionRecord.__table__), decisions)
     return ids
+
+
+class _Reads(NamedTuple):
+    """What a call reads before it writes."""
+
+    #: Stored messages' ids by idempotency key.
+    known: dict[str, str]
+    #: Recipients who opted out of the whole account.
+    opted_out: set[str]
+    #: The lines messages name, by number.
+    lines: dict[str, Line]
+    #: The provider chat id (or None) each (line id, recipient) of a new message with a
+    #: named line should have: the last such message's.
+    wanted: dict[tuple[int, str], str | None]
+    #: The stored chats among ``wanted``.
+    found: dict[tuple[int, str], ChatRow]
+
+
+def _read(
+    session: Session, items: Sequence[NewMessage], declared: Mapping[str, Line], policy: Policy
+) -> _Reads:
+    """Everything the call needs from the store, read at once; refuses a line that is not
+    declared and a chat id that another chat holds, naming the message's field."""
+    dialect = session.get_bind().dialect
+    count = len(items)
+    with planned_for_values(session.connection()) if count > 1 else nullcontext():
+        known = _known_ids(session, items, dialect)
+        opted_out = (
+            _opted_out_recipients(session, items, dialect)
+            if policy.opt_out.scope is OptOutScope.ACCOUNT
+            else set()
+        )
+        fresh = [(i, item) for i, item in enumerate(items) if item.idempotency_key not in known]
+        named: dict[str, str] = {}
+        for index, item in fresh:
+            if item.line is not None:
+                named.setdefault(item.line, _field(index, count, "line"))
+        lines = declared_lines(declared, named)
+        wanted: dict[tuple[int, str], str | None] = {}
+        givers: dict[tuple[int, str], str] = {}
+        for index, item in fresh:
+            if item.line is not None:
+                pair = (lines[item.line].id, item.to)
+                wanted[pair] = item.chat_id
+                givers[pair] = _field(index, count, "chat_id")
+        found = _existing_chats(session, wanted, dialect)
+        _check_chat_ids(session, wanted, givers, found, dialect)
+    return _Reads(known, opted_out, lines, wanted, found)
+
+
+def _check_chat_ids(
+    session: Session,
+    wanted: Mapping[tuple[int, str], str | None],
+    givers: Mapping[tuple[int, str], str],
+    found: Mapping[tuple[int, str], ChatRow],
+    dialect: Dialect,
+) -> None:
+    """Refuse a provider chat id about to be given to a chat when another chat holds it,
+    stored or given in the same call: the store keeps one chat per provider chat id."""
+    given: dict[str, tuple[int, str]] = {}
+    for pair, chat_id in wanted.items():
+        existing = found.get(pair)
+        if chat_id is None or (existing is not None and existing.provider_chat_id is not None):
+            continue
+        if chat_id in given:
+            other = given[chat_id][1]
+            raise InvalidInput(givers[pair], chat_id, f"is also given to the chat with {other}")
+        given[chat_id] = pair
+    if not given:
+        return
+    holders = session.execute(
+        select(Chat.provider_chat_id, Chat.recipient).where(
+            among(Chat.provider_chat_id, given, dialect)
+        )
+    )
+    for chat_id, recipient in holders:
+        if chat_id is not None:
+            field = givers[given[chat_id]]
+            raise InvalidInput(field, chat_id, f"belongs to another chat, with {recipient}")
 
 
 def _field(index: int, count: int, name: str) -> str:

@@ -134,3 +134,33 @@ def test_among_finds_exactly_the_given_values(hg: Healthgate, keys: list[str]) -
         ).all()
 
     assert sorted(k for k in found if k) == sorted(set(keys) - {"nothing"})
+
+
+def test_a_chat_id_another_chat_holds_is_refused_naming_it(hg: Healthgate) -> None:
+    hg.enqueue(to="+14155550123", body="a", line=LINE_B, chat_id="chat-1")
+    hg.enqueue(to="+14155550123", body="b", line=LINE_A)
+
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue(to="+14155550123", body="c", line=LINE_A, chat_id="chat-1")
+
+    assert raised.value.field == "chat_id"
+    assert "'chat-1'" in str(raised.value)
+    assert count(hg, Message) == 2
+
+
+def test_a_new_chat_is_refused_a_chat_id_another_chat_holds(hg: Healthgate) -> None:
+    hg.enqueue(to="+14155550123", body="a", line=LINE_B, chat_id="chat-1")
+
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue_many([pinned(0), pinned(1, chat_id="chat-1")])
+
+    assert raised.value.field == "messages[1].chat_id"
+    assert (count(hg, Message), count(hg, Chat)) == (1, 1)
+
+
+def test_one_chat_id_given_to_two_new_chats_in_a_call_is_refused(hg: Healthgate) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue_many([pinned(0, chat_id="chat-1"), pinned(1, chat_id="chat-1")])
+
+    assert raised.value.field == "messages[1].chat_id"
+    assert (count(hg, Message), count(hg, Chat)) == (0, 0)
