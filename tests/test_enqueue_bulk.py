@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from scheduler.bulk import among
+from scheduler.bulk import among, planned_for_values
 from scheduler.client import Healthgate
 from scheduler.errors import InvalidInput
 from scheduler.models import Chat, Message
@@ -164,3 +164,16 @@ def test_one_chat_id_given_to_two_new_chats_in_a_call_is_refused(hg: Healthgate)
 
     assert raised.value.field == "messages[1].chat_id"
     assert (count(hg, Message), count(hg, Chat)) == (0, 0)
+
+
+def test_look_ups_are_planned_per_call_and_the_setting_ends_with_them(hg: Healthgate) -> None:
+    engine = hg.runtime.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("plan caching is PostgreSQL's")
+
+    with engine.begin() as connection:
+        with planned_for_values(connection):
+            inside = connection.exec_driver_sql("SHOW plan_cache_mode").scalar_one()
+        after = connection.exec_driver_sql("SHOW plan_cache_mode").scalar_one()
+
+    assert (inside, after) == ("force_custom_plan", "auto")
