@@ -1,16 +1,23 @@
-"""Many rows in one statement: PostgreSQL reads them from arrays, others use executemany.
+"""Many rows or values in one statement: PostgreSQL reads them from arrays, others
+use executemany and ``IN`` lists.
 
-A multi-row ``VALUES`` statement of a thousand rows is a long text the driver has to
-rewrite on every call; ``INSERT ... SELECT FROM unnest(arrays)`` is one short statement
-whatever the number of rows, with one parameter a column.
+A multi-row ``VALUES`` statement, or an ``IN`` list, of a thousand values is a long text
+the driver has to rewrite on every call; ``INSERT ... SELECT FROM unnest(arrays)`` and
+``= ANY(array)`` are short statements whatever the number of values, with one parameter
+a column. The arrays go in the binary format: the text one is built in Python, value
+by value, and costs several times more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Row, Table, bindparam, insert, update
+from sqlalchemy import ColumnElement, Connection, Row, Table, any_, bindparam, insert, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import InstrumentedAttribute
 
 
 def insert_rows(
@@ -86,5 +93,39 @@ def _arrays(
         if process is not None:
             values = [process(value) for value in values]
         arrays.append(values)
-        casts.append(f"CAST(%s AS {column.type.compile(dialect=dialect)}[])")
+        casts.append(f"CAST(%b AS {column.type.compile(dialect=dialect)}[])")
     return arrays, casts
+
+
+def among(
+    column: InstrumentedAttribute[Any], values: Collection[Any], dialect: Dialect
+) -> ColumnElement[bool]:
+    """``column`` is one of ``values``: one array parameter on PostgreSQL, ``IN`` elsewhere.
+
+    A single value is a plain ``=``: the statement a one-message call has always sent.
+    """
+    if len(values) == 1:
+        matches: ColumnElement[bool] = column == next(iter(values))
+    elif dialect.name != "postgresql":
+        matches = column.in_(values)
+    else:
+        matches = column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return matches
+
+
+@contextmanager
+def planned_for_values(connection: Connection) -> Iterator[None]:
+    """Have PostgreSQL plan the look-ups inside for their own arrays.
+
+    The driver prepares a statement run five times, and PostgreSQL may then keep one
+    generic plan for any parameters: one made while a table was nearly empty scans it
+    whole even after it grew, and an ``= ANY(array)`` look-up of a thousand values is
+    where that hurts. The inserts that follow are left to the generic plans, which
+    cost them half as much. On an error the transaction is rolled back, setting and all.
+    """
+    postgres = connection.dialect.name == "postgresql"
+    if postgres:
+        connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+    yield
+    if postgres:
+        connection.exec_driver_sql("SET LOCAL plan_cache_mode TO DEFAULT")

@@ -6,11 +6,13 @@ import itertools
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Row, Table, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,8 +22,8 @@ from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.statuses import Action
 from policies.text import storable_text, storable_time
-from scheduler.bulk import insert_rows
-from scheduler.lines import get_line, sync_lines
+from scheduler.bulk import among, insert_rows, planned_for_values
+from scheduler.lines import declared_lines, get_line, sync_lines
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
 from scheduler.router import lines_for_new_recipient, sticky_chat
 from scheduler.runtime import Runtime, utcnow
@@ -43,6 +45,13 @@ class NewMessage:
     send_at: datetime | None = None
     expires_at: datetime | None = None
 
+
+#: A stored chat as ``_existing_chats`` reads it: id, line id, recipient, provider
+#: chat id, opt-out time.
+ChatRow = Row[int, int, str, str | None, datetime | None]
+
+#: The keys a message given as a mapping may have.
+_FIELDS = frozenset(NewMessage.__dataclass_fields__)
 
 _sequence = itertools.count()
 
@@ -72,8 +81,8 @@ def enqueue_many(
     for attempt in range(2):
         try:
             with runtime.sessions.begin() as session:
-                sync_lines(session, policy, now)
-                return _store(session, items, policy, now)
+                lines = sync_lines(session, policy, now)
+                return _store(session, items, lines, policy, now)
         except IntegrityError:
             # A concurrent enqueue stored one of our idempotency keys first; the
             # second pass finds it and returns its id.
@@ -89,7 +98,7 @@ def enqueue(runtime: Runtime, message: NewMessage, now: datetime | None = None) 
 def _validated(item: NewMessage | Mapping[str, Any], where: str, now: datetime) -> NewMessage:
     if isinstance(item, Mapping):
         fields = dict(item)
-        unknown = set(fields) - set(NewMessage.__dataclass_fields__)
+        unknown = fields.keys() - _FIELDS
         if unknown:
             name = sorted(unknown)[0]
             raise InvalidInput(f"{where}.{name}", fields[name], "is not a message field")
@@ -134,25 +143,15 @@ def _check_text(value: object, field: str, limit: int) -> None:
 
 
 def _store(
-    session: Session, items: Sequence[NewMessage], policy: Policy, now: datetime
+    session: Session,
+    items: Sequence[NewMessage],
+    declared: Mapping[str, Line],
+    policy: Policy,
+    now: datetime,
 ) -> list[str]:
-    keys = [item.idempotency_key for item in items if item.idempotency_key]
-    known: dict[str, str] = {}
-    if keys:
-        rows = session.execute(
-            select(Message.idempotency_key, Message.id).where(Message.idempotency_key.in_(keys))
-        )
-        known = {key: message_id for key, message_id in rows if key is not None}
-    opted_out = (
-        set(
-            session.scalars(
-                select(OptOut.recipient).where(OptOut.recipient.in_({item.to for item in items}))
-            )
-        )
-        if policy.opt_out.scope is OptOutScope.ACCOUNT
-        else set()
-    )
-    pinned = _pinned_chats(session, [i for i in items if i.idempotency_key not in known], now)
+    """Store the messages whose keys are new, read what they need first; their ids."""
+    known, opted_out, lines, wanted, found = _read(session, items, declared, policy)
+    pinned = _pinned_chats(session, lines, wanted, found, now)
     ids: list[str] = []
     messages: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []
@@ -160,12 +159,12 @@ def _store(
         if item.idempotency_key and item.idempotency_key in known:
             ids.append(known[item.idempotency_key])
             continue
-        field = "line" if len(items) == 1 else f"messages[{index}].line"
-        found: tuple[Line | None, int | None, bool] | None = pinned.get((item.line, item.to))
-        if found is None:
+        found_chat: tuple[Line | None, int | None, bool] | None = pinned.get((item.line, item.to))
+        if found_chat is None:
+            field = _field(index, len(items), "line")
             line, chat = _route(session, item, field, policy, now)
-            found = (line, chat.id if chat else None, chat is not None and _opted_out(chat))
-        line, chat_id, chat_opted_out = found
+            found_chat = (line, chat.id if chat else None, chat is not None and _opted_out(chat))
+        line, chat_id, chat_opted_out = found_chat
         message, decision = _new_row(
             item, line, chat_id, policy, now, chat_opted_out or item.to in opted_out
         )
@@ -174,7 +173,7 @@ def _store(
         if item.idempotency_key:
             known[item.idempotency_key] = message["id"]
         ids.append(message["id"])
-    # Many rows a statement (executemany / multi-row VALUES), not one flush per message.
+    # Many rows a statement (executemany / rows from arrays), not one flush per message.
     if messages:
         connection = session.connection()
         insert_rows(connection, cast(Table, Message.__table__), messages)
@@ -182,38 +181,154 @@ def _store(
     return ids
 
 
+class _Reads(NamedTuple):
+    """What a call reads before it writes."""
+
+    #: Stored messages' ids by idempotency key.
+    known: dict[str, str]
+    #: Recipients who opted out of the whole account.
+    opted_out: set[str]
+    #: The lines messages name, by number.
+    lines: dict[str, Line]
+    #: The provider chat id (or None) each (line id, recipient) of a new message with a
+    #: named line should have: the last such message's.
+    wanted: dict[tuple[int, str], str | None]
+    #: The stored chats among ``wanted``.
+    found: dict[tuple[int, str], ChatRow]
+
+
+def _read(
+    session: Session, items: Sequence[NewMessage], declared: Mapping[str, Line], policy: Policy
+) -> _Reads:
+    """Everything the call needs from the store, read at once; refuses a line that is not
+    declared and a chat id that another chat holds, naming the message's field."""
+    dialect = session.get_bind().dialect
+    count = len(items)
+    with planned_for_values(session.connection()) if count > 1 else nullcontext():
+        known = _known_ids(session, items, dialect)
+        opted_out = (
+            _opted_out_recipients(session, items, dialect)
+            if policy.opt_out.scope is OptOutScope.ACCOUNT
+            else set()
+        )
+        fresh = [(i, item) for i, item in enumerate(items) if item.idempotency_key not in known]
+        named: dict[str, str] = {}
+        for index, item in fresh:
+            if item.line is not None:
+                named.setdefault(item.line, _field(index, count, "line"))
+        lines = declared_lines(declared, named)
+        wanted: dict[tuple[int, str], str | None] = {}
+        givers: dict[tuple[int, str], str] = {}
+        for index, item in fresh:
+            if item.line is not None:
+                pair = (lines[item.line].id, item.to)
+                wanted[pair] = item.chat_id
+                givers[pair] = _field(index, count, "chat_id")
+        found = _existing_chats(session, wanted, dialect)
+        _check_chat_ids(session, wanted, givers, found, dialect)
+    return _Reads(known, opted_out, lines, wanted, found)
+
+
+def _check_chat_ids(
+    session: Session,
+    wanted: Mapping[tuple[int, str], str | None],
+    givers: Mapping[tuple[int, str], str],
+    found: Mapping[tuple[int, str], ChatRow],
+    dialect: Dialect,
+) -> None:
+    """Refuse a provider chat id about to be given to a chat when another chat holds it,
+    stored or given in the same call: the store keeps one chat per provider chat id."""
+    given: dict[str, tuple[int, str]] = {}
+    for pair, chat_id in wanted.items():
+        existing = found.get(pair)
+        if chat_id is None or (existing is not None and existing.provider_chat_id is not None):
+            continue
+        if chat_id in given:
+            other = given[chat_id][1]
+            raise InvalidInput(givers[pair], chat_id, f"is also given to the chat with {other}")
+        given[chat_id] = pair
+    if not given:
+        return
+    holders = session.execute(
+        select(Chat.provider_chat_id, Chat.recipient).where(
+            among(Chat.provider_chat_id, given, dialect)
+        )
+    )
+    for chat_id, recipient in holders:
+        if chat_id is not None:
+            field = givers[given[chat_id]]
+            raise InvalidInput(field, chat_id, f"belongs to another chat, with {recipient}")
+
+
+def _field(index: int, count: int, name: str) -> str:
+    """How an error names a message's field: bare for one message, with its index for many."""
+    return name if count == 1 else f"messages[{index}].{name}"
+
+
+def _known_ids(session: Session, items: Sequence[NewMessage], dialect: Dialect) -> dict[str, str]:
+    """The ids of stored messages with the idempotency keys of ``items``, by key."""
+    keys = {item.idempotency_key for item in items if item.idempotency_key}
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(Message.idempotency_key, Message.id).where(
+            among(Message.idempotency_key, keys, dialect)
+        )
+    )
+    return {key: message_id for key, message_id in rows if key is not None}
+
+
+def _opted_out_recipients(
+    session: Session, items: Sequence[NewMessage], dialect: Dialect
+) -> set[str]:
+    """The recipients of ``items`` who opted out of the whole account."""
+    recipients = {item.to for item in items}
+    chosen = among(OptOut.recipient, recipients, dialect)
+    return set(session.scalars(select(OptOut.recipient).where(chosen)))
+
+
 def _opted_out(chat: Chat) -> bool:
     return chat.opted_out_at is not None
 
 
-def _pinned_chats(
-    session: Session, items: Sequence[NewMessage], now: datetime
-) -> dict[tuple[str | None, str], tuple[Line, int, bool]]:
-    """The line, chat id and chat opt-out of every message that names its line, the
-    chats loaded (or created) at once."""
-    lines: dict[str, Line] = {}
-    for index, item in enumerate(items):
-        if item.line is not None and item.line not in lines:
-            field = "line" if len(items) == 1 else f"messages[{index}].line"
-            lines[item.line] = get_line(session, item.line, field)
-    if not lines:
+def _existing_chats(
+    session: Session, wanted: Mapping[tuple[int, str], str | None], dialect: Dialect
+) -> dict[tuple[int, str], ChatRow]:
+    """The stored chats among ``wanted`` (line id, recipient), by that pair.
+
+    Plain rows, not ORM objects: only a few columns are needed, and a thousand
+    objects cost more than the query.
+    """
+    if not wanted:
         return {}
-    wanted = {(lines[i.line].id, i.to): i.chat_id for i in items if i.line is not None}
-    found = {
-        (chat.line_id, chat.recipient): chat
-        for chat in session.scalars(
-            select(Chat).where(
-                Chat.line_id.in_({line_id for line_id, _ in wanted}),
-                Chat.recipient.in_({recipient for _, recipient in wanted}),
-            )
+    rows = session.execute(
+        select(
+            Chat.id, Chat.line_id, Chat.recipient, Chat.provider_chat_id, Chat.opted_out_at
+        ).where(
+            Chat.line_id.in_({line_id for line_id, _ in wanted}),
+            among(Chat.recipient, {recipient for _, recipient in wanted}, dialect),
         )
-        if (chat.line_id, chat.recipient) in wanted
+    )
+    return {
+        (row.line_id, row.recipient): row for row in rows if (row.line_id, row.recipient) in wanted
     }
-    chats = {key: (chat.id, _opted_out(chat)) for key, chat in found.items()}
+
+
+def _pinned_chats(
+    session: Session,
+    lines: Mapping[str, Line],
+    wanted: Mapping[tuple[int, str], str | None],
+    found: Mapping[tuple[int, str], ChatRow],
+    now: datetime,
+) -> dict[tuple[str | None, str], tuple[Line, int, bool]]:
+    """The line, chat id and chat opt-out of every (line, recipient) pair that messages
+    naming their line go to: ``found`` chats as stored (given a provider chat id they
+    lacked), the others created in one statement."""
+    chats = {key: (row.id, row.opted_out_at is not None) for key, row in found.items()}
     new: list[dict[str, Any]] = []
     for (line_id, recipient), provider_chat_id in wanted.items():
-        chat = found.get((line_id, recipient))
-        if chat is None:
+        existing = found.get((line_id, recipient))
+        if existing is None:
             new.append(
                 {
                     "line_id": line_id,
@@ -223,17 +338,17 @@ def _pinned_chats(
                     "created_at": now,
                 }
             )
-        elif provider_chat_id and chat.provider_chat_id is None:
-            chat.provider_chat_id = provider_chat_id
-    session.flush()
-    # New chats in one statement, not one ORM object each.
-    for row in insert_rows(
+        elif provider_chat_id and existing.provider_chat_id is None:
+            session.execute(
+                update(Chat).where(Chat.id == existing.id).values(provider_chat_id=provider_chat_id)
+            )
+    for created in insert_rows(
         session.connection(), cast(Table, Chat.__table__), new, ("id", "line_id", "recipient")
     ):
-        chats[(row.line_id, row.recipient)] = (row.id, False)
-    by_id = {line.id: line for line in lines.values()}
+        chats[(created.line_id, created.recipient)] = (created.id, False)
+    by_id = {line.id: (number, line) for number, line in lines.items()}
     return {
-        (by_id[line_id].number, recipient): (by_id[line_id], chat_id, opted_out)
+        (by_id[line_id][0], recipient): (by_id[line_id][1], chat_id, opted_out)
         for (line_id, recipient), (chat_id, opted_out) in chats.items()
     }
 

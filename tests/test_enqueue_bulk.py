@@ -1,0 +1,179 @@
+"""Bulk enqueue: keys, chats, opt-outs and errors of a many-message call, on every store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from scheduler.bulk import among, planned_for_values
+from scheduler.client import Healthgate
+from scheduler.errors import InvalidInput
+from scheduler.models import Chat, Message
+from tests.conftest import LINE_A, LINE_B
+
+
+def count(hg: Healthgate, model: type[Message] | type[Chat]) -> int:
+    with hg.runtime.sessions() as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def pinned(i: int, **extra: Any) -> dict[str, Any]:
+    """A message to a recipient of its own on one of the two lines, with a key."""
+    return {
+        "to": f"+1415555{1000 + i:04d}",
+        "body": f"order {i}",
+        "line": (LINE_A, LINE_B)[i % 2],
+        "idempotency_key": f"order-{i}",
+        **extra,
+    }
+
+
+def test_stored_keys_repeated_keys_and_new_ones_in_one_call(hg: Healthgate) -> None:
+    stored = hg.enqueue(to="+14155550123", body="first", idempotency_key="k1")
+
+    ids = hg.enqueue_many(
+        [
+            {"to": "+14155550123", "body": "first again", "idempotency_key": "k1"},
+            pinned(2),
+            pinned(2),
+            {"to": "+14155550124", "body": "no key"},
+            pinned(3),
+        ]
+    )
+
+    assert ids[0] == stored
+    assert ids[1] == ids[2]
+    assert len({ids[1], ids[3], ids[4], stored}) == 4
+    assert count(hg, Message) == 4
+    with hg.runtime.sessions() as session:
+        assert session.get_one(Message, stored).body == "first"
+
+
+def test_a_call_of_only_stored_keys_returns_their_ids_and_stores_nothing(hg: Healthgate) -> None:
+    first = hg.enqueue_many([pinned(i) for i in range(5)])
+
+    again = hg.enqueue_many([pinned(i) for i in reversed(range(5))])
+
+    assert again == list(reversed(first))
+    assert (count(hg, Message), count(hg, Chat)) == (5, 5)
+
+
+def test_one_bad_message_among_many_stores_no_message_and_no_chat(hg: Healthgate) -> None:
+    messages = [pinned(i) for i in range(50)]
+    messages[37]["to"] = "+1415555"
+
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue_many(messages)
+
+    assert raised.value.field == "messages[37].to"
+    assert "+1415555" in str(raised.value)
+    assert (count(hg, Message), count(hg, Chat)) == (0, 0)
+
+
+def test_an_undeclared_line_is_named_by_its_own_index_after_a_stored_key(
+    hg: Healthgate,
+) -> None:
+    hg.enqueue_many([pinned(0)])
+
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue_many([pinned(0), pinned(1), pinned(2, line="+14155550199")])
+
+    assert raised.value.field == "messages[2].line"
+    assert "+14155550199" in str(raised.value)
+    assert count(hg, Message) == 1
+
+
+def test_many_messages_reuse_existing_chats_and_create_the_others(hg: Healthgate) -> None:
+    hg.enqueue_many([pinned(i, idempotency_key=None) for i in range(3)])
+
+    hg.enqueue_many([pinned(i, idempotency_key=None) for i in range(6)])
+
+    assert (count(hg, Message), count(hg, Chat)) == (9, 6)
+
+
+def test_a_chat_id_given_in_bulk_is_kept_on_an_existing_chat(hg: Healthgate) -> None:
+    hg.enqueue(to="+14155550123", body="hello", line=LINE_A)
+
+    hg.enqueue_many(
+        [
+            {"to": "+14155550123", "body": "again", "line": LINE_A, "chat_id": "chat-1"},
+            pinned(1),
+        ]
+    )
+
+    with hg.runtime.sessions() as session:
+        chat = session.scalars(select(Chat).where(Chat.recipient == "+14155550123")).one()
+    assert chat.provider_chat_id == "chat-1"
+
+
+def test_many_messages_to_an_opted_out_chat_are_dropped(hg: Healthgate) -> None:
+    hg.set_chat_health(LINE_A, "+14155550123", "OPTED_OUT")
+
+    ids = hg.enqueue_many(
+        [
+            {"to": "+14155550123", "body": "one", "line": LINE_A},
+            {"to": "+14155550124", "body": "two", "line": LINE_A},
+        ]
+    )
+
+    assert [hg.explain(i)["state"] for i in ids] == ["dropped", "queued"]
+    assert hg.explain(ids[0])["decisions"][-1]["code"] == "chat_opted_out"
+
+
+@pytest.mark.parametrize("keys", [["k1"], ["k1", "k3"], ["k1", "k2", "k3", "nothing"]])
+def test_among_finds_exactly_the_given_values(hg: Healthgate, keys: list[str]) -> None:
+    for key in ("k1", "k2", "k3"):
+        hg.enqueue(to="+14155550123", body=key, idempotency_key=key)
+
+    with hg.runtime.sessions() as session:
+        dialect = session.get_bind().dialect
+        found = session.scalars(
+            select(Message.idempotency_key).where(among(Message.idempotency_key, keys, dialect))
+        ).all()
+
+    assert sorted(k for k in found if k) == sorted(set(keys) - {"nothing"})
+
+
+def test_a_chat_id_another_chat_holds_is_refused_naming_it(hg: Healthgate) -> None:
+    hg.enqueue(to="+14155550123", body="a", line=LINE_B, chat_id="chat-1")
+    hg.enqueue(to="+14155550123", body="b", line=LINE_A)
+
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue(to="+14155550123", body="c", line=LINE_A, chat_id="chat-1")
+
+    assert raised.value.field == "chat_id"
+    assert "'chat-1'" in str(raised.value)
+    assert count(hg, Message) == 2
+
+
+def test_a_new_chat_is_refused_a_chat_id_another_chat_holds(hg: Healthgate) -> None:
+    hg.enqueue(to="+14155550123", body="a", line=LINE_B, chat_id="chat-1")
+
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue_many([pinned(0), pinned(1, chat_id="chat-1")])
+
+    assert raised.value.field == "messages[1].chat_id"
+    assert (count(hg, Message), count(hg, Chat)) == (1, 1)
+
+
+def test_one_chat_id_given_to_two_new_chats_in_a_call_is_refused(hg: Healthgate) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue_many([pinned(0, chat_id="chat-1"), pinned(1, chat_id="chat-1")])
+
+    assert raised.value.field == "messages[1].chat_id"
+    assert (count(hg, Message), count(hg, Chat)) == (0, 0)
+
+
+def test_look_ups_are_planned_per_call_and_the_setting_ends_with_them(hg: Healthgate) -> None:
+    engine = hg.runtime.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("plan caching is PostgreSQL's")
+
+    with engine.begin() as connection:
+        with planned_for_values(connection):
+            inside = connection.exec_driver_sql("SHOW plan_cache_mode").scalar_one()
+        after = connection.exec_driver_sql("SHOW plan_cache_mode").scalar_one()
+
+    assert (inside, after) == ("force_custom_plan", "auto")
