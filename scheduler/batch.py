@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,10 +14,11 @@ from policies.config import OptOutScope, Policy
 from policies.gate import ChatFacts, LineFacts, MessageFacts, limits_for
 from policies.statuses import ChatHealth
 from policies.usage import LineUsage
+from scheduler.limits import Limiter
 from scheduler.lines import line_facts
 from scheduler.models import Chat, Line, Message, OptOut
 from scheduler.runtime import Runtime
-from scheduler.usage import load_usage
+from scheduler.usage import load_bodies, load_usage
 
 
 @dataclass
@@ -45,17 +46,16 @@ class Batch:
     #: Messages in the batch: at most this many sends on any one line.
     size: int = 0
 
+    #: Each line's recipients in the batch (a line a message may move to: all of them).
+    recipients_by_line: dict[int, frozenset[str]] = field(default_factory=dict)
+    limiter: Limiter | None = None
+
     def load_usage(self, session: Session, lines: Sequence[Line]) -> None:
         """Add the usage of ``lines`` for this batch's messages (a reroute needs more)."""
+        whom = {line.id: self.recipients_by_line.get(line.id, self.recipients) for line in lines}
         self.usage.update(
             batch_usage(
-                session,
-                lines,
-                self.policy,
-                self.now,
-                self.size,
-                self.recipients,
-                self.digests,
+                session, lines, self.policy, self.now, self.size, whom, self.digests, self.limiter
             )
         )
 
@@ -99,6 +99,8 @@ def load_batch(
         recipients=frozenset(m.recipient for m in messages),
         digests=frozenset(m.body_hash for m in messages if m.body_hash is not None),
         size=len(messages),
+        recipients_by_line=_recipients_by_line(messages),
+        limiter=runtime.limiter,
     )
     batch.load_usage(session, used)
     return batch
@@ -115,14 +117,34 @@ def batch_usage(
     policy: Policy,
     now: datetime,
     headroom: int,
-    recipients: Collection[str] = (),
+    recipients: Mapping[int, Collection[str]],
     digests: Collection[str] = (),
+    limiter: Limiter | None = None,
 ) -> dict[int, LineUsage]:
     """Usage of ``lines`` under each line's caps as they apply at ``now``, for up to
-    ``headroom`` sends to ``recipients`` with bodies of ``digests``."""
+    ``headroom`` sends to ``recipients`` (by line id) with bodies of ``digests``.
+
+    The caps' windows come from the limiter when it keeps them (it is the count every
+    worker shares), else from the store; the content rule's from the store.
+    """
     limits = {line.id: limits_for(line_facts(line), policy, now) for line in lines}
     body_limit = policy.content.same_body_max_recipients_per_hour
-    return load_usage(session, lines, limits, now, headroom, recipients, digests, body_limit)
+    numbers = {line.id: line.number for line in lines}
+    windows = limiter.windows(numbers, limits, now, headroom, recipients) if limiter else None
+    everyone = set().union(*recipients.values()) if recipients else set()
+    if windows is None:
+        return load_usage(session, lines, limits, now, headroom, everyone, digests, body_limit)
+    if digests:
+        load_bodies(session, windows, digests, now, headroom, body_limit, everyone)
+    return windows
+
+
+def _recipients_by_line(messages: Sequence[Message]) -> dict[int, frozenset[str]]:
+    found: dict[int, set[str]] = {}
+    for message in messages:
+        if message.line_id is not None:
+            found.setdefault(message.line_id, set()).add(message.recipient)
+    return {line_id: frozenset(whom) for line_id, whom in found.items()}
 
 
 def _same_body(

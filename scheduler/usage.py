@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,23 @@ def load_usage(
     ``headroom`` sends of that cap (``limits`` by line id, as they apply now): the rows a
     batch reads grow with the batch, not with what the line sent.
     """
+    usage = _load_windows(session, lines, limits, now, headroom, recipients, digests)
+    if digests:
+        load_bodies(session, usage, digests, now, headroom, body_limit)
+    return usage
+
+
+def _load_windows(
+    session: Session,
+    lines: Collection[Line],
+    limits: Mapping[int, Limits],
+    now: datetime,
+    headroom: int,
+    recipients: Collection[str],
+    digests: Collection[str],
+) -> dict[int, LineUsage]:
+    """The caps' windows of :func:`load_usage`, and when ``digests`` reached
+    ``recipients`` in the last hour."""
     ids = [line.id for line in lines]
     usage = {line_id: LineUsage() for line_id in ids}
     if not ids:
@@ -89,8 +106,6 @@ def load_usage(
         entry = usage[line_id]
         # Read apart, the two may differ by what committed between them.
         entry.recipients_unloaded = max(0, reached.get(line_id, 0) - len(entry.by_recipient))
-    if digests:
-        _load_bodies(session, usage, digests, now, reached, lambda n: near(n, body_limit))
     return usage
 
 
@@ -118,6 +133,7 @@ def _load_recipients(
     recipients: Collection[str],
     digests: Collection[str],
     now: datetime,
+    bodies_only: bool = False,
 ) -> None:
     """The last hour's sends to ``recipients``: each send of the last minute (the
     per-recipient cap), else the last one (distinct recipients); and the last time each
@@ -150,34 +166,46 @@ def _load_recipients(
             times[:] = [at]
         if body_hash in wanted:
             usage[line_id].by_body.setdefault(body_hash, {})[recipient] = at
+    if bodies_only:
+        return
     for (line_id, recipient), times in found.items():
         usage[line_id].by_recipient[recipient] = times
 
 
-def _load_bodies(
+def load_bodies(
     session: Session,
     usage: dict[int, LineUsage],
     digests: Collection[str],
     now: datetime,
-    reached: Mapping[int, int],
-    near: Callable[[int], bool],
+    headroom: int,
+    body_limit: int,
+    recipients: Collection[str] | None = None,
 ) -> None:
-    """How many recipients each of ``digests`` reached on each line in the last hour; all
-    of them, with the last time, where a line is ``near`` the cap.
+    """How many recipients each of ``digests`` reached on each line of ``usage`` in the
+    last hour; all of them, with the last time, where a line is within ``headroom`` of
+    ``body_limit``. ``recipients``: also read when the digests reached them (else
+    ``usage`` holds that already).
 
-    A body reached no more recipients than its line did (``reached``): on a line far from
-    the cap by that count, no body needs counting.
+    A body reached no more recipients than its line did: on a line far from the cap by
+    that count, no body needs counting.
     """
+
+    def near(count: int) -> bool:
+        return count + headroom >= body_limit
+
     ids = []
     for line, entry in usage.items():
-        if near(reached.get(line, 0)):
+        reached = entry.recipients_last_hour(now)
+        if near(reached):
             ids.append(line)
             continue
         for digest in digests:
             known = len(entry.by_body.get(digest, {}))
-            entry.bodies_unloaded[digest] = max(0, reached.get(line, 0) - known)
+            entry.bodies_unloaded[digest] = max(0, reached - known)
     if not ids:
         return
+    if recipients is not None:
+        _load_recipients(session, usage, ids, recipients, digests, now, bodies_only=True)
     hour = Message.dispatched_at > now - HOUR
     rows = session.execute(
         select(Message.line_id, Message.body_hash, func.count(distinct(Message.recipient)))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
 from policies.pace import Limits, Verdict
+from policies.usage import LineUsage
 
 
 class Ticket(NamedTuple):
@@ -60,6 +61,21 @@ class Limiter(ABC):
         """:meth:`hit` for each request in order, one verdict each; backends that can
         answer many at once in one round trip override it."""
         return [self.hit(session, ticket, limits, now) for ticket, limits in requests]
+
+    def windows(
+        self,
+        lines: Mapping[int, str],
+        limits: Mapping[int, Limits],
+        now: datetime,
+        headroom: int,
+        recipients: Mapping[int, Collection[str]],
+    ) -> dict[int, LineUsage] | None:
+        """The caps' windows of ``lines`` (numbers by line id) as this limiter counts them,
+        for a batch of up to ``headroom`` sends to ``recipients`` (by line id): counts,
+        and times only near a cap of ``limits``, as :func:`scheduler.usage.load_usage`
+        reads the store. None (the default): the store's count is the one to read.
+        """
+        return None
 
     def close(self) -> None:
         """Release connections; the default holds none."""
