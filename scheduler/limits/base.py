@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -53,6 +53,18 @@ class Limiter(ABC):
         otherwise the earliest moment every cap allows it and the cap that binds, and
         nothing is consumed. ``session`` is the dispatcher's gating transaction.
         """
+
+    def hit_many(
+        self, session: Session, requests: Sequence[tuple[Ticket, Limits]], now: datetime
+    ) -> list[Verdict]:
+        """Consume a batch's sends: one verdict per request, in order.
+
+        Each verdict, and what it consumes, is what :meth:`hit` calls in the same order
+        would give: a refused send consumes nothing and later ones are still tried, and a
+        ticket already consumed (earlier, or earlier in ``requests``) passes again without
+        counting twice. Backends override it to spend one round trip on the whole batch.
+        """
+        return [self.hit(session, ticket, limits, now) for ticket, limits in requests]
 
     def close(self) -> None:
         """Release connections; the default holds none."""
