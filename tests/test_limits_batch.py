@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from policies.errors import InvalidInput
 from policies.pace import Limits, Verdict
 from policies.usage import DAY, HOUR, MINUTE
 from scheduler.limits import MemoryLimiter, RedisLimiter, Ticket
@@ -115,6 +116,21 @@ def test_several_lines_in_one_batch_keep_their_own_caps(backend: Backend) -> Non
 
 def test_an_empty_batch_has_no_verdicts(backend: Backend) -> None:
     assert backend.hit_many([], NOW) == []
+
+
+@pytest.mark.parametrize("kind", ["database-sqlite", "database-postgresql"])
+def test_database_limiter_names_a_line_it_does_not_know(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # Given a store with no line of this number
+    # When a batch asks for a send on it
+    # Then the error names the field and the number
+    with (
+        open_backend(kind, request, tmp_path / "limits.db") as opened,
+        opened.sessions.begin() as session,
+        pytest.raises(InvalidInput, match=rf"ticket.line='\{LINE}'"),
+    ):
+        opened.limiter.hit_many(session, [(ticket(0), limits())], NOW)
 
 
 class Send(NamedTuple):
