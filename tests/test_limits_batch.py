@@ -10,16 +10,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from policies.errors import InvalidInput
 from policies.pace import Limits, Verdict
 from policies.usage import DAY, HOUR, MINUTE
 from scheduler.limits import MemoryLimiter, RedisLimiter, Ticket
+from scheduler.limits.redis import HIT
 from scheduler.models import Chat, Message
 from tests.conftest import examples
+from tests.services import require_redis
 from tests.test_limits import (
     BOB,
     CAROL,
@@ -131,6 +135,25 @@ def test_database_limiter_names_a_line_it_does_not_know(
         pytest.raises(InvalidInput, match=rf"ticket.line='\{LINE}'"),
     ):
         opened.limiter.hit_many(session, [(ticket(0), limits())], NOW)
+
+
+def test_redis_limiter_loads_its_script_again_when_the_server_lost_it() -> None:
+    # Given a Redis limiter whose script the server does not hold (as after a restart);
+    # a variant of the script stands in, so the scripts of other clients stay loaded
+    client = redis.Redis.from_url(require_redis())
+    limiter = RedisLimiter(client, prefix=f"test:{uuid.uuid4().hex[:8]}:")
+    limiter._hit = client.register_script(f"{HIT}-- {uuid.uuid4().hex}\n")
+
+    # When a batch over two lines comes (one pipeline)
+    requests = [(Ticket("msg_a", 1, line, BOB, False), limits()) for line in LINES[:2]]
+    verdicts = limiter.hit_many(Session(), requests, NOW)
+
+    # Then the script is loaded again and both sends are counted
+    stale = client.keys(limiter.prefix + "*")
+    client.delete(*stale)
+    limiter.close()
+    assert verdicts == [Verdict(NOW, "", 0)] * 2
+    assert sum(key.endswith(b"hit:msg_a:1") for key in stale) == 2
 
 
 class Send(NamedTuple):

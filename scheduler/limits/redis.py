@@ -206,7 +206,7 @@ class RedisLimiter(Limiter):
         if lost:
             # The server dropped its scripts (a restart, SCRIPT FLUSH); those calls ran
             # nothing, so they are sent again once the script is back.
-            self.client.script_load(HIT)
+            self.client.script_load(self._hit.script)
             for index, reply in zip(lost, self._pipelined([calls[i] for i in lost]), strict=True):
                 replies[index] = reply
         for reply in replies:
