@@ -118,6 +118,24 @@ def test_several_lines_in_one_batch_keep_their_own_caps(backend: Backend) -> Non
     ]
 
 
+def test_each_send_of_a_batch_is_checked_against_its_own_limits(backend: Backend) -> None:
+    # Given one line whose sends carry different limits (its pace changed mid-batch)
+    one, two = limits(sends_per_minute=1), limits(sends_per_minute=2)
+
+    # When a send at 1 a minute, one at 2 a minute, and one at 1 a minute come in a batch
+    verdicts = backend.hit_many(
+        [(ticket(0, recipient(0)), one), (ticket(1, recipient(1)), two), (ticket(2, BOB), one)],
+        NOW,
+    )
+
+    # Then the second fits under its own cap of 2; the third is refused under its cap of 1
+    assert verdicts == [
+        Verdict(NOW, "", 0),
+        Verdict(NOW, "", 0),
+        Verdict(NOW + timedelta(minutes=1), "sends_per_minute", 1),
+    ]
+
+
 def test_an_empty_batch_has_no_verdicts(backend: Backend) -> None:
     assert backend.hit_many([], NOW) == []
 

@@ -27,14 +27,17 @@ CAPS = (
 # One call per line, for a batch of that line's sends in order. KEYS: 1 sends (zset:
 # attempt -> time), 2 new conversations (zset), 3 recipients (zset: recipient -> last
 # time), then per send: sends to its recipient (zset) and its attempt's marker. ARGV: now,
-# the minute, hour and day (all in microseconds), then per send: attempt key, recipient,
-# new chat (0/1) and its five limits in CAPS order. Returns per send: consumed (0/1), the
-# earliest moment and the binding cap's number in CAPS (0 for none). Time always comes
-# from the caller: Redis's own clock is not the one the gate decided with.
+# the minute, hour and day (all in microseconds), the number of distinct sets of limits
+# and each set's five limits in CAPS order (a line's sends mostly share one), then per
+# send: attempt key, recipient, new chat (0/1) and its set's number. Returns per send:
+# consumed (0/1), the earliest moment and the binding cap's number in CAPS (0 for none).
+# Time always comes from the caller: Redis's own clock is not the one the gate decided
+# with.
 HIT = """
 local now = tonumber(ARGV[1])
 local MINUTE, HOUR, DAY = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local count = (#KEYS - 3) / 2
+local sends = 5 + 5 * tonumber(ARGV[5])
 -- Lua prints numbers with 14 digits; microseconds need 16.
 local since = {
   [MINUTE] = string.format('(%.0f', now - MINUTE),
@@ -71,24 +74,25 @@ local expiring = {}
 -- Check every cap of send i and consume it only if all pass; the latest cap binds.
 local function hit(i)
   local to, marker = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
-  local a = 4 + 8 * (i - 1)
+  local a = sends + 4 * (i - 1)
   local member, recipient, new_chat = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
+  local caps = 5 + 5 * (tonumber(ARGV[a + 4]) - 1)
   if redis.call('EXISTS', marker) == 1 then
     return 1, now, 0
   end
   local allowed = {
-    earliest(KEYS[1], tonumber(ARGV[a + 4]), MINUTE),
-    earliest(KEYS[1], tonumber(ARGV[a + 5]), DAY),
-    earliest(to, tonumber(ARGV[a + 6]), MINUTE),
+    earliest(KEYS[1], tonumber(ARGV[caps + 1]), MINUTE),
+    earliest(KEYS[1], tonumber(ARGV[caps + 2]), DAY),
+    earliest(to, tonumber(ARGV[caps + 3]), MINUTE),
     now,
     now,
   }
   local last = redis.call('ZSCORE', KEYS[3], recipient)
   if not (last and tonumber(last) > now - HOUR) then
-    allowed[4] = earliest(KEYS[3], tonumber(ARGV[a + 7]), HOUR)
+    allowed[4] = earliest(KEYS[3], tonumber(ARGV[caps + 4]), HOUR)
   end
   if new_chat then
-    allowed[5] = earliest(KEYS[2], tonumber(ARGV[a + 8]), DAY)
+    allowed[5] = earliest(KEYS[2], tonumber(ARGV[caps + 5]), DAY)
   end
   local best, cap = now, 0
   for c = 1, 5 do
@@ -188,14 +192,15 @@ class RedisLimiter(Limiter):
     def _call(self, line: str, requests: Sequence[tuple[Ticket, Limits]], at: int) -> _Call:
         """The script call for one line's sends, in the order given."""
         base = f"{self.prefix}{{{line}}}:"
-        call = _Call(
-            [base + "sends", base + "new", base + "recipients"], [at, _MINUTE, _HOUR, _DAY]
-        )
+        keys = [base + "sends", base + "new", base + "recipients"]
+        numbered: dict[Limits, int] = {}
+        sends: list[str | int] = []
         for ticket, limits in requests:
-            call.keys.extend((base + f"to:{ticket.recipient}", base + f"hit:{ticket.key}"))
-            call.args.extend((ticket.key, ticket.recipient, int(ticket.new_chat)))
-            call.args.extend(getattr(limits, name) for name in CAPS)
-        return call
+            keys.extend((base + f"to:{ticket.recipient}", base + f"hit:{ticket.key}"))
+            number = numbered.setdefault(limits, len(numbered) + 1)
+            sends.extend((ticket.key, ticket.recipient, int(ticket.new_chat), number))
+        caps = [getattr(limits, name) for limits in numbered for name in CAPS]
+        return _Call(keys, [at, _MINUTE, _HOUR, _DAY, len(numbered), *caps, *sends])
 
     def _run(self, calls: list[_Call]) -> list[list[int]]:
         """Every call's reply, in order; a lone call skips the pipeline's bookkeeping."""
