@@ -139,6 +139,15 @@ def _moment(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+def _verdict(reply: list[int], position: int, limits: Limits, now: datetime) -> Verdict:
+    """The verdict on the send at ``position`` of a script call's reply."""
+    consumed, when, cap = reply[3 * position : 3 * position + 3]
+    if consumed:
+        return Verdict(now, "", 0)
+    name = CAPS[int(cap) - 1]
+    return Verdict(_moment(int(when)), name, getattr(limits, name))
+
+
 class _Call(NamedTuple):
     """One script call: a line's keys and arguments, for its sends in order."""
 
@@ -164,7 +173,8 @@ class RedisLimiter(Limiter):
         return cls(redis.Redis.from_url(url))
 
     def hit(self, session: Session, ticket: Ticket, limits: Limits, now: datetime) -> Verdict:
-        return self.hit_many(session, [(ticket, limits)], now)[0]
+        (reply,) = self._run([self._call(ticket.line, [(ticket, limits)], _micros(now))])
+        return _verdict(reply, 0, limits, now)
 
     def hit_many(
         self, session: Session, requests: Sequence[tuple[Ticket, Limits]], now: datetime
@@ -180,13 +190,7 @@ class RedisLimiter(Limiter):
         verdicts: dict[int, Verdict] = {}
         for indexes, reply in zip(by_line.values(), self._run(calls), strict=True):
             for position, index in enumerate(indexes):
-                consumed, when, cap = reply[3 * position : 3 * position + 3]
-                limits = requests[index][1]
-                if consumed:
-                    verdicts[index] = Verdict(now, "", 0)
-                else:
-                    name = CAPS[int(cap) - 1]
-                    verdicts[index] = Verdict(_moment(int(when)), name, getattr(limits, name))
+                verdicts[index] = _verdict(reply, position, requests[index][1], now)
         return [verdicts[index] for index in range(len(requests))]
 
     def _call(self, line: str, requests: Sequence[tuple[Ticket, Limits]], at: int) -> _Call:
