@@ -32,6 +32,7 @@ from tests.test_limits import (
     NOW,
     Backend,
     backend,
+    ensure_rows,
     limits,
     open_backend,
     recipient,
@@ -153,6 +154,24 @@ def test_database_limiter_names_a_line_it_does_not_know(
         pytest.raises(InvalidInput, match=rf"ticket.line='\{LINE}'"),
     ):
         opened.limiter.hit_many(session, [(ticket(0), limits())], NOW)
+
+
+@pytest.mark.parametrize("kind", ["database-sqlite", "database-postgresql"])
+def test_database_limiter_names_a_message_it_does_not_know(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # Given a store with the line but no message msg_0009
+    with open_backend(kind, request, tmp_path / "limits.db") as opened:
+        with opened.sessions.begin() as session:
+            ensure_rows(session, ticket(0), NOW)
+
+        # When a batch asks for a send of it
+        # Then the error names the field and the id
+        with (
+            opened.sessions.begin() as session,
+            pytest.raises(InvalidInput, match=r"ticket\.message_id='msg_0009'"),
+        ):
+            opened.limiter.hit_many(session, [(ticket(0), limits()), (ticket(9), limits())], NOW)
 
 
 def test_redis_limiter_loads_its_script_again_when_the_server_lost_it() -> None:

@@ -48,12 +48,13 @@ class DatabaseLimiter(Limiter):
         if not requests:
             return []
         lines = _locked_lines(session, {ticket.line for ticket, _ in requests})
+        messages = _messages(session, {ticket.message_id for ticket, _ in requests})
         chats = _new_chats(session, lines, requests)
         usage = _usage(session, lines, requests, now)
         verdicts = []
         for ticket, limits in requests:
             line = lines[ticket.line]
-            message = session.get_one(Message, ticket.message_id)
+            message = messages[ticket.message_id]
             if message.dispatched_at is not None and message.attempts >= ticket.attempt:
                 verdicts.append(Verdict(now, "", 0))  # this attempt is already counted
                 continue
@@ -87,6 +88,18 @@ def _locked_lines(session: Session, numbers: Collection[str]) -> dict[str, Line]
     missing = sorted(set(numbers) - found.keys())
     if missing:
         raise InvalidInput("ticket.line", missing[0], "no such line")
+    return found
+
+
+def _messages(session: Session, ids: Collection[str]) -> dict[str, Message]:
+    """The batch's messages, read in one query rather than one a message."""
+    found = {
+        message.id: message
+        for message in session.scalars(select(Message).where(Message.id.in_(ids)))
+    }
+    missing = sorted(set(ids) - found.keys())
+    if missing:
+        raise InvalidInput("ticket.message_id", missing[0], "no such message")
     return found
 
 
