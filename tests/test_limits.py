@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -60,6 +61,12 @@ class Backend:
             ensure_rows(session, ticket, now)
             return self.limiter.hit(session, ticket, limits, now)
 
+    def hit_many(self, requests: Sequence[tuple[Ticket, Limits]], now: datetime) -> list[Verdict]:
+        with self.sessions.begin() as session:
+            for ticket, _ in requests:
+                ensure_rows(session, ticket, now)
+            return self.limiter.hit_many(session, requests, now)
+
 
 def ensure_rows(session: Session, ticket: Ticket, now: datetime) -> None:
     """The line, chat and message rows a dispatcher would have (the database counts them)."""
@@ -91,12 +98,6 @@ def ensure_rows(session: Session, ticket: Ticket, now: datetime) -> None:
     session.flush()
 
 
-def sqlite_engine(tmp_path: Path, template: Path) -> sqlalchemy.Engine:
-    path = tmp_path / "limits.db"
-    shutil.copy(template, path)
-    return create_db_engine(f"sqlite:///{path}")
-
-
 def postgres_engine(url: str) -> sqlalchemy.Engine:
     engine = create_db_engine(url)
     with engine.begin() as conn:
@@ -104,26 +105,45 @@ def postgres_engine(url: str) -> sqlalchemy.Engine:
     return engine
 
 
-@pytest.fixture(params=["memory", "database-sqlite", "database-postgresql", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """Every limiter, each over a store that holds the rows a dispatcher would."""
-    kind: str = request.param
+KINDS = ["memory", "database-sqlite", "database-postgresql", "redis"]
+
+
+@contextmanager
+def open_backend(kind: str, request: pytest.FixtureRequest, path: Path) -> Iterator[Backend]:
+    """A fresh limiter of ``kind`` over a fresh store (a copy of the template at ``path``).
+
+    PostgreSQL has one database per test session: opening a backend on it empties it.
+    """
     if kind == "database-postgresql":
         engine = postgres_engine(request.getfixturevalue("postgres_database"))
     else:
-        engine = sqlite_engine(tmp_path, request.getfixturevalue("sqlite_template"))
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        engine = create_db_engine(f"sqlite:///{path}")
     limiter: Limiter
     if kind == "memory":
         limiter = MemoryLimiter()
     elif kind == "redis":
-        client = redis.Redis.from_url(require_redis())
-        client.flushdb()
-        limiter = RedisLimiter(client, prefix=f"test:{uuid.uuid4().hex[:8]}:")
+        limiter = RedisLimiter(
+            redis.Redis.from_url(require_redis()), prefix=f"test:{uuid.uuid4().hex[:8]}:"
+        )
     else:
         limiter = DatabaseLimiter()
-    yield Backend(limiter, session_factory(engine))
-    limiter.close()
-    engine.dispose()
+    try:
+        yield Backend(limiter, session_factory(engine))
+    finally:
+        if isinstance(limiter, RedisLimiter):
+            stale = limiter.client.keys(limiter.prefix + "*")
+            if stale:
+                limiter.client.delete(*stale)
+        limiter.close()
+        engine.dispose()
+
+
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Every limiter, each over a store that holds the rows a dispatcher would."""
+    with open_backend(request.param, request, tmp_path / "limits.db") as opened:
+        yield opened
 
 
 def ticket(n: int, to: str = BOB, *, new_chat: bool = False, attempt: int = 1) -> Ticket:

@@ -120,13 +120,13 @@ def test_opt_out_waits_for_a_dispatch_holding_the_chat_and_the_send_precedes_it(
     message_id = dispatcher.enqueue(to=BOB, body="hello", line=LINE_A)
     gate = Gate()
     limiter = dispatcher.runtime.limiter
-    hit = limiter.hit
+    hit_many = limiter.hit_many
 
-    def held_hit(*args: Any) -> Any:
+    def held_hit_many(*args: Any) -> Any:
         gate.hold()
-        return hit(*args)
+        return hit_many(*args)
 
-    limiter.hit = held_hit  # type: ignore[method-assign]
+    limiter.hit_many = held_hit_many  # type: ignore[method-assign]
     # When BOB's STOP is recorded meanwhile
     sending, stopping = race(pg_settings, dispatcher, inbox, gate)
     # Then the opt-out waited for the dispatch, whose send was committed first and went
@@ -174,13 +174,13 @@ def test_claimer_finding_the_lease_expired_waits_for_the_dispatch_holding_it(
     message_id = dispatcher.enqueue(to=BOB, body="hello", line=LINE_A)
     gate = Gate()
     limiter = dispatcher.runtime.limiter
-    hit = limiter.hit
+    hit_many = limiter.hit_many
 
-    def held_hit(*args: Any) -> Any:
+    def held_hit_many(*args: Any) -> Any:
         gate.hold()
-        return hit(*args)
+        return hit_many(*args)
 
-    limiter.hit = held_hit  # type: ignore[method-assign]
+    limiter.hit_many = held_hit_many  # type: ignore[method-assign]
     claim = claim_due(dispatcher.runtime, utcnow(), 10)
     sending = Worker(lambda: dispatch_claimed(dispatcher.runtime, claim))
     sending.start()

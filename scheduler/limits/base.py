@@ -58,8 +58,13 @@ class Limiter(ABC):
     def hit_many(
         self, session: Session, requests: Sequence[tuple[Ticket, Limits]], now: datetime
     ) -> list[Verdict]:
-        """:meth:`hit` for each request in order, one verdict each; backends that can
-        answer many at once in one round trip override it."""
+        """Consume a batch's sends: one verdict per request, in order.
+
+        Each verdict, and what it consumes, is what :meth:`hit` calls in the same order
+        would give: a refused send consumes nothing and later ones are still tried, and a
+        ticket already consumed (earlier, or earlier in ``requests``) passes again without
+        counting twice. Backends override it to spend one round trip on the whole batch.
+        """
         return [self.hit(session, ticket, limits, now) for ticket, limits in requests]
 
     def windows(

@@ -1,10 +1,13 @@
-"""Limits in Redis: one atomic script per send, shared by every worker on every host."""
+"""Limits in Redis: one atomic script per line and batch, shared by every worker on every host."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import redis
+from redis.exceptions import NoScriptError
 from sqlalchemy.orm import Session
 
 from policies.pace import Limits, Verdict
@@ -21,70 +24,107 @@ CAPS = (
     "new_conversations_per_day",
 )
 
-# KEYS: 1 sends (zset: attempt -> time), 2 new conversations (zset), 3 sends to this
-# recipient (zset), 4 recipients (zset: recipient -> last time), 5 this attempt's marker.
-# ARGV: now (microseconds), attempt key, recipient, new chat (0/1), the five limits in
-# CAPS order, then the minute, hour and day in microseconds. Time always comes from the
-# caller: Redis's own clock is not the one the gate decided with.
+# One call per line, for a batch of that line's sends in order. KEYS: 1 sends (zset:
+# attempt -> time), 2 new conversations (zset), 3 recipients (zset: recipient -> last
+# time), then per send: sends to its recipient (zset) and its attempt's marker. ARGV: now,
+# the minute, hour and day (all in microseconds), the number of distinct sets of limits
+# and each set's five limits in CAPS order (a line's sends mostly share one), then per
+# send: attempt key, recipient, new chat (0/1) and its set's number. Returns per send:
+# consumed (0/1), the earliest moment and the binding cap's number in CAPS (0 for none).
+# Time always comes from the caller: Redis's own clock is not the one the gate decided
+# with.
 HIT = """
 local now = tonumber(ARGV[1])
-local member, recipient, new_chat = ARGV[2], ARGV[3], ARGV[4] == '1'
-local MINUTE, HOUR, DAY = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-if redis.call('EXISTS', KEYS[5]) == 1 then
-  return {1, now, 0}
-end
+local MINUTE, HOUR, DAY = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local count = (#KEYS - 3) / 2
+local sends = 5 + 5 * tonumber(ARGV[5])
+-- Lua prints numbers with 14 digits; microseconds need 16.
+local since = {
+  [MINUTE] = string.format('(%.0f', now - MINUTE),
+  [HOUR] = string.format('(%.0f', now - HOUR),
+  [DAY] = string.format('(%.0f', now - DAY),
+}
+
+-- Every send of the call happens at now, so the windows are cleaned once.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - DAY)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - DAY)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - MINUTE)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - HOUR)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - HOUR)
+local cleaned = {}
+for i = 1, count do
+  local to = KEYS[2 + 2 * i]
+  if not cleaned[to] then
+    redis.call('ZREMRANGEBYSCORE', to, '-inf', now - MINUTE)
+    cleaned[to] = true
+  end
+end
 
 local function earliest(key, limit, window)
-  -- Lua prints numbers with 14 digits; microseconds need 16.
-  local low = string.format('(%.0f', now - window)
-  local inside = redis.call('ZCOUNT', key, low, '+inf')
+  local inside = redis.call('ZCOUNT', key, since[window], '+inf')
   if inside < limit then
     return now
   end
-  local oldest = redis.call('ZRANGEBYSCORE', key, low, '+inf', 'WITHSCORES', 'LIMIT',
-    inside - limit, 1)
+  local oldest = redis.call('ZRANGEBYSCORE', key, since[window], '+inf', 'WITHSCORES',
+    'LIMIT', inside - limit, 1)
   return tonumber(oldest[2]) + window
 end
 
-local allowed = {
-  earliest(KEYS[1], tonumber(ARGV[5]), MINUTE),
-  earliest(KEYS[1], tonumber(ARGV[6]), DAY),
-  earliest(KEYS[3], tonumber(ARGV[7]), MINUTE),
-  now,
-  now,
-}
-local last = redis.call('ZSCORE', KEYS[4], recipient)
-if not (last and tonumber(last) > now - HOUR) then
-  allowed[4] = earliest(KEYS[4], tonumber(ARGV[8]), HOUR)
-end
-if new_chat then
-  allowed[5] = earliest(KEYS[2], tonumber(ARGV[9]), DAY)
-end
-local best, cap = now, 0
-for i = 1, 5 do
-  if allowed[i] > best then
-    best, cap = allowed[i], i
+-- The keys sends were added to, and the window each must outlive.
+local expiring = {}
+
+-- Check every cap of send i and consume it only if all pass; the latest cap binds.
+local function hit(i)
+  local to, marker = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local a = sends + 4 * (i - 1)
+  local member, recipient, new_chat = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
+  local caps = 5 + 5 * (tonumber(ARGV[a + 4]) - 1)
+  if redis.call('EXISTS', marker) == 1 then
+    return 1, now, 0
   end
+  local allowed = {
+    earliest(KEYS[1], tonumber(ARGV[caps + 1]), MINUTE),
+    earliest(KEYS[1], tonumber(ARGV[caps + 2]), DAY),
+    earliest(to, tonumber(ARGV[caps + 3]), MINUTE),
+    now,
+    now,
+  }
+  local last = redis.call('ZSCORE', KEYS[3], recipient)
+  if not (last and tonumber(last) > now - HOUR) then
+    allowed[4] = earliest(KEYS[3], tonumber(ARGV[caps + 4]), HOUR)
+  end
+  if new_chat then
+    allowed[5] = earliest(KEYS[2], tonumber(ARGV[caps + 5]), DAY)
+  end
+  local best, cap = now, 0
+  for c = 1, 5 do
+    if allowed[c] > best then
+      best, cap = allowed[c], c
+    end
+  end
+  if cap > 0 then
+    return 0, best, cap
+  end
+  redis.call('ZADD', KEYS[1], now, member)
+  redis.call('ZADD', to, now, member)
+  redis.call('ZADD', KEYS[3], now, recipient)
+  expiring[KEYS[1]], expiring[to], expiring[KEYS[3]] = DAY, MINUTE, HOUR
+  if new_chat then
+    redis.call('ZADD', KEYS[2], now, member)
+    expiring[KEYS[2]] = DAY
+  end
+  redis.call('SET', marker, 1, 'PX', math.floor(DAY / 1000))
+  return 1, now, 0
 end
-if cap > 0 then
-  return {0, best, cap}
+
+local replies = {}
+for i = 1, count do
+  local consumed, best, cap = hit(i)
+  replies[3 * i - 2], replies[3 * i - 1], replies[3 * i] = consumed, best, cap
 end
-redis.call('ZADD', KEYS[1], now, member)
-redis.call('ZADD', KEYS[3], now, member)
-redis.call('ZADD', KEYS[4], now, recipient)
-redis.call('PEXPIRE', KEYS[1], math.floor(DAY / 1000))
-redis.call('PEXPIRE', KEYS[3], math.floor(MINUTE / 1000))
-redis.call('PEXPIRE', KEYS[4], math.floor(HOUR / 1000))
-if new_chat then
-  redis.call('ZADD', KEYS[2], now, member)
-  redis.call('PEXPIRE', KEYS[2], math.floor(DAY / 1000))
+-- Every key a send was added to lives as long as its window after now, set once.
+for key, window in pairs(expiring) do
+  redis.call('PEXPIRE', key, math.floor(window / 1000))
 end
-redis.call('SET', KEYS[5], 1, 'PX', math.floor(DAY / 1000))
-return {1, now, 0}
+return replies
 """
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -99,11 +139,28 @@ def _moment(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-class RedisLimiter(Limiter):
-    """Sliding windows in sorted sets, checked and consumed by one Lua script.
+def _verdict(reply: list[int], position: int, limits: Limits, now: datetime) -> Verdict:
+    """The verdict on the send at ``position`` of a script call's reply."""
+    consumed, when, cap = reply[3 * position : 3 * position + 3]
+    if consumed:
+        return Verdict(now, "", 0)
+    name = CAPS[int(cap) - 1]
+    return Verdict(_moment(int(when)), name, getattr(limits, name))
 
-    Every key of a line shares a hash tag (``{+14155550100}``), so the script's keys live
-    in one slot of a Redis Cluster too.
+
+class _Call(NamedTuple):
+    """One script call: a line's keys and arguments, for its sends in order."""
+
+    keys: list[str]
+    args: list[str | int]
+
+
+class RedisLimiter(Limiter):
+    """Sliding windows in sorted sets, checked and consumed by one Lua script per line.
+
+    Every key of a line shares a hash tag (``{+14155550100}``), so a script call over one
+    line's keys lives in one slot of a Redis Cluster too. A batch makes one call per line
+    and sends them all in one pipeline: one round trip.
     """
 
     def __init__(self, client: redis.Redis, prefix: str = constants.LIMITS_KEY_PREFIX) -> None:
@@ -115,35 +172,63 @@ class RedisLimiter(Limiter):
     def from_url(cls, url: str) -> RedisLimiter:
         return cls(redis.Redis.from_url(url))
 
-    def keys(self, ticket: Ticket) -> list[str]:
-        base = f"{self.prefix}{{{ticket.line}}}:"
-        return [
-            base + "sends",
-            base + "new",
-            base + f"to:{ticket.recipient}",
-            base + "recipients",
-            base + f"hit:{ticket.key}",
-        ]
-
     def hit(self, session: Session, ticket: Ticket, limits: Limits, now: datetime) -> Verdict:
+        (reply,) = self._run([self._call(ticket.line, [(ticket, limits)], _micros(now))])
+        return _verdict(reply, 0, limits, now)
+
+    def hit_many(
+        self, session: Session, requests: Sequence[tuple[Ticket, Limits]], now: datetime
+    ) -> list[Verdict]:
+        by_line: dict[str, list[int]] = {}
+        for index, (ticket, _) in enumerate(requests):
+            by_line.setdefault(ticket.line, []).append(index)
         at = _micros(now)
-        consumed, when, cap = self._hit(
-            keys=self.keys(ticket),
-            args=[
-                at,
-                ticket.key,
-                ticket.recipient,
-                int(ticket.new_chat),
-                *(getattr(limits, name) for name in CAPS),
-                _MINUTE,
-                _HOUR,
-                _DAY,
-            ],
-        )
-        if consumed:
-            return Verdict(now, "", 0)
-        name = CAPS[int(cap) - 1]
-        return Verdict(_moment(int(when)), name, getattr(limits, name))
+        calls = [
+            self._call(line, [requests[index] for index in indexes], at)
+            for line, indexes in by_line.items()
+        ]
+        verdicts: dict[int, Verdict] = {}
+        for indexes, reply in zip(by_line.values(), self._run(calls), strict=True):
+            for position, index in enumerate(indexes):
+                verdicts[index] = _verdict(reply, position, requests[index][1], now)
+        return [verdicts[index] for index in range(len(requests))]
+
+    def _call(self, line: str, requests: Sequence[tuple[Ticket, Limits]], at: int) -> _Call:
+        """The script call for one line's sends, in the order given."""
+        base = f"{self.prefix}{{{line}}}:"
+        keys = [base + "sends", base + "new", base + "recipients"]
+        numbered: dict[Limits, int] = {}
+        sends: list[str | int] = []
+        for ticket, limits in requests:
+            keys.extend((base + f"to:{ticket.recipient}", base + f"hit:{ticket.key}"))
+            number = numbered.setdefault(limits, len(numbered) + 1)
+            sends.extend((ticket.key, ticket.recipient, int(ticket.new_chat), number))
+        caps = [getattr(limits, name) for limits in numbered for name in CAPS]
+        return _Call(keys, [at, _MINUTE, _HOUR, _DAY, len(numbered), *caps, *sends])
+
+    def _run(self, calls: list[_Call]) -> list[list[int]]:
+        """Every call's reply, in order; a lone call skips the pipeline's bookkeeping."""
+        if len(calls) == 1:
+            return [self._hit(keys=calls[0].keys, args=calls[0].args)]
+        replies = self._pipelined(calls)
+        lost = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            # The server dropped its scripts (a restart, SCRIPT FLUSH); those calls ran
+            # nothing, so they are sent again once the script is back.
+            self.client.script_load(self._hit.script)
+            for index, reply in zip(lost, self._pipelined([calls[i] for i in lost]), strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _pipelined(self, calls: list[_Call]) -> list[Any]:
+        """The calls' replies from one round trip, errors returned in place."""
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(self._hit.sha, len(call.keys), *call.keys, *call.args)
+        return pipe.execute(raise_on_error=False)
 
     def close(self) -> None:
         self.client.close()
