@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -11,6 +11,7 @@ from redis.exceptions import NoScriptError
 from sqlalchemy.orm import Session
 
 from policies.pace import Limits, Verdict
+from policies.usage import LineUsage
 from scheduler import constants
 from scheduler.limits.base import Limiter, Ticket
 
@@ -230,5 +231,102 @@ class RedisLimiter(Limiter):
             pipe.evalsha(self._hit.sha, len(call.keys), *call.keys, *call.args)
         return pipe.execute(raise_on_error=False)
 
+    def windows(
+        self,
+        lines: Mapping[int, str],
+        limits: Mapping[int, Limits],
+        now: datetime,
+        headroom: int,
+        recipients: Mapping[int, Collection[str]],
+    ) -> dict[int, LineUsage]:
+        """The caps' windows as the script counts them: one round trip for every line's
+        counts and the batch recipients' sends, one more for the times of the windows
+        within ``headroom`` of a cap (never more times than the cap and the headroom)."""
+        since = _Since.at(_micros(now))
+        asked = [
+            (line_id, f"{self.prefix}{{{number}}}:", sorted(recipients.get(line_id, ())))
+            for line_id, number in lines.items()
+        ]
+        pipe = self.client.pipeline(transaction=False)
+        for _, base, whom in asked:
+            pipe.zcount(base + "sends", since.minute, "+inf")
+            pipe.zcount(base + "sends", since.day, "+inf")
+            pipe.zcount(base + "new", since.day, "+inf")
+            pipe.zcount(base + "recipients", since.hour, "+inf")
+            for recipient in whom:
+                pipe.zscore(base + "recipients", recipient)
+                pipe.zrangebyscore(base + f"to:{recipient}", since.minute, "+inf", withscores=True)
+        replies = iter(pipe.execute())
+        timed = self.client.pipeline(transaction=False)
+        wanted: list[tuple[LineUsage, str]] = []
+        usage: dict[int, LineUsage] = {}
+        for line_id, base, whom in asked:
+            counts = [int(next(replies)) for _ in range(4)]
+            entry = usage[line_id] = LineUsage(day_count=counts[1])
+            for recipient in whom:
+                last, recent = next(replies), next(replies)
+                if recent:
+                    entry.by_recipient[recipient] = [_moment(int(at)) for _, at in recent]
+                elif last is not None and int(last) > since.now - _HOUR:
+                    entry.by_recipient[recipient] = [_moment(int(last))]
+            for name, key, start, count, cap in zip(
+                ("recent", "day", "new_chats", "recipients"),
+                (base + "sends", base + "sends", base + "new", base + "recipients"),
+                (since.minute, since.day, since.day, since.hour),
+                counts,
+                _window_caps(limits[line_id]),
+                strict=True,
+            ):
+                if count + headroom >= cap:
+                    timed.zrangebyscore(key, start, "+inf", withscores=True)
+                    wanted.append((entry, name))
+                else:
+                    _count_only(entry, name, count)
+        for (entry, name), reply in zip(wanted, timed.execute() if wanted else [], strict=True):
+            _fill(entry, name, reply)
+        return usage
+
     def close(self) -> None:
         self.client.close()
+
+
+class _Since(NamedTuple):
+    """``now`` and the exclusive lower bounds of its windows, as Redis score ranges."""
+
+    now: int
+    minute: str
+    hour: str
+    day: str
+
+    @classmethod
+    def at(cls, now: int) -> _Since:
+        return cls(now, f"({now - _MINUTE}", f"({now - _HOUR}", f"({now - _DAY}")
+
+
+def _window_caps(limits: Limits) -> tuple[int, int, int, int]:
+    """The caps of the minute, the day, new conversations and recipients an hour."""
+    return (
+        limits.sends_per_minute,
+        limits.sends_per_day,
+        limits.new_conversations_per_day,
+        limits.distinct_recipients_per_hour,
+    )
+
+
+def _count_only(entry: LineUsage, name: str, count: int) -> None:
+    """A window far from its cap: its count, without its times."""
+    if name == "recent":
+        entry.recent_unloaded = count
+    elif name == "new_chats":
+        entry.new_chats_unloaded = count
+    elif name == "recipients":
+        entry.recipients_unloaded = max(0, count - len(entry.by_recipient))
+
+
+def _fill(entry: LineUsage, name: str, reply: list[tuple[bytes, float]]) -> None:
+    """A window near its cap, from its members and their times."""
+    if name == "recipients":
+        for member, at in reply:
+            entry.by_recipient.setdefault(member.decode(), [_moment(int(at))])
+    else:
+        setattr(entry, name, [_moment(int(at)) for _, at in reply])
