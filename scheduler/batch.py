@@ -40,6 +40,8 @@ class Batch:
     updates: list[dict[str, Any]] = field(default_factory=list)
     #: Chats the batch starts a conversation on, by id: their first send's time.
     started: dict[int, datetime] = field(default_factory=dict)
+    #: Chats a send passed by the gate would start, while the limiter has not answered.
+    opening: set[int] = field(default_factory=set)
     #: Who the batch sends to, and with which body digests: the usage it loads.
     recipients: frozenset[str] = frozenset()
     digests: frozenset[str] = frozenset()

@@ -109,22 +109,19 @@ def _gate_all(
     waiting = list(messages)
     while waiting:
         proposals: list[_Proposal] = []
-        starting: set[int] = set()
         later: list[Message] = []
         for message in waiting:
-            if message.chat_id in starting:
+            if message.chat_id in batch.opening:
                 later.append(message)
                 continue
             proposal = _propose(session, message, batch)
-            if message.chat_id in starting:  # rerouted onto one
+            if message.chat_id in batch.opening:  # rerouted onto one
                 later.append(message)
                 continue
             if proposal.decision.action is Action.SEND:
                 _count(message, batch, proposal.new_chat)
-                if proposal.new_chat and message.chat_id is not None:
-                    starting.add(message.chat_id)
             proposals.append(proposal)
-        settled = _reserve_all(session, proposals, batch, runtime, starting)
+        settled = _reserve_all(session, proposals, batch, runtime)
         for proposal, decision in zip(proposals, settled, strict=True):
             send = _settle(proposal, decision, batch)
             report.add(decision.action.value)
@@ -169,7 +166,6 @@ def _reserve_all(
     proposals: Sequence[_Proposal],
     batch: Batch,
     runtime: Runtime,
-    starting: set[int],
 ) -> list[Decision]:
     """Each proposal's final decision, its send consumed from the shared limiter.
 
@@ -195,7 +191,7 @@ def _reserve_all(
             continue
         _uncount(p, batch)
         refused = throttled(verdict, p.line.number, limits[i], p.message.expires_at)
-        decisions.append(_elsewhere(session, p, refused, batch, runtime, starting))
+        decisions.append(_elsewhere(session, p, refused, batch, runtime))
     return decisions
 
 
@@ -205,13 +201,12 @@ def _elsewhere(
     refused: Decision,
     batch: Batch,
     runtime: Runtime,
-    starting: set[int],
 ) -> Decision:
     """A new recipient the limiter refused, sent on a line with room now if one has it."""
     message = proposal.message
     if not proposal.may_reroute or not _reroute(session, message, batch, refused, True):
         return refused
-    if message.chat_id in starting:
+    if message.chat_id in batch.opening:
         # Another message of the pass would start that conversation: not now.
         return refused
     facts = facts_for(message, batch)
@@ -229,9 +224,10 @@ def _count(message: Message, batch: Batch, new_chat: bool) -> None:
     if message.line_id is None or message.chat_id is None:
         return
     chat = batch.chats[message.chat_id]
-    if chat.first_sent_at is None:
-        # Seen by the rest of the batch at once; written with its rows if the send stands.
-        set_committed_value(chat, "first_sent_at", batch.now)
+    if new_chat:
+        # Its conversation starts if the limiter lets this send go; until then no other
+        # message of the batch is decided on the chat.
+        batch.opening.add(chat.id)
     batch.usage.setdefault(message.line_id, LineUsage()).record(
         message.recipient, batch.now, new_chat=new_chat, body_hash=message.body_hash
     )
@@ -244,22 +240,22 @@ def _count(message: Message, batch: Batch, new_chat: bool) -> None:
 
 
 def _uncount(proposal: _Proposal, batch: Batch) -> None:
-    """Undo a refused send's conversation start; its usage stays counted (on the safe
-    side: the batch's later messages were decided with it)."""
-    chat_id = proposal.message.chat_id
-    if proposal.new_chat and chat_id is not None:
-        set_committed_value(batch.chats[chat_id], "first_sent_at", None)
+    """A refused send starts no conversation; its usage stays counted (on the safe side:
+    the batch's later messages were decided with it)."""
+    batch.opening.discard(proposal.message.chat_id or 0)
 
 
 def _settle(proposal: _Proposal, decision: Decision, batch: Batch) -> Send | None:
     """Apply ``decision`` to the message; what to send, if it is a SEND."""
     message = proposal.message
     _apply(message, decision, batch, proposal.attempt)
+    batch.opening.discard(message.chat_id or 0)
     if decision.action is not Action.SEND or message.line_id is None or message.chat_id is None:
         return None
     line, chat = batch.lines[message.line_id], batch.chats[message.chat_id]
-    if chat.first_sent_at == batch.now:
-        # Started by this batch (or, under a frozen clock, by one at the same moment).
+    if chat.first_sent_at is None:
+        # Seen by the rest of the batch at once; written with the batch's rows.
+        set_committed_value(chat, "first_sent_at", batch.now)
         batch.started[chat.id] = batch.now
     return Send.of(message, line, chat)
 
