@@ -21,6 +21,7 @@ from scheduler.providers import Outbound, SendFailed, Sent
 from scheduler.settings import Settings
 from tasks.application import create_app
 from tests.conftest import LINE_A, LINE_B, POLICY, START
+from tests.test_limits import WIDE
 
 Sends = Callable[[], list[dict[str, str]]]
 BOB = "+14155550123"
@@ -421,13 +422,6 @@ class Elsewhere(MemoryLimiter):
         return super().hit_many(session, requests, now)
 
 
-WIDE = Limits(
-    sends_per_minute=100,
-    sends_per_day=100,
-    sends_per_recipient_per_minute=100,
-    distinct_recipients_per_hour=100,
-    new_conversations_per_day=100,
-)
 ONE_NEW_A_DAY = POLICY + "\n[caps]\nnew_conversations_per_day = 1\n"
 
 

@@ -16,6 +16,7 @@ from policies.usage import LineUsage
 from scheduler.limits import RedisLimiter, Ticket
 from tests.conftest import examples
 from tests.services import require_redis
+from tests.test_usage_load import limits_strategy
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 LINE = "+14155550100"
@@ -31,14 +32,6 @@ past_sends = st.lists(
         st.booleans(),
     ),
     max_size=40,
-)
-caps = st.builds(
-    Limits,
-    sends_per_minute=st.integers(1, 60),
-    sends_per_day=st.integers(1, 60),
-    sends_per_recipient_per_minute=st.integers(1, 4),
-    distinct_recipients_per_hour=st.integers(1, 20),
-    new_conversations_per_day=st.integers(1, 20),
 )
 #: The batch: recipient index, starts a conversation.
 batches = st.lists(st.tuples(st.integers(0, len(RECIPIENTS) - 1), st.booleans()), max_size=6)
@@ -56,7 +49,7 @@ def limiter() -> Iterator[RedisLimiter]:
 
 
 @settings(max_examples=examples(60), deadline=None)
-@given(sends=past_sends, limits=caps, batch=batches)
+@given(sends=past_sends, limits=limits_strategy, batch=batches)
 def test_a_batch_view_from_redis_decides_as_the_full_record(
     limiter: RedisLimiter,
     sends: list[tuple[int, int, bool]],

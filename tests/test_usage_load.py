@@ -34,9 +34,10 @@ sends_strategy = st.lists(
     ),
     max_size=40,
 )
+#: Caps from binding at once to far out of reach of a batch, so a window is read both
+#: ways: as a count, and with its times.
 limits_strategy = st.builds(
     Limits,
-    # From binding at once to far out of reach of the batch, so both ways of reading run.
     sends_per_minute=st.integers(1, 60),
     sends_per_day=st.integers(1, 60),
     sends_per_recipient_per_minute=st.integers(1, 4),
