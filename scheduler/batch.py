@@ -42,19 +42,21 @@ class Batch:
     started: dict[int, datetime] = field(default_factory=dict)
     #: Chats a send passed by the gate would start, while the limiter has not answered.
     opening: set[int] = field(default_factory=set)
-    #: Who the batch sends to, and with which body digests: the usage it loads.
-    recipients: frozenset[str] = frozenset()
+    #: The body digests the batch sends: the content rule's counts it loads.
     digests: frozenset[str] = frozenset()
     #: Messages in the batch: at most this many sends on any one line.
     size: int = 0
 
-    #: Each line's recipients in the batch (a line a message may move to: all of them).
+    #: Each line's recipients in the batch.
     recipients_by_line: dict[int, frozenset[str]] = field(default_factory=dict)
+    #: New recipients whose line the router chose: they may move to another line.
+    movable: frozenset[str] = frozenset()
     limiter: Limiter | None = None
 
     def load_usage(self, session: Session, lines: Sequence[Line]) -> None:
-        """Add the usage of ``lines`` for this batch's messages (a reroute needs more)."""
-        whom = {line.id: self.recipients_by_line.get(line.id, self.recipients) for line in lines}
+        """Add the usage of ``lines`` for this batch's messages (a reroute needs more: a
+        line messages may move to is read for the recipients that may move)."""
+        whom = {line.id: self.recipients_by_line.get(line.id, self.movable) for line in lines}
         self.usage.update(
             batch_usage(
                 session, lines, self.policy, self.now, self.size, whom, self.digests, self.limiter
@@ -87,7 +89,9 @@ def load_batch(
         )
     used = [lines[i] for i in sorted({m.line_id for m in messages if m.line_id is not None})]
     # A new recipient may move to any line, so a batch that has one locks them all.
-    movable = any(not m.pinned and is_new_chat(chats.get(m.chat_id or 0)) for m in messages)
+    movable = frozenset(
+        m.recipient for m in messages if not m.pinned and is_new_chat(chats.get(m.chat_id or 0))
+    )
     runtime.limiter.lock(session, sorted(lines) if movable else [line.id for line in used])
     batch = Batch(
         policy,
@@ -98,10 +102,10 @@ def load_batch(
         {},
         _unanswered(session, chats, policy, now),
         _same_body(session, chats, messages, policy, now),
-        recipients=frozenset(m.recipient for m in messages),
         digests=frozenset(m.body_hash for m in messages if m.body_hash is not None),
         size=len(messages),
         recipients_by_line=_recipients_by_line(messages),
+        movable=movable,
         limiter=runtime.limiter,
     )
     batch.load_usage(session, used)
