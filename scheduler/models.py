@@ -146,6 +146,8 @@ class OptOut(Base):
 
 #: ``WAITING_STATES`` as SQL, for the partial index the claim reads.
 WAITING_SQL = "state IN ('queued', 'throttled', 'deferred')"
+#: The messages that were sent: the only ones the windows of caps and content count.
+DISPATCHED_SQL = "dispatched_at IS NOT NULL"
 
 
 class Message(Base):
@@ -164,12 +166,26 @@ class Message(Base):
             postgresql_where=text(WAITING_SQL),
             sqlite_where=text(WAITING_SQL),
         ),
-        # Caps: a line's dispatches inside a window.
-        Index("ix_messages_line_dispatched", "line_id", "dispatched_at"),
+        # Caps: a line's dispatches inside a window. Only sent messages: every read
+        # asks for a window of ``dispatched_at``, and a queued message costs no entry.
+        Index(
+            "ix_messages_line_dispatched",
+            "line_id",
+            "dispatched_at",
+            postgresql_where=text(DISPATCHED_SQL),
+            sqlite_where=text(DISPATCHED_SQL),
+        ),
         # Releases and opt-out drops: a chat's waiting messages.
         Index("ix_messages_chat_state", "chat_id", "state"),
         # Content variation: the same body sent by a line inside a window.
-        Index("ix_messages_line_body_dispatched", "line_id", "body_hash", "dispatched_at"),
+        Index(
+            "ix_messages_line_body_dispatched",
+            "line_id",
+            "body_hash",
+            "dispatched_at",
+            postgresql_where=text(DISPATCHED_SQL),
+            sqlite_where=text(DISPATCHED_SQL),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
