@@ -407,7 +407,7 @@ def test_no_duplicate_no_send_after_stop_nothing_lost_under_faults(
         "HEALTHGATE_RECONCILE_AFTER_SECONDS": "3",
         "HEALTHGATE_DISPATCH_BATCH": "10",
         "HEALTHGATE_CLAIM_LIMIT": "20",
-        "HEALTHGATE_FAULT_SEND_KILL": "0.008",
+        "HEALTHGATE_FAULT_SEND_KILL": "0.015",
         "HEALTHGATE_FAULT_TASK_KILL": "0.01",
         "HEALTHGATE_FAULT_KILLS": str(kills_file),
         "HEALTHGATE_FAULT_SEED": str(seed),
