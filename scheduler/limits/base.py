@@ -35,8 +35,9 @@ class Limiter(ABC):
     """Caps shared by every worker and host.
 
     The pure gate first checks a message against the usage loaded for its batch (no side
-    effect); :meth:`hit` then re-checks every cap against the shared count and consumes
-    one send only if all pass, atomically, so two workers cannot both take the last slot.
+    effect); :meth:`hit` (or :meth:`hit_many` for a batch's sends) then re-checks every
+    cap against the shared count and consumes one send only if all pass, atomically, so
+    two workers cannot both take the last slot.
     """
 
     def lock(self, session: Session, line_ids: Collection[int]) -> None:
