@@ -210,9 +210,11 @@ def _unanswered(
     return {chat_id: tuple(times) for chat_id, times in found.items()}
 
 
-def facts_for(
-    message: Message, batch: Batch
-) -> tuple[MessageFacts, ChatFacts, LineFacts | None, LineUsage]:
+#: The gate's inputs for one message.
+Facts = tuple[MessageFacts, ChatFacts, LineFacts | None, LineUsage]
+
+
+def facts_for(message: Message, batch: Batch) -> Facts:
     """The gate's inputs for one message, from the batch."""
     line = batch.lines.get(message.line_id) if message.line_id is not None else None
     chat = batch.chats.get(message.chat_id) if message.chat_id is not None else None

@@ -14,10 +14,11 @@ from sqlalchemy.orm.attributes import set_committed_value
 from policies.decision import Decision
 from policies.decision import send as fit_to_send
 from policies.gate import LineFacts, decide, limits_for, throttled
+from policies.pace import Limits
 from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
 from scheduler.answers import BatchAnswers
-from scheduler.batch import Batch, facts_for, load_batch
+from scheduler.batch import Batch, Facts, facts_for, load_batch
 from scheduler.bulk import insert_rows, update_rows
 from scheduler.claims import Claim, claim_due
 from scheduler.decisions import STATE_AFTER, Report, decision_row
@@ -142,19 +143,22 @@ def _propose(session: Session, message: Message, batch: Batch) -> _Proposal:
     decision = decide(*facts, batch.policy, batch.now)
     no_line = facts[2] is None and decision.action is Action.DEFER
     if decision.action is Action.REROUTE or no_line:
-        if _reroute(session, message, batch, decision):
-            facts = facts_for(message, batch)
-        facts = (replace(facts[0], may_reroute=False), *facts[1:])
-        decision = decide(*facts, batch.policy, batch.now)
+        _reroute(session, message, batch, decision)
+        facts, decision = _decide_staying(message, batch)
     if (
         _capped(decision)
         and facts[0].may_reroute
         and _reroute(session, message, batch, decision, True)
     ):
-        facts = facts_for(message, batch)
-        facts = (replace(facts[0], may_reroute=False), *facts[1:])
-        decision = decide(*facts, batch.policy, batch.now)
+        facts, decision = _decide_staying(message, batch)
     return _Proposal(message, decision, attempt, facts[2], facts[1].is_new, facts[0].may_reroute)
+
+
+def _decide_staying(message: Message, batch: Batch) -> tuple[Facts, Decision]:
+    """The gate's facts and decision for a message that may not move again."""
+    facts = facts_for(message, batch)
+    facts = (replace(facts[0], may_reroute=False), *facts[1:])
+    return facts, decide(*facts, batch.policy, batch.now)
 
 
 def _capped(decision: Decision) -> bool:
@@ -173,16 +177,13 @@ def _reserve_all(
     send against the count all workers share, in one call. A send it refuses is
     throttled to when it fits, or, for a new recipient, moved to a line with room now.
     """
-    asked = [(i, p) for i, p in enumerate(proposals) if p.decision.action is Action.SEND]
-    limits = {i: limits_for(p.line, batch.policy, batch.now) for i, p in asked if p.line}
-    requests = [
-        (Ticket(p.message.id, p.attempt, p.line.number, p.message.recipient, p.new_chat), limits[i])
-        for i, p in asked
-        if p.line is not None
-    ]
-    verdicts = dict(
-        zip(limits, runtime.limiter.hit_many(session, requests, batch.now), strict=True)
-    )
+    asked = {
+        i: _request(p.message, p.attempt, p.line, p.new_chat, batch)
+        for i, p in enumerate(proposals)
+        if p.decision.action is Action.SEND and p.line is not None
+    }
+    answers = runtime.limiter.hit_many(session, list(asked.values()), batch.now)
+    verdicts = dict(zip(asked, answers, strict=True))
     decisions = []
     for i, p in enumerate(proposals):
         verdict = verdicts.get(i)
@@ -190,9 +191,17 @@ def _reserve_all(
             decisions.append(p.decision)
             continue
         _uncount(p, batch)
-        refused = throttled(verdict, p.line.number, limits[i], p.message.expires_at)
+        refused = throttled(verdict, p.line.number, asked[i][1], p.message.expires_at)
         decisions.append(_elsewhere(session, p, refused, batch, runtime))
     return decisions
+
+
+def _request(
+    message: Message, attempt: int, line: LineFacts, new_chat: bool, batch: Batch
+) -> tuple[Ticket, Limits]:
+    """What the limiter is asked for one send: its ticket, and its line's caps now."""
+    ticket = Ticket(message.id, attempt, line.number, message.recipient, new_chat)
+    return ticket, limits_for(line, batch.policy, batch.now)
 
 
 def _elsewhere(
@@ -209,11 +218,10 @@ def _elsewhere(
     if message.chat_id in batch.opening:
         # Another message of the pass would start that conversation: not now.
         return refused
-    facts = facts_for(message, batch)
-    facts = (replace(facts[0], may_reroute=False), *facts[1:])
-    decision = decide(*facts, batch.policy, batch.now)
+    facts, decision = _decide_staying(message, batch)
     if decision.action is Action.SEND and facts[2] is not None:
-        decision = _reserve(session, message, facts[2], facts[1].is_new, batch, runtime)
+        request = _request(message, proposal.attempt, facts[2], facts[1].is_new, batch)
+        decision = _reserve(session, message, request, batch, runtime)
         if decision.action is Action.SEND:
             _count(message, batch, facts[1].is_new)
     return decision
@@ -263,22 +271,16 @@ def _settle(proposal: _Proposal, decision: Decision, batch: Batch) -> Send | Non
 def _reserve(
     session: Session,
     message: Message,
-    line: LineFacts,
-    new_chat: bool,
+    request: tuple[Ticket, Limits],
     batch: Batch,
     runtime: Runtime,
 ) -> Decision:
-    """Consume one send from the global limiter; THROTTLE, naming the cap, when it is full.
-
-    The gate checked the batch's view of usage; this re-checks every cap against the
-    count every worker shares and consumes only if all pass.
-    """
-    limits = limits_for(line, batch.policy, batch.now)
-    ticket = Ticket(message.id, message.attempts + 1, line.number, message.recipient, new_chat)
+    """Consume one send from the global limiter; THROTTLE, naming the cap, when it is full."""
+    ticket, limits = request
     verdict = runtime.limiter.hit(session, ticket, limits, batch.now)
     if verdict.allowed_at <= batch.now:
         return fit_to_send()
-    return throttled(verdict, line.number, limits, message.expires_at)
+    return throttled(verdict, ticket.line, limits, message.expires_at)
 
 
 def _reroute(
