@@ -12,6 +12,12 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
 
+def _inside(times: Sequence[datetime], window: timedelta, now: datetime, unloaded: int) -> int:
+    """Events inside ``window`` at ``now``: those of ``times`` (oldest first), and
+    ``unloaded`` more whose times are not given."""
+    return unloaded + len(times) - bisect_right(times, now - window)
+
+
 class TimesNotLoaded(ValueError):
     """A window reached its cap but only its count was loaded, not its times."""
 
@@ -30,7 +36,7 @@ def earliest_allowed(
     window already holds ``limit`` events, the next one fits once the oldest of the
     last ``limit`` has left the window.
     """
-    inside = unloaded + len(times) - bisect_right(times, now - window)
+    inside = _inside(times, window, now, unloaded)
     if inside < limit:
         return now
     if unloaded:
@@ -97,15 +103,14 @@ class LineUsage:
         return earliest_allowed(self.recent, limit, MINUTE, now, self.recent_unloaded)
 
     def sent_last_minute(self, now: datetime) -> int:
-        return self.recent_unloaded + len(self.recent) - bisect_right(self.recent, now - MINUTE)
+        return _inside(self.recent, MINUTE, now, self.recent_unloaded)
 
     def new_chats_allowed(self, limit: int, now: datetime) -> datetime:
         """Earliest moment one more new conversation fits under ``limit`` per day."""
         return earliest_allowed(self.new_chats, limit, DAY, now, self.new_chats_unloaded)
 
     def new_chats_last_day(self, now: datetime) -> int:
-        inside = len(self.new_chats) - bisect_right(self.new_chats, now - DAY)
-        return self.new_chats_unloaded + inside
+        return _inside(self.new_chats, DAY, now, self.new_chats_unloaded)
 
     def day_allowed(self, limit: int, now: datetime) -> datetime:
         """Earliest moment one more send fits under ``limit`` per day."""

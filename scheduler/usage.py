@@ -100,7 +100,8 @@ def _load_windows(
         else:
             entry.new_chats_unloaded = fresh.get(line_id, 0)
         if near(reached.get(line_id, 0), caps.distinct_recipients_per_hour):
-            entry.by_recipient = _last_sends(session, line_id, now)
+            last = _last_sends(session, now, Message.line_id == line_id)
+            entry.by_recipient = {recipient: [at] for recipient, at in last.items()}
     _load_recipients(session, usage, ids, recipients, digests, now)
     for line_id in ids:
         entry = usage[line_id]
@@ -116,14 +117,17 @@ def _times(
     return list(session.scalars(select(column).where(where, column > since).order_by(column)).all())
 
 
-def _last_sends(session: Session, line_id: int, now: datetime) -> dict[str, list[datetime]]:
-    """Each recipient the line reached in the last hour, with their last send's time."""
+def _last_sends(
+    session: Session, now: datetime, *where: ColumnElement[bool]
+) -> dict[str, datetime]:
+    """Each recipient the sends ``where`` selects reached in the last hour, with the time
+    of the last."""
     rows = session.execute(
         select(Message.recipient, func.max(Message.dispatched_at))
-        .where(Message.line_id == line_id, Message.dispatched_at > now - HOUR)
+        .where(*where, Message.dispatched_at > now - HOUR)
         .group_by(Message.recipient)
     )
-    return {recipient: [at] for recipient, at in rows if at is not None}
+    return {recipient: at for recipient, at in rows if at is not None}
 
 
 def _load_recipients(
@@ -219,9 +223,6 @@ def load_bodies(
         if not near(count):
             entry.bodies_unloaded[body_hash] = max(0, count - len(entry.by_body.get(body_hash, {})))
             continue
-        reached_now = session.execute(
-            select(Message.recipient, func.max(Message.dispatched_at))
-            .where(Message.line_id == line_id, Message.body_hash == body_hash, hour)
-            .group_by(Message.recipient)
+        entry.by_body[body_hash] = _last_sends(
+            session, now, Message.line_id == line_id, Message.body_hash == body_hash
         )
-        entry.by_body[body_hash] = {r: at for r, at in reached_now if at is not None}
