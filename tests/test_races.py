@@ -44,6 +44,15 @@ class Gate:
         self.inside.set()
         assert self.go.wait(30), "never let go"
 
+    def before(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """``call``, held here each time before it runs."""
+
+        def held(*args: Any) -> Any:
+            self.hold()
+            return call(*args)
+
+        return held
+
 
 class Worker(threading.Thread):
     """Runs ``work`` and keeps what it raised, for the test to check."""
@@ -120,13 +129,7 @@ def test_opt_out_waits_for_a_dispatch_holding_the_chat_and_the_send_precedes_it(
     message_id = dispatcher.enqueue(to=BOB, body="hello", line=LINE_A)
     gate = Gate()
     limiter = dispatcher.runtime.limiter
-    hit_many = limiter.hit_many
-
-    def held_hit_many(*args: Any) -> Any:
-        gate.hold()
-        return hit_many(*args)
-
-    limiter.hit_many = held_hit_many  # type: ignore[method-assign]
+    limiter.hit_many = gate.before(limiter.hit_many)  # type: ignore[method-assign]
     # When BOB's STOP is recorded meanwhile
     sending, stopping = race(pg_settings, dispatcher, inbox, gate)
     # Then the opt-out waited for the dispatch, whose send was committed first and went
@@ -149,13 +152,7 @@ def test_opt_out_and_a_dispatch_that_locked_its_messages_do_not_deadlock(
     dispatcher, inbox = two_clients
     message_id = dispatcher.enqueue(to=BOB, body="hello", line=LINE_A)
     gate = Gate()
-    load_batch = dispatch.load_batch
-
-    def held_load(*args: Any) -> Any:
-        gate.hold()
-        return load_batch(*args)
-
-    monkeypatch.setattr(dispatch, "load_batch", held_load)
+    monkeypatch.setattr(dispatch, "load_batch", gate.before(dispatch.load_batch))
     # When BOB's STOP is recorded meanwhile
     sending, stopping = race(pg_settings, dispatcher, inbox, gate)
     # Then both finish without error, and the message went only if its send came first
@@ -174,13 +171,7 @@ def test_claimer_finding_the_lease_expired_waits_for_the_dispatch_holding_it(
     message_id = dispatcher.enqueue(to=BOB, body="hello", line=LINE_A)
     gate = Gate()
     limiter = dispatcher.runtime.limiter
-    hit_many = limiter.hit_many
-
-    def held_hit_many(*args: Any) -> Any:
-        gate.hold()
-        return hit_many(*args)
-
-    limiter.hit_many = held_hit_many  # type: ignore[method-assign]
+    limiter.hit_many = gate.before(limiter.hit_many)  # type: ignore[method-assign]
     claim = claim_due(dispatcher.runtime, utcnow(), 10)
     sending = Worker(lambda: dispatch_claimed(dispatcher.runtime, claim))
     sending.start()
