@@ -28,19 +28,19 @@ from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
 
 
-def _runtime(settings: Settings) -> Runtime:
+def _drain(settings: Settings) -> tuple[float, int]:
+    """Seconds for one process to dispatch everything due now, and the decisions taken."""
     if settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url)
         client.flushdb()  # the benchmark's own database: counters of an earlier point go
         client.close()
-    return Runtime.build(settings, providers={"log": NullProvider()})
-
-
-def _drain(runtime: Runtime) -> tuple[float, int]:
-    """Seconds to dispatch everything due now, and the decisions taken."""
-    start = time.perf_counter()
-    report = drain(runtime)
-    seconds = time.perf_counter() - start
+    runtime = Runtime.build(settings, providers={"log": NullProvider()})
+    try:
+        start = time.perf_counter()
+        report = drain(runtime)
+        seconds = time.perf_counter() - start
+    finally:
+        runtime.close()
     decided = sum(
         n for outcome, n in report.counts.items() if outcome.isupper() and outcome != "SENT"
     )
@@ -73,11 +73,7 @@ def bench_scale_point(settings: Settings, chats: int, waiting: int, due: int) ->
     seed_messages(engine, itertools.chain(*later))
     seed_messages(engine, message_rows("d", rows, due, "queued", now - timedelta(seconds=1), now))
     engine.dispose()
-    runtime = _runtime(settings)
-    try:
-        seconds, decided = _drain(runtime)
-    finally:
-        runtime.close()
+    seconds, decided = _drain(settings)
     return {
         "waiting": waiting,
         "due": due,
@@ -106,11 +102,7 @@ def bench_recovery(settings: Settings, chats: int, backlog: int, lines: int) -> 
         client.set_line_health(number, "HEALTHY")
     released_seconds = time.perf_counter() - start
     client.close()
-    runtime = _runtime(settings)
-    try:
-        seconds, decided = _drain(runtime)
-    finally:
-        runtime.close()
+    seconds, decided = _drain(settings)
     states = count_states(engine)
     engine.dispose()
     return {

@@ -13,7 +13,7 @@ import redis
 from bench import baseline
 from bench.processes import RssSampler, celery, stop, worker
 from bench.provider import IMPORT_PATH
-from bench.store import LINE_NUMBERS, message_rows, seed_chats, seed_messages
+from bench.store import LINE_NUMBERS, count_states, message_rows, seed_chats, seed_messages
 from scheduler import constants
 from scheduler.db import engine_for
 from scheduler.runtime import utcnow
@@ -43,6 +43,20 @@ def _wait_drained(remaining: Callable[[], int], total: int) -> tuple[float, floa
                 f"{left} of {total} messages still waiting after {DEADLINE_SECONDS} s"
             )
         time.sleep(0.02)
+
+
+def _measured(pid: int, remaining: Callable[[], int], count: int) -> dict[str, Any]:
+    """Messages a second while a worker (``pid``) drains ``count``, and its memory then."""
+    with RssSampler(pid) as sampler:
+        origin = time.monotonic()
+        first, last = _wait_drained(remaining, count)
+    seconds = last - first
+    return {
+        "messages": count,
+        "seconds": round(seconds, 2),
+        "per_second": round(count / seconds, 1),
+        "memory": sampler.summary(lambda t: first - origin <= t <= last - origin),
+    }
 
 
 def _flush(url: str) -> redis.Redis:
@@ -84,29 +98,21 @@ def bench_gated(settings: Settings, count: int, chats: int) -> dict[str, Any]:
     pool = worker("tasks", constants.DEFAULT_QUEUE, env, PROCESSES)
     beat = celery("tasks", "beat", env=env)
     try:
-        with RssSampler(pool.pid) as sampler:
-            origin = time.monotonic()
-            first, last = _wait_drained(remaining, count)
+        figures = _measured(pool.pid, remaining, count)
     finally:
         stop(beat)
         stop(pool)
         client.close()
     with engine.connect() as conn:
-        states: dict[str, int] = dict(
-            conn.exec_driver_sql("SELECT state, count(*) FROM messages GROUP BY state").all()
-        )
         decisions = int(conn.exec_driver_sql("SELECT count(*) FROM decisions").scalar_one())
+    states = count_states(engine)
     engine.dispose()
-    seconds = last - first
     return {
-        "messages": count,
-        "seconds": round(seconds, 2),
-        "per_second": round(count / seconds, 1),
+        **figures,
         "states_after": states,
         "decision_records": decisions,
         "dispatch_batch": settings.dispatch_batch,
         "tick_seconds": TICK_SECONDS,
-        "memory": sampler.summary(lambda t: first - origin <= t <= last - origin),
     }
 
 
@@ -125,16 +131,7 @@ def bench_baseline(broker_url: str, count: int) -> dict[str, Any]:
     env["BENCH_BROKER_URL"] = broker_url
     pool = worker("bench.baseline", baseline.QUEUE, env, PROCESSES)
     try:
-        with RssSampler(pool.pid) as sampler:
-            origin = time.monotonic()
-            first, last = _wait_drained(lambda: int(client.llen(baseline.QUEUE)), count)
+        return _measured(pool.pid, lambda: int(client.llen(baseline.QUEUE)), count)
     finally:
         stop(pool)
         client.close()
-    seconds = last - first
-    return {
-        "messages": count,
-        "seconds": round(seconds, 2),
-        "per_second": round(count / seconds, 1),
-        "memory": sampler.summary(lambda t: first - origin <= t <= last - origin),
-    }
