@@ -33,7 +33,7 @@ from scheduler.models import FINAL_STATES, Message, MessageState
 from scheduler.providers.log import read_send_log
 from scheduler.runtime import utcnow
 from scheduler.settings import Settings
-from tests.conftest import HYPOTHESIS_PROFILE, LINE_A, LINE_B, START, TABLES, examples
+from tests.conftest import HYPOTHESIS_PROFILE, LINE_A, LINE_B, POLICY, START, TABLES, examples
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,15 +51,9 @@ FINAL = {state.value for state in FINAL_STATES}
 KNOWN = {state.value for state in MessageState}
 
 # Small caps, so throttles, reroutes and the AT_RISK rules happen within a few steps.
-MACHINE_POLICY = f"""
-[[lines]]
-number = "{LINE_A}"
-provider = "log"
-
-[[lines]]
-number = "{LINE_B}"
-provider = "log"
-
+MACHINE_POLICY = (
+    POLICY
+    + """
 [caps]
 sends_per_minute = 3
 new_conversations_per_day = 4
@@ -77,6 +71,7 @@ recovery_ramp_hours = 1
 [content]
 same_body_max_recipients_per_hour = 2
 """
+)
 
 
 class Store:
