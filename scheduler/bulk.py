@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Connection, Row, Table, any_, bindparam, insert, update
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -30,26 +30,53 @@ def insert_rows(
     of the new rows, in no particular order."""
     if not rows:
         return []
+    return insert_columns(
+        connection, table, {name: [row[name] for row in rows] for name in rows[0]}, {}, returning
+    )
+
+
+def insert_columns(
+    connection: Connection,
+    table: Table,
+    columns: Mapping[str, Sequence[Any]],
+    same: Mapping[str, Any],
+    returning: Sequence[str] = (),
+) -> list[Row[Any]]:
+    """Insert rows given a column at a time: ``columns`` holds every row's value of a
+    column (all of one length), ``same`` the value that every row has; the ``returning``
+    columns of the new rows, in no particular order."""
+    count = len(next(iter(columns.values())))
+    if not count:
+        return []
     if connection.dialect.name != "postgresql":
         statement = insert(table)
+        rows = [
+            {**dict(zip(columns, values, strict=True)), **same}
+            for values in zip(*columns.values(), strict=True)
+        ]
         if returning:
             statement = statement.returning(*(table.c[name] for name in returning))
-            return list(connection.execute(statement, list(rows)).all())
-        connection.execute(statement, list(rows))
+            return list(connection.execute(statement, rows).all())
+        connection.execute(statement, rows)
         return []
     preparer = connection.dialect.identifier_preparer
-    names = list(rows[0])
-    arrays, casts = _arrays(connection.dialect, table, names, rows)
+    names = [*columns, *same]
+    values, params, source = _bound(connection.dialect, table, columns, same)
     sql = (
         f"INSERT INTO {preparer.format_table(table)} "
         f"({', '.join(preparer.quote(name) for name in names)}) "
-        f"SELECT * FROM unnest({', '.join(casts)})"
+        f"SELECT {', '.join(values)} FROM {source}"
     )
     if returning:
         sql += f" RETURNING {', '.join(preparer.quote(name) for name in returning)}"
-        return list(connection.exec_driver_sql(sql, tuple(arrays)).all())
-    connection.exec_driver_sql(sql, tuple(arrays))
+        return list(connection.exec_driver_sql(sql, tuple(params)).all())
+    connection.exec_driver_sql(sql, tuple(params))
     return []
+
+
+def columns_of(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, Sequence[Any]]:
+    """Rows of values in the order of ``names``, turned into ``insert_columns``' columns."""
+    return dict(zip(names, zip(*rows, strict=True), strict=True))
 
 
 def update_rows(
@@ -69,32 +96,71 @@ def update_rows(
         connection.execute(statement, [{**row, f"_{key}": row[key]} for row in rows])
         return
     preparer = connection.dialect.identifier_preparer
-    arrays, casts = _arrays(connection.dialect, table, [key, *names], rows)
-    quoted = [preparer.quote(name) for name in (key, *names)]
+    columns = {name: [row[name] for row in rows] for name in (key, *names)}
+    values, params, source = _bound(connection.dialect, table, columns, {}, keep=key)
     sql = (
         f"UPDATE {preparer.format_table(table)} AS t SET "
-        + ", ".join(f"{name} = v.{name}" for name in quoted[1:])
-        + f" FROM unnest({', '.join(casts)}) AS v({', '.join(quoted)})"
-        f" WHERE t.{quoted[0]} = v.{quoted[0]}"
+        + ", ".join(
+            f"{preparer.quote(name)} = {value}"
+            for name, value in zip(names, values[1:], strict=True)
+        )
+        + f" FROM {source} WHERE t.{preparer.quote(key)} = v.{preparer.quote(key)}"
     )
-    connection.exec_driver_sql(sql, tuple(arrays))
+    connection.exec_driver_sql(sql, tuple(params))
 
 
-def _arrays(
-    dialect: Dialect, table: Table, names: Sequence[str], rows: Sequence[Mapping[str, Any]]
-) -> tuple[list[list[Any]], list[str]]:
-    """One array of bound values a column, and each array's typed placeholder."""
-    arrays: list[list[Any]] = []
-    casts: list[str] = []
-    for name in names:
+class _Bound(NamedTuple):
+    """Columns as PostgreSQL reads them: from arrays, or one value for every row."""
+
+    #: Each column's expression, in the order given: ``v.name`` or a typed placeholder.
+    values: list[str]
+    #: The values' placeholders' parameters, then the arrays', in the statement's order.
+    params: list[Any]
+    #: ``unnest(...) AS v(...)``: the arrays, one row of ``v`` a row.
+    source: str
+
+
+def _bound(
+    dialect: Dialect,
+    table: Table,
+    columns: Mapping[str, Sequence[Any]],
+    same: Mapping[str, Any],
+    keep: str | None = None,
+) -> _Bound:
+    """Bind ``columns`` (every row's value) and ``same`` (one value for all rows).
+
+    A column whose rows all hold one value is bound once, not as an array: in a batch
+    most columns are (the time, the state, the code), and dumping an array costs
+    Python time for each of its values. ``keep`` (else the first column) stays an
+    array whatever it holds, so the rows are still counted out by ``unnest``.
+    """
+    keep = keep or next(iter(columns))
+    shared = dict(same)
+    varying: dict[str, Sequence[Any]] = {}
+    for name, values in columns.items():
+        if name != keep and values.count(values[0]) == len(values):
+            shared[name] = values[0]
+        else:
+            varying[name] = values
+    params: list[Any] = []
+    expressions: dict[str, str] = {}
+    preparer = dialect.identifier_preparer
+    for name in [*columns, *same]:
+        if name in varying:
+            expressions[name] = f"v.{preparer.quote(name)}"
+            continue
         column = table.c[name]
         process = column.type.bind_processor(dialect)
-        values = [row[name] for row in rows]
-        if process is not None:
-            values = [process(value) for value in values]
-        arrays.append(values)
+        params.append(shared[name] if process is None else process(shared[name]))
+        expressions[name] = f"CAST(%b AS {column.type.compile(dialect=dialect)})"
+    casts: list[str] = []
+    for name, values in varying.items():
+        column = table.c[name]
+        process = column.type.bind_processor(dialect)
+        params.append(list(values) if process is None else [process(value) for value in values])
         casts.append(f"CAST(%b AS {column.type.compile(dialect=dialect)}[])")
-    return arrays, casts
+    source = f"unnest({', '.join(casts)}) AS v({', '.join(preparer.quote(n) for n in varying)})"
+    return _Bound(list(expressions.values()), params, source)
 
 
 def among(

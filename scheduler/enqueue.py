@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.statuses import Action
 from policies.text import storable_text, storable_time
-from scheduler.bulk import among, insert_rows, planned_for_values
+from scheduler.bulk import among, columns_of, insert_columns, planned_for_values
 from scheduler.lines import declared_lines, get_line, sync_lines
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
 from scheduler.router import lines_for_new_recipient, sticky_chat
@@ -61,8 +61,17 @@ def new_message_id() -> str:
 
     Dispatch goes in id order, so messages of one chat leave in the order they came.
     """
+    return new_message_ids(1)[0]
+
+
+def new_message_ids(count: int) -> list[str]:
+    """``count`` ids as ``new_message_id`` makes them, their randomness read at once."""
     millis = time.time_ns() // 1_000_000
-    return f"msg_{millis:012x}{next(_sequence) % 0x1000000:06x}{uuid.uuid4().hex[:14]}"
+    noise = os.urandom(7 * count).hex()
+    return [
+        f"msg_{millis:012x}{next(_sequence) % 0x1000000:06x}{noise[14 * i : 14 * i + 14]}"
+        for i in range(count)
+    ]
 
 
 def enqueue_many(
@@ -76,7 +85,8 @@ def enqueue_many(
     none is stored. A key seen before returns the existing message's id.
     """
     now = now or utcnow()
-    items = [_validated(item, f"messages[{i}]", now) for i, item in enumerate(messages)]
+    given = list(messages)
+    items = [_validated(item, i, len(given), now) for i, item in enumerate(given)]
     policy = runtime.policy
     for attempt in range(2):
         try:
@@ -95,43 +105,71 @@ def enqueue(runtime: Runtime, message: NewMessage, now: datetime | None = None) 
     return enqueue_many(runtime, [message], now)[0]
 
 
-def _validated(item: NewMessage | Mapping[str, Any], where: str, now: datetime) -> NewMessage:
-    if isinstance(item, Mapping):
-        fields = dict(item)
-        unknown = fields.keys() - _FIELDS
-        if unknown:
-            name = sorted(unknown)[0]
-            raise InvalidInput(f"{where}.{name}", fields[name], "is not a message field")
-        try:
-            item = NewMessage(**fields)
-        except TypeError:
-            raise InvalidInput(where, fields, "needs at least 'to' and 'body'") from None
-    field = "" if where == "messages[0]" else f"{where}."
-    to = to_e164(item.to, f"{field}to")
-    line = to_e164(item.line, f"{field}line") if item.line is not None else None
-    if not isinstance(item.body, str) or not item.body.strip():
-        raise InvalidInput(f"{field}body", item.body, "must be non-empty text")
-    storable_text(item.body, f"{field}body")
-    if len(item.body) > MAX_BODY_CHARS:
-        raise InvalidInput(
-            f"{field}body", item.body[:20] + "...", f"is longer than {MAX_BODY_CHARS} characters"
+class _Valid(NamedTuple):
+    """A message that passed validation: its numbers in E.164."""
+
+    to: str
+    body: str
+    line: str | None
+    chat_id: str | None
+    idempotency_key: str | None
+    send_at: datetime | None
+    expires_at: datetime | None
+
+
+def _validated(
+    item: NewMessage | Mapping[str, Any], index: int, count: int, now: datetime
+) -> _Valid:
+    where = f"messages[{index}]"
+    if isinstance(item, NewMessage):
+        fields: tuple[Any, ...] = (
+            item.to,
+            item.body,
+            item.line,
+            item.chat_id,
+            item.idempotency_key,
+            item.send_at,
+            item.expires_at,
         )
-    _check_text(item.idempotency_key, f"{field}idempotency_key", MAX_KEY_CHARS)
-    _check_text(item.chat_id, f"{field}chat_id", 64)
-    for name in ("send_at", "expires_at"):
-        value = getattr(item, name)
-        if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
-            raise InvalidInput(f"{field}{name}", value, "must be a timezone-aware datetime")
-        if value is not None:
-            storable_time(value, f"{field}{name}")
-    if item.expires_at is not None:
-        if item.expires_at <= now:
-            raise InvalidInput(f"{field}expires_at", item.expires_at, "is already in the past")
-        if item.send_at is not None and item.expires_at <= item.send_at:
-            raise InvalidInput(f"{field}expires_at", item.expires_at, "is not after send_at")
-    return NewMessage(
-        to, item.body, line, item.chat_id, item.idempotency_key, item.send_at, item.expires_at
-    )
+    elif isinstance(item, Mapping):
+        unknown = item.keys() - _FIELDS
+        if unknown:
+            name = sorted(unknown, key=str)[0]
+            raise InvalidInput(f"{where}.{name}", item[name], "is not a message field")
+        if "to" not in item or "body" not in item:
+            raise InvalidInput(where, dict(item), "needs at least 'to' and 'body'")
+        fields = tuple(map(item.get, _Valid._fields))
+    else:
+        raise InvalidInput(where, item, "must be a NewMessage or a mapping of its fields")
+    to, body, line, chat_id, key, send_at, expires_at = fields
+    field = "" if count == 1 else f"{where}."
+    to = to_e164(to, f"{field}to")
+    if line is not None:
+        line = to_e164(line, f"{field}line")
+    if not isinstance(body, str) or not body.strip():
+        raise InvalidInput(f"{field}body", body, "must be non-empty text")
+    storable_text(body, f"{field}body")
+    if len(body) > MAX_BODY_CHARS:
+        raise InvalidInput(
+            f"{field}body", body[:20] + "...", f"is longer than {MAX_BODY_CHARS} characters"
+        )
+    _check_text(key, f"{field}idempotency_key", MAX_KEY_CHARS)
+    _check_text(chat_id, f"{field}chat_id", 64)
+    if send_at is not None:
+        _check_time(send_at, f"{field}send_at")
+    if expires_at is not None:
+        _check_time(expires_at, f"{field}expires_at")
+        if expires_at <= now:
+            raise InvalidInput(f"{field}expires_at", expires_at, "is already in the past")
+        if send_at is not None and expires_at <= send_at:
+            raise InvalidInput(f"{field}expires_at", expires_at, "is not after send_at")
+    return _Valid(to, body, line, chat_id, key, send_at, expires_at)
+
+
+def _check_time(value: object, field: str) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInput(field, value, "must be a timezone-aware datetime")
+    storable_time(value, field)
 
 
 def _check_text(value: object, field: str, limit: int) -> None:
@@ -144,7 +182,7 @@ def _check_text(value: object, field: str, limit: int) -> None:
 
 def _store(
     session: Session,
-    items: Sequence[NewMessage],
+    items: Sequence[_Valid],
     declared: Mapping[str, Line],
     policy: Policy,
     now: datetime,
@@ -153,8 +191,9 @@ def _store(
     known, opted_out, lines, wanted, found = _read(session, items, declared, policy)
     pinned = _pinned_chats(session, lines, wanted, found, now)
     ids: list[str] = []
-    messages: list[dict[str, Any]] = []
-    decisions: list[dict[str, Any]] = []
+    messages: list[tuple[Any, ...]] = []
+    decisions: list[tuple[Any, ...]] = []
+    fresh = iter(new_message_ids(len(items)))
     for index, item in enumerate(items):
         if item.idempotency_key and item.idempotency_key in known:
             ids.append(known[item.idempotency_key])
@@ -166,19 +205,51 @@ def _store(
             found_chat = (line, chat.id if chat else None, chat is not None and _opted_out(chat))
         line, chat_id, chat_opted_out = found_chat
         message, decision = _new_row(
-            item, line, chat_id, policy, now, chat_opted_out or item.to in opted_out
+            next(fresh), item, line, chat_id, policy, now, chat_opted_out or item.to in opted_out
         )
         messages.append(message)
         decisions.append(decision)
         if item.idempotency_key:
-            known[item.idempotency_key] = message["id"]
-        ids.append(message["id"])
+            known[item.idempotency_key] = message[0]
+        ids.append(message[0])
     # Many rows a statement (executemany / rows from arrays), not one flush per message.
     if messages:
         connection = session.connection()
-        insert_rows(connection, cast(Table, Message.__table__), messages)
-        insert_rows(connection, cast(Table, DecisionRecord.__table__), decisions)
+        insert_columns(
+            connection,
+            cast(Table, Message.__table__),
+            columns_of(_MESSAGE_COLUMNS, messages),
+            {"attempts": 0, "created_at": now, "updated_at": now},
+        )
+        insert_columns(
+            connection,
+            cast(Table, DecisionRecord.__table__),
+            columns_of(_DECISION_COLUMNS, decisions),
+            {"at": now},
+        )
     return ids
+
+
+#: The columns of a new message's row that ``_new_row`` gives, in its order.
+_MESSAGE_COLUMNS = (
+    "id",
+    "idempotency_key",
+    "line_id",
+    "chat_id",
+    "pinned",
+    "recipient",
+    "body",
+    "body_hash",
+    "state",
+    "not_before",
+    "send_at",
+    "expires_at",
+    "held_since",
+    "last_code",
+    "last_reason",
+)
+#: The columns of its first decision's row, in ``_new_row``'s order.
+_DECISION_COLUMNS = ("message_id", "action", "code", "reason", "not_before", "line")
 
 
 class _Reads(NamedTuple):
@@ -198,7 +269,7 @@ class _Reads(NamedTuple):
 
 
 def _read(
-    session: Session, items: Sequence[NewMessage], declared: Mapping[str, Line], policy: Policy
+    session: Session, items: Sequence[_Valid], declared: Mapping[str, Line], policy: Policy
 ) -> _Reads:
     """Everything the call needs from the store, read at once; refuses a line that is not
     declared and a chat id that another chat holds, naming the message's field."""
@@ -265,7 +336,7 @@ def _field(index: int, count: int, name: str) -> str:
     return name if count == 1 else f"messages[{index}].{name}"
 
 
-def _known_ids(session: Session, items: Sequence[NewMessage], dialect: Dialect) -> dict[str, str]:
+def _known_ids(session: Session, items: Sequence[_Valid], dialect: Dialect) -> dict[str, str]:
     """The ids of stored messages with the idempotency keys of ``items``, by key."""
     keys = {item.idempotency_key for item in items if item.idempotency_key}
     if not keys:
@@ -278,9 +349,7 @@ def _known_ids(session: Session, items: Sequence[NewMessage], dialect: Dialect) 
     return {key: message_id for key, message_id in rows if key is not None}
 
 
-def _opted_out_recipients(
-    session: Session, items: Sequence[NewMessage], dialect: Dialect
-) -> set[str]:
+def _opted_out_recipients(session: Session, items: Sequence[_Valid], dialect: Dialect) -> set[str]:
     """The recipients of ``items`` who opted out of the whole account."""
     recipients = {item.to for item in items}
     chosen = among(OptOut.recipient, recipients, dialect)
@@ -325,27 +394,25 @@ def _pinned_chats(
     naming their line go to: ``found`` chats as stored (given a provider chat id they
     lacked), the others created in one statement."""
     chats = {key: (row.id, row.opted_out_at is not None) for key, row in found.items()}
-    new: list[dict[str, Any]] = []
+    new: list[tuple[int, str, str | None]] = []
     for (line_id, recipient), provider_chat_id in wanted.items():
         existing = found.get((line_id, recipient))
         if existing is None:
-            new.append(
-                {
-                    "line_id": line_id,
-                    "recipient": recipient,
-                    "provider_chat_id": provider_chat_id,
-                    "health": "HEALTHY",
-                    "created_at": now,
-                }
-            )
+            new.append((line_id, recipient, provider_chat_id))
         elif provider_chat_id and existing.provider_chat_id is None:
             session.execute(
                 update(Chat).where(Chat.id == existing.id).values(provider_chat_id=provider_chat_id)
             )
-    for created in insert_rows(
-        session.connection(), cast(Table, Chat.__table__), new, ("id", "line_id", "recipient")
-    ):
-        chats[(created.line_id, created.recipient)] = (created.id, False)
+    if new:
+        created = insert_columns(
+            session.connection(),
+            cast(Table, Chat.__table__),
+            columns_of(("line_id", "recipient", "provider_chat_id"), new),
+            {"health": "HEALTHY", "created_at": now},
+            ("id", "line_id", "recipient"),
+        )
+        for chat in created:
+            chats[(chat.line_id, chat.recipient)] = (chat.id, False)
     by_id = {line.id: (number, line) for number, line in lines.items()}
     return {
         (by_id[line_id][0], recipient): (by_id[line_id][1], chat_id, opted_out)
@@ -354,60 +421,55 @@ def _pinned_chats(
 
 
 def _new_row(
-    item: NewMessage,
+    message_id: str,
+    item: _Valid,
     line: Line | None,
     chat_id: int | None,
     policy: Policy,
     now: datetime,
     opted_out: bool,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The message's row and its first decision's, as column values."""
-    message: dict[str, Any] = {
-        "id": new_message_id(),
-        "idempotency_key": item.idempotency_key,
-        "line_id": line.id if line else None,
-        "chat_id": chat_id,
-        "pinned": item.line is not None,
-        "recipient": item.to,
-        "body": item.body,
-        "body_hash": body_digest(item.body),
-        "state": MessageState.QUEUED.value,
-        "not_before": item.send_at or now,
-        "send_at": item.send_at,
-        "expires_at": item.expires_at,
-        "held_since": None,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The message's row and its first decision's: the columns of ``_MESSAGE_COLUMNS``
+    and ``_DECISION_COLUMNS``."""
+    state, held_since = MessageState.QUEUED.value, None
+    not_before: datetime | None = item.send_at or now
     action, code, reason = "ENQUEUE", "enqueued", "enqueued"
+    # A plain enqueue's decision says until when only when send_at delays it.
+    decided_until = item.send_at
     if opted_out:
         # Later enqueues to an opted-out chat are dropped at once, with that reason.
-        message["state"], message["not_before"] = MessageState.DROPPED.value, None
+        state, not_before, decided_until = MessageState.DROPPED.value, None, None
         action, code, reason = Action.DROP.value, "chat_opted_out", "the recipient opted out"
     elif line is None:
-        message["state"] = MessageState.DEFERRED.value
-        message["held_since"] = now
+        state, held_since = MessageState.DEFERRED.value, now
         deadline = now + policy.chat.max_hold
-        message["not_before"] = min(deadline, item.expires_at) if item.expires_at else deadline
+        not_before = min(deadline, item.expires_at) if item.expires_at else deadline
+        decided_until = not_before
         action, code = Action.DEFER.value, "no_line"
         reason = "no line may take a new recipient now (all CRITICAL, FLAGGED or AT_RISK)"
-    message["last_code"], message["last_reason"] = code, reason
-    decision = {
-        "message_id": message["id"],
-        "at": now,
-        "action": action,
-        "code": code,
-        "reason": reason,
-        # A hold says until when; a plain enqueue only when send_at delays it.
-        "not_before": message["not_before"] if action != "ENQUEUE" else item.send_at,
-        "line": line.number if line else None,
-    }
-    return message, decision
+    message = (
+        message_id,
+        item.idempotency_key,
+        line.id if line else None,
+        chat_id,
+        item.line is not None,
+        item.to,
+        item.body,
+        body_digest(item.body),
+        state,
+        not_before,
+        item.send_at,
+        item.expires_at,
+        held_since,
+        code,
+        reason,
+    )
+    number = line.number if line else None
+    return message, (message_id, action, code, reason, decided_until, number)
 
 
 def _route(
-    session: Session, item: NewMessage, field: str, policy: Policy, now: datetime
+    session: Session, item: _Valid, field: str, policy: Policy, now: datetime
 ) -> tuple[Line | None, Chat | None]:
     if item.line is not None:
         line = get_line(session, item.line, field)

@@ -72,6 +72,30 @@ def test_one_bad_message_among_many_stores_no_message_and_no_chat(hg: Healthgate
     assert (count(hg, Message), count(hg, Chat)) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ("hello", "messages[1]"),
+        ({"to": "+1415555", "body": "x"}, "messages[1].to"),
+    ],
+)
+def test_a_bad_item_is_named_by_its_index_and_the_first_keeps_its_index(
+    hg: Healthgate, item: object, field: str
+) -> None:
+    # When the second of two items is not a message, or has a bad number
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue_many([pinned(0), item])  # type: ignore[list-item]
+
+    # Then the error names it by its index, and nothing is stored
+    assert raised.value.field == field
+    assert count(hg, Message) == 0
+
+    # And in a call of several, the first message's fields carry its index too
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue_many([{"to": "+1415555", "body": "x"}, pinned(1)])
+    assert raised.value.field == "messages[0].to"
+
+
 def test_an_undeclared_line_is_named_by_its_own_index_after_a_stored_key(
     hg: Healthgate,
 ) -> None:

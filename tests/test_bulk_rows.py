@@ -1,0 +1,97 @@
+"""Many rows a statement: what ``insert_columns`` and ``update_rows`` store is what they
+were given, whichever columns hold one value for every row, on every store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Table, delete, select
+
+from scheduler.bulk import columns_of, insert_columns, insert_rows, update_rows
+from scheduler.client import Healthgate
+from scheduler.models import DecisionRecord
+
+DECISIONS = cast(Table, DecisionRecord.__table__)
+NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+COLUMNS = ("action", "code", "reason", "not_before", "line")
+
+# Few distinct values a column, so that many drawn batches have columns of one value.
+ROW = st.tuples(
+    st.sampled_from(["SEND", "THROTTLE"]),
+    st.sampled_from(["ok", "cap"]),
+    st.sampled_from(["", "a reason"]),
+    st.sampled_from([None, NOW, NOW + timedelta(minutes=5)]),
+    st.sampled_from([None, "+14155550100"]),
+)
+
+
+def stored(hg: Healthgate, message_id: str) -> list[tuple[Any, ...]]:
+    with hg.runtime.sessions() as session:
+        rows = session.execute(
+            select(*(DECISIONS.c[name] for name in COLUMNS))
+            .where(DecisionRecord.message_id == message_id)
+            .order_by(DecisionRecord.id)
+        )
+        return [tuple(row) for row in rows]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=st.lists(ROW, min_size=1, max_size=6))
+def test_inserted_columns_are_stored_as_given(hg: Healthgate, rows: list[tuple[Any, ...]]) -> None:
+    # Given a message
+    message_id = hg.enqueue(to="+14155550123", body="hello")
+
+    # When rows are inserted a column at a time, the time shared by all of them
+    with hg.runtime.sessions.begin() as session:
+        session.execute(delete(DecisionRecord).where(DecisionRecord.message_id == message_id))
+        columns = {"message_id": [message_id] * len(rows), **columns_of(COLUMNS, rows)}
+        insert_columns(session.connection(), DECISIONS, columns, {"at": NOW})
+
+    # Then every row is stored, in order, with its own values
+    assert stored(hg, message_id) == rows
+
+
+def test_identical_rows_are_each_stored(hg: Healthgate) -> None:
+    # Given a message
+    message_id = hg.enqueue(to="+14155550123", body="hello")
+    row = {"message_id": message_id, "at": NOW, "action": "SEND", "code": "ok", "reason": "r"}
+
+    # When three identical rows are inserted
+    with hg.runtime.sessions.begin() as session:
+        created = insert_rows(session.connection(), DECISIONS, [row] * 3, ("id",))
+
+    # Then there are three more rows, not one
+    assert len(created) == 3
+    assert len(stored(hg, message_id)) == 4
+
+
+def test_updated_rows_take_their_own_values_and_the_shared_ones(hg: Healthgate) -> None:
+    # Given three decisions
+    message_id = hg.enqueue(to="+14155550123", body="hello")
+    row = {"message_id": message_id, "at": NOW, "action": "SEND", "code": "ok", "reason": "r"}
+    with hg.runtime.sessions.begin() as session:
+        ids = [r.id for r in insert_rows(session.connection(), DECISIONS, [row] * 3, ("id",))]
+
+    # When they are updated, each with its own code and all with one new action
+    with hg.runtime.sessions.begin() as session:
+        update_rows(
+            session.connection(),
+            DECISIONS,
+            [{"id": i, "action": "THROTTLE", "code": f"code-{i}"} for i in ids],
+        )
+
+    # Then each row has its own code and the shared action
+    with hg.runtime.sessions() as session:
+        found = session.execute(
+            select(DecisionRecord.id, DecisionRecord.action, DecisionRecord.code).where(
+                DecisionRecord.id.in_(ids)
+            )
+        )
+        assert sorted(tuple(r) for r in found) == [
+            (i, "THROTTLE", f"code-{i}") for i in sorted(ids)
+        ]
