@@ -208,7 +208,8 @@ def _store(
             next(fresh), item, line, chat_id, policy, now, chat_opted_out or item.to in opted_out
         )
         messages.append(message)
-        decisions.append(decision)
+        if decision is not None:
+            decisions.append(decision)
         if item.idempotency_key:
             known[item.idempotency_key] = message[0]
         ids.append(message[0])
@@ -221,12 +222,13 @@ def _store(
             columns_of(_MESSAGE_COLUMNS, messages),
             {"attempts": 0, "created_at": now, "updated_at": now},
         )
-        insert_columns(
-            connection,
-            cast(Table, DecisionRecord.__table__),
-            columns_of(_DECISION_COLUMNS, decisions),
-            {"at": now},
-        )
+        if decisions:
+            insert_columns(
+                connection,
+                cast(Table, DecisionRecord.__table__),
+                columns_of(_DECISION_COLUMNS, decisions),
+                {"at": now},
+            )
     return ids
 
 
@@ -428,9 +430,9 @@ def _new_row(
     policy: Policy,
     now: datetime,
     opted_out: bool,
-) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """The message's row and its first decision's: the columns of ``_MESSAGE_COLUMNS``
-    and ``_DECISION_COLUMNS``."""
+) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+    """The message's row and its first decision's, if the enqueue decided anything: the
+    columns of ``_MESSAGE_COLUMNS`` and ``_DECISION_COLUMNS``."""
     state, held_since = MessageState.QUEUED.value, None
     not_before: datetime | None = item.send_at or now
     action, code, reason = "ENQUEUE", "enqueued", "enqueued"
@@ -464,6 +466,10 @@ def _new_row(
         code,
         reason,
     )
+    if item.line is not None and action == "ENQUEUE":
+        # Queued on the line the application named: nothing was decided, and the
+        # message's row keeps all an enqueue record would (explain shows it first).
+        return message, None
     number = line.number if line else None
     return message, (message_id, action, code, reason, decided_until, number)
 

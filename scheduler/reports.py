@@ -81,17 +81,36 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
         "sent_at": _iso(message.sent_at),
         # Why the line holds the message, in the provider's words, while it does.
         "line_health": _line_health(line) if held_by_line and line else None,
-        "decisions": [
-            {
-                "at": _iso(d.at),
-                "action": d.action,
-                "code": d.code,
-                "reason": d.reason,
-                "not_before": _iso(d.not_before),
-                "line": d.line,
-            }
-            for d in decisions
-        ],
+        "decisions": [_decision(d) for d in _with_enqueue(message, line, list(decisions))],
+    }
+
+
+def _with_enqueue(
+    message: Message, line: Line | None, decisions: list[DecisionRecord]
+) -> list[DecisionRecord]:
+    """``decisions`` with the enqueue first: a message sent on the line its application
+    named keeps no enqueue record, its own row says all of it (see ``enqueue``)."""
+    if not message.pinned or any(d.action == "ENQUEUE" for d in decisions):
+        return decisions
+    enqueued = DecisionRecord(
+        at=message.created_at,
+        action="ENQUEUE",
+        code="enqueued",
+        reason="enqueued",
+        not_before=message.send_at,
+        line=line.number if line else None,
+    )
+    return [enqueued, *decisions]
+
+
+def _decision(d: DecisionRecord) -> dict[str, Any]:
+    return {
+        "at": _iso(d.at),
+        "action": d.action,
+        "code": d.code,
+        "reason": d.reason,
+        "not_before": _iso(d.not_before),
+        "line": d.line,
     }
 
 

@@ -162,11 +162,32 @@ def test_enqueue_to_an_opted_out_recipient_is_dropped_with_that_reason(hg: Healt
     assert explained["decisions"][-1]["code"] == "chat_opted_out"
 
 
-def test_every_enqueue_records_a_decision(hg: Healthgate) -> None:
-    message_id = hg.enqueue(to="+14155550123", body="hello", line=LINE_A)
-
+def stored_actions(hg: Healthgate, message_id: str) -> list[str]:
     with hg.runtime.sessions() as session:
-        actions = session.scalars(
-            select(DecisionRecord.action).where(DecisionRecord.message_id == message_id)
-        ).all()
-    assert actions == ["ENQUEUE"]
+        return list(
+            session.scalars(
+                select(DecisionRecord.action).where(DecisionRecord.message_id == message_id)
+            )
+        )
+
+
+def test_a_routed_enqueue_records_its_decision(hg: Healthgate) -> None:
+    # When a message without a line is enqueued, healthgate chooses its line
+    message_id = hg.enqueue(to="+14155550123", body="hello")
+
+    # Then that choice is a stored record
+    assert stored_actions(hg, message_id) == ["ENQUEUE"]
+
+
+def test_an_enqueue_on_a_named_line_is_explained_from_the_message_itself(hg: Healthgate) -> None:
+    # When a message is enqueued on the line the application names, for later
+    send_at = START + timedelta(hours=1)
+    message_id = hg.enqueue(to="+14155550123", body="hello", line=LINE_A, send_at=send_at)
+
+    # Then nothing was decided, and no record is stored
+    assert stored_actions(hg, message_id) == []
+    # But explain starts with its enqueue: when, on which line, until when
+    [enqueued] = hg.explain(message_id)["decisions"]
+    assert enqueued["action"] == "ENQUEUE"
+    assert (enqueued["line"], enqueued["not_before"]) == (LINE_A, send_at.isoformat())
+    assert enqueued["at"] == START.isoformat()
