@@ -20,6 +20,11 @@ TICK_SECONDS = 2.0
 #: and the store transaction, small enough that one slow provider call does not hold many.
 DISPATCH_BATCH = 50
 
+#: Messages of an ``enqueue_many`` call stored together. While PostgreSQL writes one
+#: part, the next is validated; smaller parts overlap more but each costs its own
+#: look-ups and statements.
+ENQUEUE_PART = 250
+
 #: Messages claimed by one tick at most, so a huge backlog is fed to workers in slices.
 CLAIM_LIMIT = 1000
 

@@ -6,13 +6,12 @@ import itertools
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Row, Table, select, update
-from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,7 +21,8 @@ from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.statuses import Action
 from policies.text import storable_text, storable_time
-from scheduler.bulk import among, columns_of, insert_columns, planned_for_values
+from scheduler.bulk import columns_of, insert_columns, pipelined, rows_by_key
+from scheduler.constants import ENQUEUE_PART
 from scheduler.lines import declared_lines, get_line, sync_lines
 from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
 from scheduler.router import lines_for_new_recipient, sticky_chat
@@ -53,6 +53,13 @@ ChatRow = Row[int, int, str, str | None, datetime | None]
 #: The keys a message given as a mapping may have.
 _FIELDS = frozenset(NewMessage.__dataclass_fields__)
 
+_MESSAGES = cast(Table, Message.__table__)
+_CHATS = cast(Table, Chat.__table__)
+_DECISIONS = cast(Table, DecisionRecord.__table__)
+
+#: The fields of a message in NewMessage's order.
+_FIELD_ORDER = tuple(NewMessage.__dataclass_fields__)
+
 _sequence = itertools.count()
 
 
@@ -81,24 +88,48 @@ def enqueue_many(
 ) -> list[str]:
     """Enqueue many messages in one transaction and return their ids, in order.
 
-    Every message is validated before anything is written: one bad message and
-    none is stored. A key seen before returns the existing message's id.
+    One bad message and none is stored. A key seen before returns the existing
+    message's id.
     """
     now = now or utcnow()
     given = list(messages)
-    items = [_validated(item, i, len(given), now) for i, item in enumerate(given)]
     policy = runtime.policy
     for attempt in range(2):
         try:
             with runtime.sessions.begin() as session:
                 lines = sync_lines(session, policy, now)
-                return _store(session, items, lines, policy, now)
+                return _store_all(session, given, lines, policy, now)
         except IntegrityError:
             # A concurrent enqueue stored one of our idempotency keys first; the
             # second pass finds it and returns its id.
             if attempt:
                 raise
     raise AssertionError("unreachable")
+
+
+def _store_all(
+    session: Session,
+    given: Sequence[NewMessage | Mapping[str, Any]],
+    declared: Mapping[str, Line],
+    policy: Policy,
+    now: datetime,
+) -> list[str]:
+    """Validate and store ``given`` a part at a time, in the caller's transaction.
+
+    While PostgreSQL writes one part's rows, the next part is validated: the two take
+    about as long, and neither waits for the other. A bad message in a later part
+    aborts the transaction, so none is stored all the same.
+    """
+    ids: list[str] = []
+    count = len(given)
+    with ExitStack() as writing:
+        for start in range(0, count, ENQUEUE_PART):
+            part = given[start : start + ENQUEUE_PART]
+            items = [_validated(item, i, count, now) for i, item in enumerate(part, start)]
+            writing.close()  # the previous part is written
+            last = start + ENQUEUE_PART >= count
+            ids += _store(session, items, declared, policy, now, None if last else writing)
+    return ids
 
 
 def enqueue(runtime: Runtime, message: NewMessage, now: datetime | None = None) -> str:
@@ -115,6 +146,8 @@ class _Valid(NamedTuple):
     idempotency_key: str | None
     send_at: datetime | None
     expires_at: datetime | None
+    #: How errors name this message's fields: "" for a call of one, else "messages[i]."
+    where: str
 
 
 def _validated(
@@ -138,7 +171,7 @@ def _validated(
             raise InvalidInput(f"{where}.{name}", item[name], "is not a message field")
         if "to" not in item or "body" not in item:
             raise InvalidInput(where, dict(item), "needs at least 'to' and 'body'")
-        fields = tuple(map(item.get, _Valid._fields))
+        fields = tuple(map(item.get, _FIELD_ORDER))
     else:
         raise InvalidInput(where, item, "must be a NewMessage or a mapping of its fields")
     to, body, line, chat_id, key, send_at, expires_at = fields
@@ -163,7 +196,7 @@ def _validated(
             raise InvalidInput(f"{field}expires_at", expires_at, "is already in the past")
         if send_at is not None and expires_at <= send_at:
             raise InvalidInput(f"{field}expires_at", expires_at, "is not after send_at")
-    return _Valid(to, body, line, chat_id, key, send_at, expires_at)
+    return _Valid(to, body, line, chat_id, key, send_at, expires_at, field)
 
 
 def _check_time(value: object, field: str) -> None:
@@ -186,21 +219,25 @@ def _store(
     declared: Mapping[str, Line],
     policy: Policy,
     now: datetime,
+    writing: ExitStack | None = None,
 ) -> list[str]:
-    """Store the messages whose keys are new, read what they need first; their ids."""
+    """Store the messages whose keys are new, read what they need first; their ids.
+
+    With ``writing``, the rows are sent inside a pipeline it keeps open, not waited for.
+    """
     known, opted_out, lines, wanted, found = _read(session, items, declared, policy)
     pinned = _pinned_chats(session, lines, wanted, found, now)
     ids: list[str] = []
     messages: list[tuple[Any, ...]] = []
     decisions: list[tuple[Any, ...]] = []
     fresh = iter(new_message_ids(len(items)))
-    for index, item in enumerate(items):
+    for item in items:
         if item.idempotency_key and item.idempotency_key in known:
             ids.append(known[item.idempotency_key])
             continue
         found_chat: tuple[Line | None, int | None, bool] | None = pinned.get((item.line, item.to))
         if found_chat is None:
-            field = _field(index, len(items), "line")
+            field = f"{item.where}line"
             line, chat = _route(session, item, field, policy, now)
             found_chat = (line, chat.id if chat else None, chat is not None and _opted_out(chat))
         line, chat_id, chat_opted_out = found_chat
@@ -216,16 +253,18 @@ def _store(
     # Many rows a statement (executemany / rows from arrays), not one flush per message.
     if messages:
         connection = session.connection()
+        if writing is not None:
+            writing.enter_context(pipelined(connection))
         insert_columns(
             connection,
-            cast(Table, Message.__table__),
+            _MESSAGES,
             columns_of(_MESSAGE_COLUMNS, messages),
             {"attempts": 0, "created_at": now, "updated_at": now},
         )
         if decisions:
             insert_columns(
                 connection,
-                cast(Table, DecisionRecord.__table__),
+                _DECISIONS,
                 columns_of(_DECISION_COLUMNS, decisions),
                 {"at": now},
             )
@@ -275,30 +314,27 @@ def _read(
 ) -> _Reads:
     """Everything the call needs from the store, read at once; refuses a line that is not
     declared and a chat id that another chat holds, naming the message's field."""
-    dialect = session.get_bind().dialect
-    count = len(items)
-    with planned_for_values(session.connection()) if count > 1 else nullcontext():
-        known = _known_ids(session, items, dialect)
-        opted_out = (
-            _opted_out_recipients(session, items, dialect)
-            if policy.opt_out.scope is OptOutScope.ACCOUNT
-            else set()
-        )
-        fresh = [(i, item) for i, item in enumerate(items) if item.idempotency_key not in known]
-        named: dict[str, str] = {}
-        for index, item in fresh:
-            if item.line is not None:
-                named.setdefault(item.line, _field(index, count, "line"))
-        lines = declared_lines(declared, named)
-        wanted: dict[tuple[int, str], str | None] = {}
-        givers: dict[tuple[int, str], str] = {}
-        for index, item in fresh:
-            if item.line is not None:
-                pair = (lines[item.line].id, item.to)
-                wanted[pair] = item.chat_id
-                givers[pair] = _field(index, count, "chat_id")
-        found = _existing_chats(session, wanted, dialect)
-        _check_chat_ids(session, wanted, givers, found, dialect)
+    known = _known_ids(session, items)
+    opted_out = (
+        _opted_out_recipients(session, items)
+        if policy.opt_out.scope is OptOutScope.ACCOUNT
+        else set()
+    )
+    fresh = [item for item in items if item.idempotency_key not in known]
+    named: dict[str, str] = {}
+    for item in fresh:
+        if item.line is not None and item.line not in named:
+            named[item.line] = f"{item.where}line"
+    lines = declared_lines(declared, named)
+    wanted: dict[tuple[int, str], str | None] = {}
+    givers: dict[tuple[int, str], str] = {}
+    for item in fresh:
+        if item.line is not None:
+            pair = (lines[item.line].id, item.to)
+            wanted[pair] = item.chat_id
+            givers[pair] = item.where
+    found = _existing_chats(session, wanted)
+    _check_chat_ids(session, wanted, givers, found)
     return _Reads(known, opted_out, lines, wanted, found)
 
 
@@ -307,7 +343,6 @@ def _check_chat_ids(
     wanted: Mapping[tuple[int, str], str | None],
     givers: Mapping[tuple[int, str], str],
     found: Mapping[tuple[int, str], ChatRow],
-    dialect: Dialect,
 ) -> None:
     """Refuse a provider chat id about to be given to a chat when another chat holds it,
     stored or given in the same call: the store keeps one chat per provider chat id."""
@@ -318,44 +353,39 @@ def _check_chat_ids(
             continue
         if chat_id in given:
             other = given[chat_id][1]
-            raise InvalidInput(givers[pair], chat_id, f"is also given to the chat with {other}")
+            raise InvalidInput(
+                f"{givers[pair]}chat_id", chat_id, f"is also given to the chat with {other}"
+            )
         given[chat_id] = pair
     if not given:
         return
-    holders = session.execute(
-        select(Chat.provider_chat_id, Chat.recipient).where(
-            among(Chat.provider_chat_id, given, dialect)
-        )
+    holders = rows_by_key(
+        session.connection(),
+        _CHATS,
+        ("provider_chat_id",),
+        [(chat_id,) for chat_id in given],
+        ("provider_chat_id", "recipient"),
     )
     for chat_id, recipient in holders:
-        if chat_id is not None:
-            field = givers[given[chat_id]]
-            raise InvalidInput(field, chat_id, f"belongs to another chat, with {recipient}")
+        field = f"{givers[given[chat_id]]}chat_id"
+        raise InvalidInput(field, chat_id, f"belongs to another chat, with {recipient}")
 
 
-def _field(index: int, count: int, name: str) -> str:
-    """How an error names a message's field: bare for one message, with its index for many."""
-    return name if count == 1 else f"messages[{index}].{name}"
-
-
-def _known_ids(session: Session, items: Sequence[_Valid], dialect: Dialect) -> dict[str, str]:
+def _known_ids(session: Session, items: Sequence[_Valid]) -> dict[str, str]:
     """The ids of stored messages with the idempotency keys of ``items``, by key."""
-    keys = {item.idempotency_key for item in items if item.idempotency_key}
-    if not keys:
-        return {}
-    rows = session.execute(
-        select(Message.idempotency_key, Message.id).where(
-            among(Message.idempotency_key, keys, dialect)
-        )
+    keys = {(item.idempotency_key,) for item in items if item.idempotency_key}
+    rows = rows_by_key(
+        session.connection(), _MESSAGES, ("idempotency_key",), keys, ("idempotency_key", "id")
     )
-    return {key: message_id for key, message_id in rows if key is not None}
+    return {key: message_id for key, message_id in rows}
 
 
-def _opted_out_recipients(session: Session, items: Sequence[_Valid], dialect: Dialect) -> set[str]:
+def _opted_out_recipients(session: Session, items: Sequence[_Valid]) -> set[str]:
     """The recipients of ``items`` who opted out of the whole account."""
-    recipients = {item.to for item in items}
-    chosen = among(OptOut.recipient, recipients, dialect)
-    return set(session.scalars(select(OptOut.recipient).where(chosen)))
+    recipients = {(item.to,) for item in items}
+    table = cast(Table, OptOut.__table__)
+    rows = rows_by_key(session.connection(), table, ("recipient",), recipients, ("recipient",))
+    return {recipient for (recipient,) in rows}
 
 
 def _opted_out(chat: Chat) -> bool:
@@ -363,26 +393,21 @@ def _opted_out(chat: Chat) -> bool:
 
 
 def _existing_chats(
-    session: Session, wanted: Mapping[tuple[int, str], str | None], dialect: Dialect
+    session: Session, wanted: Mapping[tuple[int, str], str | None]
 ) -> dict[tuple[int, str], ChatRow]:
     """The stored chats among ``wanted`` (line id, recipient), by that pair.
 
     Plain rows, not ORM objects: only a few columns are needed, and a thousand
     objects cost more than the query.
     """
-    if not wanted:
-        return {}
-    rows = session.execute(
-        select(
-            Chat.id, Chat.line_id, Chat.recipient, Chat.provider_chat_id, Chat.opted_out_at
-        ).where(
-            Chat.line_id.in_({line_id for line_id, _ in wanted}),
-            among(Chat.recipient, {recipient for _, recipient in wanted}, dialect),
-        )
+    rows = rows_by_key(
+        session.connection(),
+        _CHATS,
+        ("line_id", "recipient"),
+        wanted.keys(),
+        ("id", "line_id", "recipient", "provider_chat_id", "opted_out_at"),
     )
-    return {
-        (row.line_id, row.recipient): row for row in rows if (row.line_id, row.recipient) in wanted
-    }
+    return {(row.line_id, row.recipient): row for row in rows}
 
 
 def _pinned_chats(
@@ -408,7 +433,7 @@ def _pinned_chats(
     if new:
         created = insert_columns(
             session.connection(),
-            cast(Table, Chat.__table__),
+            _CHATS,
             columns_of(("line_id", "recipient", "provider_chat_id"), new),
             {"health": "HEALTHY", "created_at": now},
             ("id", "line_id", "recipient"),

@@ -1,5 +1,6 @@
 """Many rows a statement: what ``insert_columns`` and ``update_rows`` store is what they
-were given, whichever columns hold one value for every row, on every store."""
+were given, whichever columns hold one value for every row, and ``rows_by_key`` finds
+exactly the rows asked for, on every store."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Table, delete, select
 
-from scheduler.bulk import columns_of, insert_columns, insert_rows, update_rows
+from scheduler.bulk import columns_of, insert_columns, insert_rows, rows_by_key, update_rows
 from scheduler.client import Healthgate
-from scheduler.models import DecisionRecord
+from scheduler.models import Chat, DecisionRecord
+from tests.conftest import LINE_A, LINE_B
 
 DECISIONS = cast(Table, DecisionRecord.__table__)
+CHATS = cast(Table, Chat.__table__)
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+#: Hypothesis runs a test's examples in one test's fixtures: each adds its own rows.
+FIXTURE = [HealthCheck.function_scoped_fixture]
 COLUMNS = ("action", "code", "reason", "not_before", "line")
 
 # Few distinct values a column, so that many drawn batches have columns of one value.
@@ -95,3 +100,29 @@ def test_updated_rows_take_their_own_values_and_the_shared_ones(hg: Healthgate) 
         assert sorted(tuple(r) for r in found) == [
             (i, "THROTTLE", f"code-{i}") for i in sorted(ids)
         ]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=FIXTURE)
+@given(
+    wanted=st.sets(
+        st.tuples(st.sampled_from([1, 2, 3]), st.sampled_from(["+14155550001", "+14155550002"]))
+    )
+)
+def test_rows_by_key_finds_exactly_the_rows_with_the_given_keys(
+    hg: Healthgate, wanted: set[tuple[int, str]]
+) -> None:
+    # Given chats on lines 1 and 2 with two recipients, none on line 3
+    for line in (LINE_A, LINE_B):
+        for to in ("+14155550001", "+14155550002"):
+            hg.enqueue(to=to, body="hi", line=line)
+
+    # When chats are looked up by (line id, recipient), some of them not stored
+    with hg.runtime.sessions() as session:
+        rows = rows_by_key(
+            session.connection(), CHATS, ("line_id", "recipient"), wanted, ("line_id", "recipient")
+        )
+        stored = {(line, to) for line, to in session.execute(select(Chat.line_id, Chat.recipient))}
+
+    # Then exactly the stored ones among them are found, each once
+    found = [(row.line_id, row.recipient) for row in rows]
+    assert sorted(found) == sorted(wanted & stored)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
-from scheduler.bulk import among, planned_for_values
+from scheduler.bulk import pipelined
 from scheduler.client import Healthgate
 from scheduler.errors import InvalidInput
-from scheduler.models import Chat, Message
+from scheduler.models import Chat, Message, OptOut
 from tests.conftest import LINE_A, LINE_B
 
 
@@ -146,20 +148,6 @@ def test_many_messages_to_an_opted_out_chat_are_dropped(hg: Healthgate) -> None:
     assert hg.explain(ids[0])["decisions"][-1]["code"] == "chat_opted_out"
 
 
-@pytest.mark.parametrize("keys", [["k1"], ["k1", "k3"], ["k1", "k2", "k3", "nothing"]])
-def test_among_finds_exactly_the_given_values(hg: Healthgate, keys: list[str]) -> None:
-    for key in ("k1", "k2", "k3"):
-        hg.enqueue(to="+14155550123", body=key, idempotency_key=key)
-
-    with hg.runtime.sessions() as session:
-        dialect = session.get_bind().dialect
-        found = session.scalars(
-            select(Message.idempotency_key).where(among(Message.idempotency_key, keys, dialect))
-        ).all()
-
-    assert sorted(k for k in found if k) == sorted(set(keys) - {"nothing"})
-
-
 def test_a_chat_id_another_chat_holds_is_refused_naming_it(hg: Healthgate) -> None:
     hg.enqueue(to="+14155550123", body="a", line=LINE_B, chat_id="chat-1")
     hg.enqueue(to="+14155550123", body="b", line=LINE_A)
@@ -190,14 +178,59 @@ def test_one_chat_id_given_to_two_new_chats_in_a_call_is_refused(hg: Healthgate)
     assert (count(hg, Message), count(hg, Chat)) == (0, 0)
 
 
-def test_look_ups_are_planned_per_call_and_the_setting_ends_with_them(hg: Healthgate) -> None:
-    engine = hg.runtime.engine
-    if engine.dialect.name != "postgresql":
-        pytest.skip("plan caching is PostgreSQL's")
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls stored three messages a part, so a short call has several."""
+    monkeypatch.setattr(sys.modules["scheduler.enqueue"], "ENQUEUE_PART", 3)
 
-    with engine.begin() as connection:
-        with planned_for_values(connection):
-            inside = connection.exec_driver_sql("SHOW plan_cache_mode").scalar_one()
-        after = connection.exec_driver_sql("SHOW plan_cache_mode").scalar_one()
 
-    assert (inside, after) == ("force_custom_plan", "auto")
+@pytest.mark.usefixtures("small_parts")
+def test_a_call_in_parts_is_stored_whole_with_keys_and_chats_shared_across_parts(
+    hg: Healthgate,
+) -> None:
+    # Given a call of ten: one key and one recipient come back in later parts
+    messages = [pinned(i) for i in range(8)]
+    messages.append(pinned(0, body="again"))  # key order-0, third part
+    messages.append({**pinned(1), "idempotency_key": "order-9"})  # order-1's chat, fourth part
+
+    ids = hg.enqueue_many(messages)
+
+    # Then the repeated key returns the first id, and the chat is created once
+    assert ids[8] == ids[0]
+    assert len(set(ids)) == 9
+    assert (count(hg, Message), count(hg, Chat)) == (9, 8)
+    assert hg.explain(ids[9])["line"] == hg.explain(ids[1])["line"]
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_bad_message_in_the_last_part_stores_none_of_the_earlier_parts(hg: Healthgate) -> None:
+    messages = [pinned(i) for i in range(10)]
+    messages[9]["to"] = "+1415555"
+
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue_many(messages)
+
+    assert raised.value.field == "messages[9].to"
+    assert (count(hg, Message), count(hg, Chat)) == (0, 0)
+
+
+def test_an_error_inside_a_pipeline_is_sqlalchemys_and_nothing_of_it_is_stored(
+    hg: Healthgate,
+) -> None:
+    insert = (
+        "INSERT INTO opt_outs (recipient, opted_out_at, source) "
+        "VALUES ('+14155550123', CURRENT_TIMESTAMP, 'test')"
+    )
+
+    def write_twice() -> None:
+        with hg.runtime.engine.begin() as connection, pipelined(connection):
+            connection.exec_driver_sql(insert)
+            connection.exec_driver_sql(insert)
+
+    # When the same opt-out is written twice inside a pipeline
+    with pytest.raises(IntegrityError):
+        write_twice()
+
+    # Then the error is SQLAlchemy's, as outside one, and neither row is stored
+    with hg.runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(OptOut)) == 0
