@@ -10,12 +10,13 @@ in Python, value by value, and costs several times more.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import psycopg
-from sqlalchemy import Connection, Row, Table, bindparam, insert, select, tuple_, update
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Connection, Row, Table, bindparam, insert, null, select, tuple_, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
@@ -169,38 +170,63 @@ def rows_by_key(
     key: Sequence[str],
     values: Collection[tuple[Any, ...]],
     columns: Sequence[str],
-) -> list[Row[*tuple[Any, ...]]]:
-    """The ``columns`` of ``table``'s rows whose unique ``key`` columns hold one of
-    ``values``, in no particular order.
+    number_missing: bool = False,
+) -> Callable[[], list[Any]]:
+    """Ask for the ``columns`` of ``table``'s rows whose unique ``key`` columns hold one
+    of ``values``; the function returned reads the answer, rows in no particular order
+    that have the columns as attributes.
 
-    On PostgreSQL each value is one index probe, whatever the table's size or its
-    statistics say: the values come in as arrays and each is looked up by a LATERAL
-    subquery that ``LIMIT 1`` keeps from being turned into a join. As a join, or as
-    ``= ANY(array)``, a planner that believes the table small (a table grown since it
-    was last analysed) reads it whole: at 20,000 messages that cost 3.6 ms a call,
-    and more as the table grew. Elsewhere, ``IN``.
+    On PostgreSQL the question is sent at once and read when asked for: inside
+    ``pipelined`` the server answers while the caller goes on with other work. Each
+    value is one index probe, whatever the table's size or its statistics say: the
+    values come in as arrays and each is looked up by a LATERAL subquery that ``LIMIT
+    1`` keeps from being turned into a join. As a join, or as ``= ANY(array)``, a
+    planner that believes the table small (one grown since it was last analysed) reads
+    it whole: at 20,000 messages that cost 3.6 ms a call, and more as the table grew.
+    Elsewhere, ``IN``.
+
+    Every row also has ``new_id``, None for a stored row. With ``number_missing`` on
+    PostgreSQL, a value no row holds gets a row too: its key, None for the other
+    columns, and in ``new_id`` a value of the table's id sequence for the row about to
+    be inserted, which other rows can refer to before it is.
     """
     if not values:
-        return []
-    if connection.dialect.name != "postgresql":
+        return list
+    driver = connection.connection.driver_connection
+    if connection.dialect.driver != "psycopg" or driver is None:
         keys = [table.c[name] for name in key]
         matches = (
             keys[0].in_([value[0] for value in values])
             if len(keys) == 1
             else tuple_(*keys).in_(list(values))
         )
-        return list(connection.execute(select(*(table.c[c] for c in columns)).where(matches)))
+        query = select(*(table.c[c] for c in columns), null().label("new_id")).where(matches)
+        rows = list(connection.execute(query))
+        return lambda: rows
     preparer = connection.dialect.identifier_preparer
-    given = columns_of(key, list(values))
-    _, params, source = _bound(connection.dialect, table, given, {}, keep=key)
-    quoted = [preparer.quote(name) for name in key]
-    sql = (
-        f"SELECT {', '.join(f'f.{preparer.quote(c)}' for c in columns)} FROM {source} "
-        f"CROSS JOIN LATERAL (SELECT {', '.join(f't.{preparer.quote(c)}' for c in columns)} "
-        f"FROM {preparer.format_table(table)} AS t "
-        f"WHERE {' AND '.join(f't.{name} = v.{name}' for name in quoted)} LIMIT 1) AS f"
+    _, params, source = _bound(connection.dialect, table, columns_of(key, list(values)), {}, key)
+    name = {column: preparer.quote(column) for column in columns}
+    found = ", ".join(f"t.{name[c]}" for c in columns)
+    probe = (
+        f"(SELECT true AS found, {found} FROM {preparer.format_table(table)} AS t "
+        f"WHERE {' AND '.join(f't.{preparer.quote(k)} = v.{preparer.quote(k)}' for k in key)} "
+        "LIMIT 1) AS f"
     )
-    return list(connection.exec_driver_sql(sql, tuple(params)).all())
+    selected = ", ".join(f"v.{name[c]}" if c in key else f"f.{name[c]}" for c in columns)
+    if number_missing:
+        sql = (
+            f"SELECT {selected}, CASE WHEN f.found IS NULL THEN nextval(q.ids) END AS new_id "
+            f"FROM {source} CROSS JOIN (SELECT CAST(pg_get_serial_sequence(%b, 'id') "
+            f"AS regclass) AS ids) AS q LEFT JOIN LATERAL {probe} ON true"
+        )
+        params.append(preparer.format_table(table))
+    else:
+        sql = f"SELECT {selected}, NULL AS new_id FROM {source} CROSS JOIN LATERAL {probe}"
+    # The driver's own cursor: SQLAlchemy reads a result's columns as it runs, which a
+    # statement in a pipeline does not have yet.
+    cursor = driver.cursor(row_factory=namedtuple_row)
+    cursor.execute(sql, tuple(params))
+    return cursor.fetchall  # type: ignore[no-any-return]
 
 
 @contextmanager

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Row, Table, select, update
+from sqlalchemy import Connection, Row, Table, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,6 +56,7 @@ _FIELDS = frozenset(NewMessage.__dataclass_fields__)
 _MESSAGES = cast(Table, Message.__table__)
 _CHATS = cast(Table, Chat.__table__)
 _DECISIONS = cast(Table, DecisionRecord.__table__)
+_OPT_OUTS = cast(Table, OptOut.__table__)
 
 #: The fields of a message in NewMessage's order.
 _FIELD_ORDER = tuple(NewMessage.__dataclass_fields__)
@@ -116,19 +117,40 @@ def _store_all(
 ) -> list[str]:
     """Validate and store ``given`` a part at a time, in the caller's transaction.
 
-    While PostgreSQL writes one part's rows, the next part is validated: the two take
-    about as long, and neither waits for the other. A bad message in a later part
-    aborts the transaction, so none is stored all the same.
+    A part is validated, its look-ups are asked, their answers read, its rows built and
+    written. On PostgreSQL the writes of one part and the look-ups of the next are sent
+    together and not waited for, and the part after that is validated while the server
+    works through them. A bad message in a later part aborts the transaction, so none
+    is stored all the same.
     """
-    ids: list[str] = []
     count = len(given)
-    with ExitStack() as writing:
-        for start in range(0, count, ENQUEUE_PART):
-            part = given[start : start + ENQUEUE_PART]
-            items = [_validated(item, i, count, now) for i, item in enumerate(part, start)]
-            writing.close()  # the previous part is written
-            last = start + ENQUEUE_PART >= count
-            ids += _store(session, items, declared, policy, now, None if last else writing)
+    starts = range(0, count, ENQUEUE_PART)
+
+    def validated(start: int) -> list[_Valid]:
+        part = given[start : start + ENQUEUE_PART]
+        return [_validated(item, i, count, now) for i, item in enumerate(part, start)]
+
+    connection = session.connection()
+    ids: list[str] = []
+    written = _Written({}, {})
+    items = validated(0)
+    with pipelined(connection):
+        asked = _ask(session, items, declared, policy)
+        upcoming = validated(starts[1]) if len(starts) > 1 else []
+    for k in range(len(starts)):
+        reads = _answer(session, items, asked, declared, written)
+        # The next part's look-ups run while this part's rows are built (unless building
+        # them queries the store: routing a message without a line), and this part's
+        # writes while the part after is validated.
+        with pipelined(connection) if reads.settled else nullcontext():
+            following = _ask(session, upcoming, declared, policy)
+            rows = _rows(session, items, reads, policy, now)
+        with pipelined(connection):
+            _write(connection, rows, now)
+            items, asked = upcoming, following
+            upcoming = validated(starts[k + 2]) if k + 2 < len(starts) else []
+        written.add(rows)
+        ids += rows.ids
     return ids
 
 
@@ -213,20 +235,51 @@ def _check_text(value: object, field: str, limit: int) -> None:
     storable_text(value, field)
 
 
-def _store(
-    session: Session,
-    items: Sequence[_Valid],
-    declared: Mapping[str, Line],
-    policy: Policy,
-    now: datetime,
-    writing: ExitStack | None = None,
-) -> list[str]:
-    """Store the messages whose keys are new, read what they need first; their ids.
+class _Chat(NamedTuple):
+    """A chat as a part reads it (see ``_FOUND_CHAT_COLUMNS``)."""
 
-    With ``writing``, the rows are sent inside a pipeline it keeps open, not waited for.
-    """
-    known, opted_out, lines, wanted, found = _read(session, items, declared, policy)
-    pinned = _pinned_chats(session, lines, wanted, found, now)
+    id: int
+    line_id: int
+    recipient: str
+    provider_chat_id: str | None
+    opted_out_at: datetime | None
+
+
+class _Rows(NamedTuple):
+    """A part's rows to write, and the ids its messages have."""
+
+    ids: list[str]
+    #: The chats the part creates, with the ids they have.
+    chats: list[_Chat]
+    #: Whether those are written already (where the store gives no ids ahead).
+    chats_written: bool
+    messages: list[tuple[Any, ...]]
+    decisions: list[tuple[Any, ...]]
+
+
+class _Written(NamedTuple):
+    """What the earlier parts of a call wrote, which a part's look-ups (sent before
+    those writes) cannot see."""
+
+    #: Message ids by idempotency key.
+    keys: dict[str, str]
+    #: New chats by (line id, recipient).
+    chats: dict[tuple[int, str], _Chat]
+
+    def add(self, rows: _Rows) -> None:
+        for message in rows.messages:
+            if message[1] is not None:
+                self.keys[message[1]] = message[0]
+        self.chats.update(((chat.line_id, chat.recipient), chat) for chat in rows.chats)
+
+
+def _rows(
+    session: Session, items: Sequence[_Valid], reads: _Reads, policy: Policy, now: datetime
+) -> _Rows:
+    """The rows that store the messages of ``items`` whose keys are new, and their ids
+    (a known key's id for the others)."""
+    known, opted_out = reads.known, reads.opted_out
+    pinned, chats, chats_written = _pinned_chats(session, reads, now)
     ids: list[str] = []
     messages: list[tuple[Any, ...]] = []
     decisions: list[tuple[Any, ...]] = []
@@ -250,27 +303,33 @@ def _store(
         if item.idempotency_key:
             known[item.idempotency_key] = message[0]
         ids.append(message[0])
-    # Many rows a statement (executemany / rows from arrays), not one flush per message.
-    if messages:
-        connection = session.connection()
-        if writing is not None:
-            writing.enter_context(pipelined(connection))
+    return _Rows(ids, chats, chats_written, messages, decisions)
+
+
+def _write(connection: Connection, rows: _Rows, now: datetime) -> None:
+    """Many rows a statement (executemany, or rows from arrays), not a flush a message."""
+    if rows.chats and not rows.chats_written:
+        insert_columns(
+            connection,
+            _CHATS,
+            columns_of(_CHAT_COLUMNS, [chat[:4] for chat in rows.chats]),
+            {"health": "HEALTHY", "created_at": now},
+        )
+    if rows.messages:
         insert_columns(
             connection,
             _MESSAGES,
-            columns_of(_MESSAGE_COLUMNS, messages),
+            columns_of(_MESSAGE_COLUMNS, rows.messages),
             {"attempts": 0, "created_at": now, "updated_at": now},
         )
-        if decisions:
-            insert_columns(
-                connection,
-                _DECISIONS,
-                columns_of(_DECISION_COLUMNS, decisions),
-                {"at": now},
-            )
-    return ids
+    if rows.decisions:
+        insert_columns(
+            connection, _DECISIONS, columns_of(_DECISION_COLUMNS, rows.decisions), {"at": now}
+        )
 
 
+#: The columns of a new chat's row, in ``_Chat``'s order.
+_CHAT_COLUMNS = ("id", "line_id", "recipient", "provider_chat_id")
 #: The columns of a new message's row that ``_new_row`` gives, in its order.
 _MESSAGE_COLUMNS = (
     "id",
@@ -293,8 +352,50 @@ _MESSAGE_COLUMNS = (
 _DECISION_COLUMNS = ("message_id", "action", "code", "reason", "not_before", "line")
 
 
+class _Asked(NamedTuple):
+    """A part's look-ups, asked and not yet read (see ``rows_by_key``)."""
+
+    #: Stored messages with the part's idempotency keys.
+    known: Callable[[], list[Any]]
+    #: The part's recipients who opted out of the whole account.
+    opted_out: Callable[[], list[Any]]
+    #: The chats of the messages naming a declared line: stored, or an id to create it.
+    chats: Callable[[], list[Any]]
+
+
+def _ask(
+    session: Session, items: Sequence[_Valid], declared: Mapping[str, Line], policy: Policy
+) -> _Asked:
+    """Ask at once for everything a part needs from the store."""
+    connection = session.connection()
+    keys = {(item.idempotency_key,) for item in items if item.idempotency_key}
+    account = policy.opt_out.scope is OptOutScope.ACCOUNT
+    recipients = {(item.to,) for item in items} if account else set()
+    pairs = {
+        (declared[item.line].id, item.to)
+        for item in items
+        if item.line is not None and item.line in declared
+    }
+    return _Asked(
+        rows_by_key(connection, _MESSAGES, ("idempotency_key",), keys, ("idempotency_key", "id")),
+        rows_by_key(connection, _OPT_OUTS, ("recipient",), recipients, ("recipient",)),
+        rows_by_key(
+            connection,
+            _CHATS,
+            ("line_id", "recipient"),
+            pairs,
+            _FOUND_CHAT_COLUMNS,
+            number_missing=True,
+        ),
+    )
+
+
+#: What a stored chat's look-up reads: see ``ChatRow``.
+_FOUND_CHAT_COLUMNS = ("id", "line_id", "recipient", "provider_chat_id", "opted_out_at")
+
+
 class _Reads(NamedTuple):
-    """What a call reads before it writes."""
+    """What a part read before it writes."""
 
     #: Stored messages' ids by idempotency key.
     known: dict[str, str]
@@ -305,21 +406,33 @@ class _Reads(NamedTuple):
     #: The provider chat id (or None) each (line id, recipient) of a new message with a
     #: named line should have: the last such message's.
     wanted: dict[tuple[int, str], str | None]
-    #: The stored chats among ``wanted``.
-    found: dict[tuple[int, str], ChatRow]
+    #: The stored chats among ``wanted``, and those an earlier part of the call created.
+    found: dict[tuple[int, str], ChatRow | _Chat]
+    #: The ids the others will have, where the store gives them ahead (PostgreSQL).
+    new_ids: dict[tuple[int, str], int]
+    #: Whether the part's rows can be built without querying the store.
+    settled: bool
 
 
-def _read(
-    session: Session, items: Sequence[_Valid], declared: Mapping[str, Line], policy: Policy
+def _answer(
+    session: Session,
+    items: Sequence[_Valid],
+    asked: _Asked,
+    declared: Mapping[str, Line],
+    written: _Written,
 ) -> _Reads:
-    """Everything the call needs from the store, read at once; refuses a line that is not
+    """Read what ``_ask`` asked, with what earlier parts wrote; refuse a line that is not
     declared and a chat id that another chat holds, naming the message's field."""
-    known = _known_ids(session, items)
-    opted_out = (
-        _opted_out_recipients(session, items)
-        if policy.opt_out.scope is OptOutScope.ACCOUNT
-        else set()
-    )
+    known = {key: message_id for key, message_id, _ in asked.known()} | written.keys
+    opted_out = {recipient for recipient, _ in asked.opted_out()}
+    stored: dict[tuple[int, str], ChatRow | _Chat] = {}
+    numbered: dict[tuple[int, str], int] = {}
+    for row in asked.chats():
+        if row.new_id is None:
+            stored[(row.line_id, row.recipient)] = row
+        else:
+            numbered[(row.line_id, row.recipient)] = row.new_id
+    stored |= written.chats
     fresh = [item for item in items if item.idempotency_key not in known]
     named: dict[str, str] = {}
     for item in fresh:
@@ -333,16 +446,25 @@ def _read(
             pair = (lines[item.line].id, item.to)
             wanted[pair] = item.chat_id
             givers[pair] = item.where
-    found = _existing_chats(session, wanted)
+    found = {pair: stored[pair] for pair in wanted if pair in stored}
     _check_chat_ids(session, wanted, givers, found)
-    return _Reads(known, opted_out, lines, wanted, found)
+    # Building rows queries the store to route a message without a line, to give a
+    # stored chat the provider chat id it lacked, and to create a chat with no id ahead.
+    routed = any(item.line is None for item in fresh)
+    updated = any(
+        chat_id and pair in found and found[pair].provider_chat_id is None
+        for pair, chat_id in wanted.items()
+    )
+    unnumbered = any(pair not in found and pair not in numbered for pair in wanted)
+    settled = not (routed or updated or unnumbered)
+    return _Reads(known, opted_out, lines, wanted, found, numbered, settled)
 
 
 def _check_chat_ids(
     session: Session,
     wanted: Mapping[tuple[int, str], str | None],
     givers: Mapping[tuple[int, str], str],
-    found: Mapping[tuple[int, str], ChatRow],
+    found: Mapping[tuple[int, str], ChatRow | _Chat],
 ) -> None:
     """Refuse a provider chat id about to be given to a chat when another chat holds it,
     stored or given in the same call: the store keeps one chat per provider chat id."""
@@ -366,60 +488,28 @@ def _check_chat_ids(
         [(chat_id,) for chat_id in given],
         ("provider_chat_id", "recipient"),
     )
-    for chat_id, recipient in holders:
+    for chat_id, recipient, _ in holders():
         field = f"{givers[given[chat_id]]}chat_id"
         raise InvalidInput(field, chat_id, f"belongs to another chat, with {recipient}")
-
-
-def _known_ids(session: Session, items: Sequence[_Valid]) -> dict[str, str]:
-    """The ids of stored messages with the idempotency keys of ``items``, by key."""
-    keys = {(item.idempotency_key,) for item in items if item.idempotency_key}
-    rows = rows_by_key(
-        session.connection(), _MESSAGES, ("idempotency_key",), keys, ("idempotency_key", "id")
-    )
-    return {key: message_id for key, message_id in rows}
-
-
-def _opted_out_recipients(session: Session, items: Sequence[_Valid]) -> set[str]:
-    """The recipients of ``items`` who opted out of the whole account."""
-    recipients = {(item.to,) for item in items}
-    table = cast(Table, OptOut.__table__)
-    rows = rows_by_key(session.connection(), table, ("recipient",), recipients, ("recipient",))
-    return {recipient for (recipient,) in rows}
 
 
 def _opted_out(chat: Chat) -> bool:
     return chat.opted_out_at is not None
 
 
-def _existing_chats(
-    session: Session, wanted: Mapping[tuple[int, str], str | None]
-) -> dict[tuple[int, str], ChatRow]:
-    """The stored chats among ``wanted`` (line id, recipient), by that pair.
-
-    Plain rows, not ORM objects: only a few columns are needed, and a thousand
-    objects cost more than the query.
-    """
-    rows = rows_by_key(
-        session.connection(),
-        _CHATS,
-        ("line_id", "recipient"),
-        wanted.keys(),
-        ("id", "line_id", "recipient", "provider_chat_id", "opted_out_at"),
-    )
-    return {(row.line_id, row.recipient): row for row in rows}
-
-
 def _pinned_chats(
-    session: Session,
-    lines: Mapping[str, Line],
-    wanted: Mapping[tuple[int, str], str | None],
-    found: Mapping[tuple[int, str], ChatRow],
-    now: datetime,
-) -> dict[tuple[str | None, str], tuple[Line, int, bool]]:
+    session: Session, reads: _Reads, now: datetime
+) -> tuple[dict[tuple[str | None, str], tuple[Line, int, bool]], list[_Chat], bool]:
     """The line, chat id and chat opt-out of every (line, recipient) pair that messages
-    naming their line go to: ``found`` chats as stored (given a provider chat id they
-    lacked), the others created in one statement."""
+    naming their line go to; the chats among them that are new; whether those are
+    already written.
+
+    ``found`` chats are kept as stored (given a provider chat id they lacked). The
+    others have ids from the chats' sequence (see ``_ask``), so that they are written
+    with the messages, not waited for; where the store gives none ahead (SQLite) they
+    are inserted here, in one statement.
+    """
+    found, wanted = reads.found, reads.wanted
     chats = {key: (row.id, row.opted_out_at is not None) for key, row in found.items()}
     new: list[tuple[int, str, str | None]] = []
     for (line_id, recipient), provider_chat_id in wanted.items():
@@ -430,21 +520,26 @@ def _pinned_chats(
             session.execute(
                 update(Chat).where(Chat.id == existing.id).values(provider_chat_id=provider_chat_id)
             )
-    if new:
+    numbered = all((line_id, recipient) in reads.new_ids for line_id, recipient, _ in new)
+    if numbered:
+        ids = {pair: reads.new_ids[pair] for pair in wanted if pair not in found}
+    else:
         created = insert_columns(
             session.connection(),
             _CHATS,
-            columns_of(("line_id", "recipient", "provider_chat_id"), new),
+            columns_of(_CHAT_COLUMNS[1:], new),
             {"health": "HEALTHY", "created_at": now},
             ("id", "line_id", "recipient"),
         )
-        for chat in created:
-            chats[(chat.line_id, chat.recipient)] = (chat.id, False)
-    by_id = {line.id: (number, line) for number, line in lines.items()}
-    return {
+        ids = {(chat.line_id, chat.recipient): chat.id for chat in created}
+    made = [_Chat(ids[(line_id, to)], line_id, to, chat_id, None) for line_id, to, chat_id in new]
+    chats.update(((chat.line_id, chat.recipient), (chat.id, False)) for chat in made)
+    by_id = {line.id: (number, line) for number, line in reads.lines.items()}
+    pinned: dict[tuple[str | None, str], tuple[Line, int, bool]] = {
         (by_id[line_id][0], recipient): (by_id[line_id][1], chat_id, opted_out)
         for (line_id, recipient), (chat_id, opted_out) in chats.items()
     }
+    return pinned, made, not numbered
 
 
 def _new_row(

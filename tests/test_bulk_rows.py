@@ -11,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Table, delete, select
 
-from scheduler.bulk import columns_of, insert_columns, insert_rows, rows_by_key, update_rows
+from scheduler.bulk import (
+    columns_of,
+    insert_columns,
+    insert_rows,
+    pipelined,
+    rows_by_key,
+    update_rows,
+)
 from scheduler.client import Healthgate
 from scheduler.models import Chat, DecisionRecord
 from tests.conftest import LINE_A, LINE_B
@@ -116,11 +123,15 @@ def test_rows_by_key_finds_exactly_the_rows_with_the_given_keys(
         for to in ("+14155550001", "+14155550002"):
             hg.enqueue(to=to, body="hi", line=line)
 
-    # When chats are looked up by (line id, recipient), some of them not stored
+    # When chats are looked up by (line id, recipient), some of them not stored, and the
+    # answer is read after a pipeline ends (as enqueue reads it)
     with hg.runtime.sessions() as session:
-        rows = rows_by_key(
-            session.connection(), CHATS, ("line_id", "recipient"), wanted, ("line_id", "recipient")
-        )
+        connection = session.connection()
+        with pipelined(connection):
+            answer = rows_by_key(
+                connection, CHATS, ("line_id", "recipient"), wanted, ("line_id", "recipient")
+            )
+        rows = answer()
         stored = {(line, to) for line, to in session.execute(select(Chat.line_id, Chat.recipient))}
 
     # Then exactly the stored ones among them are found, each once

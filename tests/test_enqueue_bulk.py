@@ -188,18 +188,19 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_call_in_parts_is_stored_whole_with_keys_and_chats_shared_across_parts(
     hg: Healthgate,
 ) -> None:
-    # Given a call of ten: one key and one recipient come back in later parts
+    # Given a call of ten: a key and a recipient of the first part come back in the
+    # next part, whose look-ups are sent before the first part is written
     messages = [pinned(i) for i in range(8)]
-    messages.append(pinned(0, body="again"))  # key order-0, third part
-    messages.append({**pinned(1), "idempotency_key": "order-9"})  # order-1's chat, fourth part
+    messages.insert(3, pinned(0, body="again"))  # key order-0
+    messages.insert(4, {**pinned(1), "idempotency_key": "order-9"})  # order-1's chat
 
     ids = hg.enqueue_many(messages)
 
     # Then the repeated key returns the first id, and the chat is created once
-    assert ids[8] == ids[0]
+    assert ids[3] == ids[0]
     assert len(set(ids)) == 9
     assert (count(hg, Message), count(hg, Chat)) == (9, 8)
-    assert hg.explain(ids[9])["line"] == hg.explain(ids[1])["line"]
+    assert hg.explain(ids[4])["line"] == hg.explain(ids[1])["line"]
 
 
 @pytest.mark.usefixtures("small_parts")
@@ -234,3 +235,32 @@ def test_an_error_inside_a_pipeline_is_sqlalchemys_and_nothing_of_it_is_stored(
     # Then the error is SQLAlchemy's, as outside one, and neither row is stored
     with hg.runtime.sessions() as session:
         assert session.scalar(select(func.count()).select_from(OptOut)) == 0
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_call_in_parts_routes_messages_without_a_line_and_fills_in_chat_ids(
+    hg: Healthgate,
+) -> None:
+    # Given a stored chat without a provider chat id
+    first = hg.enqueue(**pinned(0))
+
+    # When a call in parts mixes it (now with a chat id), messages without a line, and
+    # messages on named lines
+    messages: list[dict[str, Any]] = [pinned(i) for i in range(1, 7)]
+    messages.insert(2, {**pinned(0), "idempotency_key": "again", "chat_id": "chat-0"})
+    messages.insert(4, {"to": "+14155559001", "body": "routed"})
+    messages.append({"to": "+14155559002", "body": "routed too"})
+    ids = hg.enqueue_many(messages)
+
+    # Then every message is stored once, the routed ones on a line, and the stored chat
+    # has its provider chat id
+    assert len(set(ids)) == len(ids) == 9
+    assert all(hg.explain(i)["state"] == "queued" for i in ids)
+    assert hg.explain(ids[4])["line"] in (LINE_A, LINE_B)
+    with hg.runtime.sessions() as session:
+        chat_id = session.scalar(
+            select(Chat.provider_chat_id)
+            .join(Message, Message.chat_id == Chat.id)
+            .where(Message.id == first)
+        )
+    assert chat_id == "chat-0"
