@@ -16,7 +16,18 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Connection, Row, Table, bindparam, insert, null, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Row,
+    Table,
+    bindparam,
+    insert,
+    null,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
@@ -158,10 +169,42 @@ def _bound(
     for name, values in varying.items():
         column = table.c[name]
         process = column.type.bind_processor(dialect)
-        params.append(list(values) if process is None else [process(value) for value in values])
-        casts.append(f"CAST(%b AS {column.type.compile(dialect=dialect)}[])")
+        value, cast = _array(
+            list(values) if process is None else [process(value) for value in values],
+            column.type.compile(dialect=dialect),
+            isinstance(column.type, Integer),
+        )
+        params.append(value)
+        casts.append(cast)
     source = f"unnest({', '.join(casts)}) AS v({', '.join(preparer.quote(n) for n in varying)})"
     return _Bound(list(expressions.values()), params, source)
+
+
+#: Joins a column's values into one text that PostgreSQL splits again (see ``_array``):
+#: the ASCII unit separator, which text rarely holds.
+_SEPARATOR = "\x1f"
+
+
+def _array(values: list[Any], sql_type: str, whole_numbers: bool) -> tuple[Any, str]:
+    """A column's values as one parameter, and its placeholder typed ``sql_type[]``.
+
+    Text, and whole numbers, go as one string that ``string_to_array`` splits: Python
+    joins it in C, where psycopg dumps an array in Python, a value at a time, for about
+    ten times as long. Values that do not survive the round trip go as an array: None,
+    an empty string, text that holds the separator, and any other type.
+    """
+    try:
+        joined = _SEPARATOR.join(map(str, values) if whole_numbers else values)
+    except TypeError:
+        joined = None
+    if (
+        joined is not None
+        and "" not in values
+        and None not in values
+        and joined.count(_SEPARATOR) == len(values) - 1
+    ):
+        return joined, f"CAST(string_to_array(%b, E'\\x1f') AS {sql_type}[])"
+    return values, f"CAST(%b AS {sql_type}[])"
 
 
 def rows_by_key(

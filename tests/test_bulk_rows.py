@@ -20,7 +20,7 @@ from scheduler.bulk import (
     update_rows,
 )
 from scheduler.client import Healthgate
-from scheduler.models import Chat, DecisionRecord
+from scheduler.models import Chat, DecisionRecord, OptOut
 from tests.conftest import LINE_A, LINE_B
 
 DECISIONS = cast(Table, DecisionRecord.__table__)
@@ -34,7 +34,11 @@ COLUMNS = ("action", "code", "reason", "not_before", "line")
 ROW = st.tuples(
     st.sampled_from(["SEND", "THROTTLE"]),
     st.sampled_from(["ok", "cap"]),
-    st.sampled_from(["", "a reason"]),
+    # Empty text, and text holding the separator that joins a column, go as arrays.
+    st.one_of(
+        st.sampled_from(["", "a reason", "a\x1fb", "\x1f"]),
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=4),
+    ),
     st.sampled_from([None, NOW, NOW + timedelta(minutes=5)]),
     st.sampled_from([None, "+14155550100"]),
 )
@@ -137,3 +141,17 @@ def test_rows_by_key_finds_exactly_the_rows_with_the_given_keys(
     # Then exactly the stored ones among them are found, each once
     found = [(row.line_id, row.recipient) for row in rows]
     assert sorted(found) == sorted(wanted & stored)
+
+
+def test_a_single_row_of_empty_text_is_inserted(hg: Healthgate) -> None:
+    # An empty string joined alone is no value at all once split: it goes as an array
+    with hg.runtime.sessions.begin() as session:
+        insert_columns(
+            session.connection(),
+            cast(Table, OptOut.__table__),
+            {"recipient": [""]},
+            {"opted_out_at": NOW, "source": "test"},
+        )
+
+    with hg.runtime.sessions() as session:
+        assert list(session.scalars(select(OptOut.recipient))) == [""]
