@@ -117,40 +117,43 @@ def _store_all(
 ) -> list[str]:
     """Validate and store ``given`` a part at a time, in the caller's transaction.
 
-    A part is validated, its look-ups are asked, their answers read, its rows built and
-    written. On PostgreSQL the writes of one part and the look-ups of the next are sent
-    together and not waited for, and the part after that is validated while the server
-    works through them. A bad message in a later part aborts the transaction, so none
-    is stored all the same.
+    A part is validated, its look-ups asked, their answers read, its rows built and
+    written. On PostgreSQL, with several parts, what is sent to the server is not
+    waited for at once: while it writes one part and answers the look-ups of the part
+    after next, the part after next is validated and the next part's rows are built.
+    A bad message in a later part aborts the transaction, so none is stored all the
+    same.
     """
     count = len(given)
     starts = range(0, count, ENQUEUE_PART)
 
-    def validated(start: int) -> list[_Valid]:
-        part = given[start : start + ENQUEUE_PART]
-        return [_validated(item, i, count, now) for i, item in enumerate(part, start)]
+    def validated(k: int) -> list[_Valid]:
+        if k >= len(starts):
+            return []
+        part = given[starts[k] : starts[k] + ENQUEUE_PART]
+        return [_validated(item, i, count, now) for i, item in enumerate(part, starts[k])]
 
     connection = session.connection()
     ids: list[str] = []
     written = _Written({}, {})
     items = validated(0)
-    with pipelined(connection):
-        asked = _ask(session, items, declared, policy)
-        upcoming = validated(starts[1]) if len(starts) > 1 else []
+    first = _answer(session, items, _ask(session, items, declared, policy), declared, written)
+    rows = _rows(session, items, first, policy, now)
+    upcoming = validated(1)
+    asked = _ask(session, upcoming, declared, policy)
     for k in range(len(starts)):
-        reads = _answer(session, items, asked, declared, written)
-        # The next part's look-ups run while this part's rows are built (unless building
-        # them queries the store: routing a message without a line), and this part's
-        # writes while the part after is validated.
-        with pipelined(connection) if reads.settled else nullcontext():
-            following = _ask(session, upcoming, declared, policy)
-            rows = _rows(session, items, reads, policy, now)
-        with pipelined(connection):
+        with pipelined(connection) if len(starts) > 1 else nullcontext():
             _write(connection, rows, now)
-            items, asked = upcoming, following
-            upcoming = validated(starts[k + 2]) if k + 2 < len(starts) else []
-        written.add(rows)
-        ids += rows.ids
+            written.add(rows)
+            ids += rows.ids
+            after = validated(k + 2)
+            following = _ask(session, after, declared, policy)
+            reads = _answer(session, upcoming, asked, declared, written)
+            built = _rows(session, upcoming, reads, policy, now) if reads.settled else None
+        # Rows whose building queries the store (to route a message without a line,
+        # say) are built once the pipeline has ended: queries cannot wait inside it.
+        rows = built if built is not None else _rows(session, upcoming, reads, policy, now)
+        upcoming, asked = after, following
     return ids
 
 
