@@ -21,9 +21,10 @@ TICK_SECONDS = 2.0
 DISPATCH_BATCH = 50
 
 #: Messages of an ``enqueue_many`` call stored together. While PostgreSQL writes one
-#: part, the next is validated; smaller parts overlap more but each costs its own
-#: look-ups and statements.
-ENQUEUE_PART = 250
+#: part, the following ones are validated and built. Nothing overlaps the first part's
+#: reads nor the last part's writes, so smaller parts wait less, but each costs its
+#: own statements: at 1,000 messages a call, 125 was the fastest of 84 to 334.
+ENQUEUE_PART = 125
 
 #: Messages claimed by one tick at most, so a huge backlog is fed to workers in slices.
 CLAIM_LIMIT = 1000
