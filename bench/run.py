@@ -94,7 +94,12 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
         if wanted("enqueue"):
             settings = settings_for(root, "enqueue", size)
             results["enqueue"] = bench_enqueue(
-                settings, size.enqueue_single, size.enqueue_bulk, size.enqueue_chunk, size.lines
+                settings,
+                size.enqueue_single,
+                size.enqueue_bulk,
+                size.enqueue_chunk,
+                size.lines,
+                size.enqueue_rounds,
             )
             _say("enqueue", results["enqueue"])
         if wanted("end_to_end"):

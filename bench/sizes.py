@@ -12,9 +12,11 @@ class Size:
     name: str
     #: ``enqueue`` calls, one message each.
     enqueue_single: int
-    #: Messages given to ``enqueue_many``, in chunks of ``enqueue_chunk``.
+    #: Messages given to ``enqueue_many``, in chunks of ``enqueue_chunk``, in each of
+    #: ``enqueue_rounds`` rounds.
     enqueue_bulk: int
     enqueue_chunk: int
+    enqueue_rounds: int
     #: Pure gate evaluations timed one by one.
     gate_evaluations: int
     #: Messages through real workers, gated and baseline each.
@@ -34,6 +36,7 @@ SIZES = {
         enqueue_single=50,
         enqueue_bulk=500,
         enqueue_chunk=250,
+        enqueue_rounds=1,
         gate_evaluations=2_000,
         end_to_end=300,
         scale_waiting=(1_000, 10_000),
@@ -46,6 +49,7 @@ SIZES = {
         enqueue_single=1_000,
         enqueue_bulk=20_000,
         enqueue_chunk=1_000,
+        enqueue_rounds=5,
         gate_evaluations=50_000,
         end_to_end=20_000,
         scale_waiting=(10_000, 1_000_000),
