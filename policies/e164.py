@@ -37,9 +37,36 @@ def _parsed(text: str) -> str:
     number = _split(text) if _CANONICAL.fullmatch(text) else None
     if number is None:
         number = phonenumbers.parse(text, None)
-    if not phonenumbers.is_valid_number(number):
+    if not _valid(number):
         raise ValueError(text)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _valid(number: PhoneNumber) -> bool:
+    """What ``phonenumbers.is_valid_number`` answers, checking the number against each
+    region's patterns once instead of twice.
+
+    For a country code several regions share (the +1 of the US, Canada and the
+    Caribbean, the +44 of the UK and the Channel Islands), ``is_valid_number`` first
+    finds the number's region: the first, in the library's order, whose leading digits
+    match it or, for a region with none, whose patterns it fits. Then it checks the
+    number against that region's patterns again. Here the first fit ends the search:
+    fitting a region's patterns is what being valid for it means.
+    """
+    regions = COUNTRY_CODE_TO_REGION_CODE.get(number.country_code or 0, ())
+    if len(regions) < 2:
+        return bool(phonenumbers.is_valid_number(number))
+    national = phonenumbers.national_significant_number(number)
+    for region in regions:
+        metadata = PhoneMetadata.metadata_for_region(region)
+        if metadata is None:
+            continue
+        if metadata.leading_digits is not None:
+            if re.match(metadata.leading_digits, national):
+                return bool(phonenumbers.is_valid_number_for_region(number, region))
+        elif phonenumbers.is_valid_number_for_region(number, region):
+            return True
+    return False
 
 
 #: '+', a country code's first digit, then digits only: how applications store numbers.

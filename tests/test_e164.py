@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
 
-from policies.e164 import _CANONICAL, _split, to_e164
+from policies.e164 import _CANONICAL, _split, _valid, to_e164
 from policies.errors import InvalidInput
 
 
@@ -91,3 +91,33 @@ def test_most_numbers_in_e164_form_are_split_without_parse() -> None:
     # The point of the split: a US or UK mobile number in E.164 does not go to parse
     assert _split("+14155550123") is not None
     assert _split("+447911123456") is not None
+
+
+#: Country codes several regions share, where the region is found before validating.
+SHARED_CODES = sorted(
+    code for code, regions in COUNTRY_CODE_TO_REGION_CODE.items() if len(regions) > 1
+)
+
+
+@settings(max_examples=3_000, deadline=None)
+@given(
+    code=st.sampled_from(SHARED_CODES),
+    national=st.integers(10**5, 10**11 - 1),
+)
+@example(code=1, national=4155550123)  # US
+@example(code=1, national=4165550123)  # Canada
+@example(code=1, national=8762345678)  # Jamaica: a region told apart by leading digits
+@example(code=44, national=1481712345)  # Guernsey
+def test_validity_is_what_phonenumbers_says_for_a_shared_country_code(
+    code: int, national: int
+) -> None:
+    number = phonenumbers.PhoneNumber(country_code=code, national_number=national)
+
+    assert _valid(number) == phonenumbers.is_valid_number(number)
+
+
+@pytest.mark.parametrize("text", example_numbers())
+def test_every_example_number_is_as_valid_as_phonenumbers_says(text: str) -> None:
+    number = phonenumbers.parse(text, None)
+
+    assert _valid(number) == phonenumbers.is_valid_number(number)
