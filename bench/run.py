@@ -28,7 +28,9 @@ from scheduler.settings import Settings
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Messages per dispatch task here. The null provider answers at once; with a real one,
 #: whose calls take a while, the smaller default keeps decisions fresh when they are sent.
-DISPATCH_BATCH = 200
+#: End to end, 400 ran about an eighth faster than 200 (4,213 and 4,341 msg/s against
+#: 3,756 and 3,808 in alternate runs).
+DISPATCH_BATCH = 400
 
 
 def machine() -> dict[str, Any]:
