@@ -28,16 +28,18 @@ DEADLINE_SECONDS = 900.0
 
 
 def _wait_drained(remaining: Callable[[], int], total: int) -> tuple[float, float]:
-    """When the first and the last of ``total`` messages were taken (monotonic seconds)."""
+    """When the drain of ``total`` messages began and ended (monotonic seconds): the
+    last moment all were still waiting, and the first moment none was, so that a drain
+    shorter than one poll (one batch, in the smoke size) still has a length."""
     deadline = time.monotonic() + DEADLINE_SECONDS
-    first = None
+    waiting_all = time.monotonic()
     while True:
         left = remaining()
         moment = time.monotonic()
-        if first is None and left < total:
-            first = moment
-        if left == 0 and first is not None:
-            return first, moment
+        if left == total:
+            waiting_all = moment
+        elif left == 0:
+            return waiting_all, moment
         if moment > deadline:
             raise RuntimeError(
                 f"{left} of {total} messages still waiting after {DEADLINE_SECONDS} s"
