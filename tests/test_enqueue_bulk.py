@@ -62,14 +62,25 @@ def test_a_call_of_only_stored_keys_returns_their_ids_and_stores_nothing(hg: Hea
     assert (count(hg, Message), count(hg, Chat)) == (5, 5)
 
 
-def test_one_bad_message_among_many_stores_no_message_and_no_chat(hg: Healthgate) -> None:
-    messages = [pinned(i) for i in range(50)]
-    messages[37]["to"] = "+1415555"
+@pytest.mark.parametrize(
+    ("size", "bad", "part"),
+    [
+        (50, 37, None),  # one part
+        (10, 9, 3),  # in the last of four parts, the earlier ones written already
+    ],
+)
+def test_one_bad_message_among_many_stores_no_message_and_no_chat(
+    hg: Healthgate, monkeypatch: pytest.MonkeyPatch, size: int, bad: int, part: int | None
+) -> None:
+    if part is not None:
+        monkeypatch.setattr(sys.modules["scheduler.enqueue"], "ENQUEUE_PART", part)
+    messages = [pinned(i) for i in range(size)]
+    messages[bad]["to"] = "+1415555"
 
     with pytest.raises(InvalidInput) as raised:
         hg.enqueue_many(messages)
 
-    assert raised.value.field == "messages[37].to"
+    assert raised.value.field == f"messages[{bad}].to"
     assert "+1415555" in str(raised.value)
     assert (count(hg, Message), count(hg, Chat)) == (0, 0)
 
@@ -201,18 +212,6 @@ def test_a_call_in_parts_is_stored_whole_with_keys_and_chats_shared_across_parts
     assert len(set(ids)) == 9
     assert (count(hg, Message), count(hg, Chat)) == (9, 8)
     assert hg.explain(ids[4])["line"] == hg.explain(ids[1])["line"]
-
-
-@pytest.mark.usefixtures("small_parts")
-def test_a_bad_message_in_the_last_part_stores_none_of_the_earlier_parts(hg: Healthgate) -> None:
-    messages = [pinned(i) for i in range(10)]
-    messages[9]["to"] = "+1415555"
-
-    with pytest.raises(InvalidInput) as raised:
-        hg.enqueue_many(messages)
-
-    assert raised.value.field == "messages[9].to"
-    assert (count(hg, Message), count(hg, Chat)) == (0, 0)
 
 
 def test_an_error_inside_a_pipeline_is_sqlalchemys_and_nothing_of_it_is_stored(
