@@ -13,8 +13,9 @@ from policies.text import storable_time
 from scheduler import health, reports
 from scheduler.db import has_schema, upgrade
 from scheduler.dispatch import Report, drain
-from scheduler.enqueue import NewMessage, enqueue_many
+from scheduler.enqueue import enqueue_many
 from scheduler.lines import sync_lines
+from scheduler.messages import NewMessage
 from scheduler.polling import PollReport, poll
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings

@@ -22,10 +22,9 @@ from scheduler.batch import Batch, Facts, facts_for, load_batch
 from scheduler.bulk import insert_rows, update_rows
 from scheduler.claims import Claim, claim_due
 from scheduler.decisions import STATE_AFTER, Report, decision_row
-from scheduler.enqueue import chat_for
 from scheduler.limits import Ticket
 from scheduler.models import Chat, DecisionRecord, Message, MessageState
-from scheduler.router import eligible_lines, rank
+from scheduler.router import chat_for, eligible_lines, rank
 from scheduler.runtime import Runtime, utcnow
 from scheduler.sending import Send, send_batch
 

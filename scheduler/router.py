@@ -100,3 +100,29 @@ def rank(
 def lines_for_new_recipient(session: Session, policy: Policy, now: datetime) -> list[Line]:
     """The lines of :func:`rank_lines`, best first."""
     return [choice.line for choice in rank_lines(session, policy, now)]
+
+
+def chat_for(
+    session: Session,
+    line: Line,
+    recipient: str,
+    now: datetime,
+    provider_chat_id: str | None = None,
+) -> Chat:
+    """The chat of ``line`` with ``recipient``, created HEALTHY when new."""
+    chat = session.scalars(
+        select(Chat).where(Chat.line_id == line.id, Chat.recipient == recipient)
+    ).one_or_none()
+    if chat is None:
+        chat = Chat(
+            line_id=line.id,
+            recipient=recipient,
+            provider_chat_id=provider_chat_id,
+            health="HEALTHY",
+            created_at=now,
+        )
+        session.add(chat)
+        session.flush()
+    elif provider_chat_id and chat.provider_chat_id is None:
+        chat.provider_chat_id = provider_chat_id
+    return chat

@@ -19,9 +19,9 @@ from policies.config import Policy
 from policies.errors import InvalidInput
 from policies.statuses import ChatHealth
 from scheduler import health
-from scheduler.enqueue import chat_for
 from scheduler.lines import get_line, sync_lines
 from scheduler.models import Chat, Line, WebhookEvent
+from scheduler.router import chat_for
 from scheduler.runtime import Runtime, utcnow
 from scheduler.webhooks.linq import (
     ChatHealthSeen,
