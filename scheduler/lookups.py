@@ -28,8 +28,8 @@ ChatRow = Row[int, int, str, str | None, datetime | None]
 
 
 class KnownChat(NamedTuple):
-    """A chat an earlier part of the call made, or gave a provider chat id: as a part
-    reads a stored one (see ``_FOUND_CHAT_COLUMNS``)."""
+    """A chat an earlier part of the call made, as a part reads a stored one (see
+    ``_FOUND_CHAT_COLUMNS``)."""
 
     id: int
     line_id: int

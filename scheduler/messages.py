@@ -13,8 +13,6 @@ from policies.text import storable_text, storable_time
 
 #: Longer bodies are refused rather than split: splitting is the provider's business.
 MAX_BODY_CHARS = 10_000
-
-
 MAX_KEY_CHARS = 200
 
 
@@ -31,12 +29,10 @@ class NewMessage:
     expires_at: datetime | None = None
 
 
-#: The keys a message given as a mapping may have.
-_FIELDS = frozenset(NewMessage.__dataclass_fields__)
-
-
 #: The fields of a message in NewMessage's order.
 _FIELD_ORDER = tuple(NewMessage.__dataclass_fields__)
+#: The keys a message given as a mapping may have.
+_FIELDS = frozenset(_FIELD_ORDER)
 
 
 class Valid(NamedTuple):

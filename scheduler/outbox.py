@@ -30,6 +30,10 @@ _CHATS = cast(Table, Chat.__table__)
 _DECISIONS = cast(Table, DecisionRecord.__table__)
 
 
+#: A plain enqueue's action, code and reason: stored when the router chose the line,
+#: read from the message's row when the application named it (``reports.explain``).
+ENQUEUED = ("ENQUEUE", "enqueued", "enqueued")
+
 #: Orders ids made in one millisecond.
 _sequence = itertools.count()
 
@@ -70,8 +74,8 @@ def store_all(
     def part(k: int) -> list[Valid]:
         if k >= len(starts):
             return []
-        part = given[starts[k] : starts[k] + ENQUEUE_PART]
-        return [validated(item, i, count, now) for i, item in enumerate(part, starts[k])]
+        chunk = given[starts[k] : starts[k] + ENQUEUE_PART]
+        return [validated(item, i, count, now) for i, item in enumerate(chunk, starts[k])]
 
     connection = session.connection()
     ids: list[str] = []
@@ -254,7 +258,7 @@ def _new_row(
     columns of ``_MESSAGE_COLUMNS`` and ``_DECISION_COLUMNS``."""
     state, held_since = MessageState.QUEUED.value, None
     not_before: datetime | None = item.send_at or now
-    action, code, reason = "ENQUEUE", "enqueued", "enqueued"
+    action, code, reason = ENQUEUED
     # A plain enqueue's decision says until when only when send_at delays it.
     decided_until = item.send_at
     if opted_out:
@@ -285,7 +289,7 @@ def _new_row(
         code,
         reason,
     )
-    if item.line is not None and action == "ENQUEUE":
+    if item.line is not None and action == ENQUEUED[0]:
         # Queued on the line the application named: nothing was decided, and the
         # message's row keeps all an enqueue record would (explain shows it first).
         return message, None

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from policies.errors import InvalidInput
 from scheduler.health import LINE_HOLDS
 from scheduler.models import WAITING_STATES, Chat, DecisionRecord, Line, Message
+from scheduler.outbox import ENQUEUED
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -89,14 +90,15 @@ def _with_enqueue(
     message: Message, line: Line | None, decisions: list[DecisionRecord]
 ) -> list[DecisionRecord]:
     """``decisions`` with the enqueue first: a message sent on the line its application
-    named keeps no enqueue record, its own row says all of it (see ``enqueue``)."""
-    if not message.pinned or any(d.action == "ENQUEUE" for d in decisions):
+    named keeps no enqueue record, its own row says all of it (see ``outbox``)."""
+    action, code, reason = ENQUEUED
+    if not message.pinned or any(d.action == action for d in decisions):
         return decisions
     enqueued = DecisionRecord(
         at=message.created_at,
-        action="ENQUEUE",
-        code="enqueued",
-        reason="enqueued",
+        action=action,
+        code=code,
+        reason=reason,
         not_before=message.send_at,
         line=line.number if line else None,
     )
