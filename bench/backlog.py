@@ -22,10 +22,10 @@ from bench.store import (
     seed_messages,
 )
 from scheduler.client import Healthgate
-from scheduler.db import engine_for
 from scheduler.dispatch import drain
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
+from scheduler.store.db import engine_for
 
 
 def _drain(settings: Settings) -> tuple[float, int]:

@@ -15,9 +15,9 @@ from bench.processes import RssSampler, celery, stop, worker
 from bench.provider import IMPORT_PATH
 from bench.store import LINE_NUMBERS, count_states, message_rows, seed_chats, seed_messages
 from scheduler import constants
-from scheduler.db import engine_for
 from scheduler.runtime import utcnow
 from scheduler.settings import Settings
+from scheduler.store.db import engine_for
 
 #: Worker processes, as in the baseline (and the 2-core machine the goal was set on).
 PROCESSES = 2

@@ -12,7 +12,7 @@ from typing import Any
 
 from policies.errors import HealthgateError, InvalidInput, PolicyFileError
 from scheduler.client import Healthgate
-from scheduler.messages import NewMessage
+from scheduler.intake.messages import NewMessage
 from scheduler.settings import Settings
 
 __all__ = [

@@ -18,9 +18,10 @@ from rich.table import Table
 
 from policies.config import load_policy
 from policies.errors import HealthgateError, InvalidInput
-from scheduler import listing, reports, runner
+from scheduler import runner
 from scheduler.client import Healthgate
 from scheduler.settings import Settings
+from scheduler.store import listing, reports
 
 app = typer.Typer(
     help="Outbound send scheduler gated on chat health and line reputation.",

@@ -10,15 +10,16 @@ from policies.errors import InvalidInput
 from policies.keywords import Inbound
 from policies.statuses import LineStatus
 from policies.text import storable_time
-from scheduler import health, reports
-from scheduler.db import has_schema, upgrade
 from scheduler.dispatch import Report, drain
-from scheduler.enqueue import enqueue_many
-from scheduler.lines import sync_lines
-from scheduler.messages import NewMessage
-from scheduler.polling import PollReport, poll
+from scheduler.intake.enqueue import enqueue_many
+from scheduler.intake.messages import NewMessage
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
+from scheduler.signals import health
+from scheduler.signals.polling import PollReport, poll
+from scheduler.store import reports
+from scheduler.store.db import has_schema, upgrade
+from scheduler.store.lines import sync_lines
 
 
 class Healthgate:

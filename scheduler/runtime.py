@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from policies.config import Policy, load_policy
 from policies.errors import PolicyFileError
-from scheduler.db import engine_for, session_factory
 from scheduler.limits import DatabaseLimiter, Limiter, RedisLimiter
 from scheduler.providers import Provider, Providers
 from scheduler.settings import Settings
+from scheduler.store.db import engine_for, session_factory
 
 log = logging.getLogger(__name__)
 

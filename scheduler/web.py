@@ -16,12 +16,13 @@ from starlette.concurrency import run_in_threadpool
 
 from policies.errors import InvalidInput
 from policies.statuses import ChatHealth
-from scheduler import constants, listing, reports
+from scheduler import constants
 from scheduler.client import Healthgate
-from scheduler.models import MessageState
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
-from scheduler.webhooks.inbox import LinqInbox, Outcome
+from scheduler.signals.webhooks.inbox import LinqInbox, Outcome
+from scheduler.store import listing, reports
+from scheduler.store.models import MessageState
 
 Limit = Query(constants.LIST_LIMIT, ge=1, le=constants.LIST_LIMIT_MAX)
 

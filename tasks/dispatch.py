@@ -13,10 +13,10 @@ from celery import Celery
 
 from scheduler import constants
 from scheduler.dispatch import Claim, claim_due, dispatch_claimed
-from scheduler.lines import sync_lines
-from scheduler.reconcile import reconcile
+from scheduler.dispatch.reconcile import reconcile
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
+from scheduler.store.lines import sync_lines
 
 
 def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) -> None:

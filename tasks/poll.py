@@ -7,8 +7,8 @@ from collections.abc import Callable
 from celery import Celery
 
 from scheduler import constants
-from scheduler.polling import poll
 from scheduler.runtime import Runtime
+from scheduler.signals.polling import poll
 
 
 def register_poll(app: Celery, runtime: Callable[[], Runtime]) -> None:

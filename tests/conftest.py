@@ -17,9 +17,9 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from scheduler.client import Healthgate
-from scheduler.db import create_db_engine, upgrade
 from scheduler.providers.log import read_send_log
 from scheduler.settings import Settings
+from scheduler.store.db import create_db_engine, upgrade
 from tests.services import require_postgres
 
 #: Fixtures of the providers' fake HTTP side (linq, d360, provider_client).

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Table, delete, select
 
-from scheduler.bulk import (
+from scheduler.client import Healthgate
+from scheduler.store.bulk import (
     columns_of,
     insert_columns,
     insert_rows,
@@ -19,8 +20,7 @@ from scheduler.bulk import (
     rows_by_key,
     update_rows,
 )
-from scheduler.client import Healthgate
-from scheduler.models import Chat, DecisionRecord, OptOut
+from scheduler.store.models import Chat, DecisionRecord, OptOut
 from tests.conftest import LINE_A, LINE_B
 
 DECISIONS = cast(Table, DecisionRecord.__table__)

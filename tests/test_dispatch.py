@@ -16,9 +16,9 @@ from scheduler import constants
 from scheduler.client import Healthgate
 from scheduler.dispatch import Claim, claim_due, dispatch_claimed
 from scheduler.limits import MemoryLimiter, Ticket
-from scheduler.models import Chat
 from scheduler.providers import Outbound, SendFailed, Sent
 from scheduler.settings import Settings
+from scheduler.store.models import Chat
 from tasks.application import create_app
 from tests.conftest import LINE_A, LINE_B, POLICY, START
 from tests.test_limits import WIDE

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from policies.config import Caps, load_policy
 from policies.usage import DAY, HOUR, MINUTE
 from scheduler.client import Healthgate
-from scheduler.models import Line, Message
 from scheduler.providers.log import read_send_log
 from scheduler.settings import Settings
+from scheduler.store.models import Line, Message
 from tests.services import require_redis
 from tests.test_e2e import environment, stop, wait_until
 

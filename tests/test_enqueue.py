@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import func, select
 
 from scheduler.client import Healthgate
-from scheduler.enqueue import NewMessage
 from scheduler.errors import InvalidInput
-from scheduler.models import DecisionRecord, Message
+from scheduler.intake.enqueue import NewMessage
+from scheduler.store.models import DecisionRecord, Message
 from tests.conftest import LINE_A, LINE_B, START
 
 

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from scheduler.bulk import pipelined
 from scheduler.client import Healthgate
 from scheduler.errors import InvalidInput
-from scheduler.models import Chat, Message, OptOut
+from scheduler.store.bulk import pipelined
+from scheduler.store.models import Chat, Message, OptOut
 from tests.conftest import LINE_A, LINE_B
 
 
@@ -73,7 +73,7 @@ def test_one_bad_message_among_many_stores_no_message_and_no_chat(
     hg: Healthgate, monkeypatch: pytest.MonkeyPatch, size: int, bad: int, part: int | None
 ) -> None:
     if part is not None:
-        monkeypatch.setattr(sys.modules["scheduler.outbox"], "ENQUEUE_PART", part)
+        monkeypatch.setattr(sys.modules["scheduler.intake.outbox"], "ENQUEUE_PART", part)
     messages = [pinned(i) for i in range(size)]
     messages[bad]["to"] = "+1415555"
 
@@ -192,7 +192,7 @@ def test_one_chat_id_given_to_two_new_chats_in_a_call_is_refused(hg: Healthgate)
 @pytest.fixture
 def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Calls stored three messages a part, so a short call has several."""
-    monkeypatch.setattr(sys.modules["scheduler.outbox"], "ENQUEUE_PART", 3)
+    monkeypatch.setattr(sys.modules["scheduler.intake.outbox"], "ENQUEUE_PART", 3)
 
 
 @pytest.mark.usefixtures("small_parts")

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from policies.errors import InvalidInput
 from scheduler.client import Healthgate
-from scheduler.models import DecisionRecord, Message
+from scheduler.store.models import DecisionRecord, Message
 from tests.conftest import LINE_A, LINE_B, START, examples
 
 pytestmark = pytest.mark.timeout(90)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from policies.errors import InvalidInput
 from scheduler.client import Healthgate
-from scheduler.models import Chat, Line, Message, OptOut
+from scheduler.store.models import Chat, Line, Message, OptOut
 from tests.conftest import LINE_A, LINE_B, START, examples
 
 pytestmark = pytest.mark.timeout(90)

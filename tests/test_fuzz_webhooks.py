@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from scheduler import listing
 from scheduler.client import Healthgate
 from scheduler.settings import Settings
+from scheduler.store import listing
 from scheduler.web import create_app
 from tests.conftest import LINE_A, LINE_B, START, examples
 from tests.linq_events import (

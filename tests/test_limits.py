@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session
 
 from policies.pace import Limits, Verdict
 from scheduler import constants
-from scheduler.db import create_db_engine, session_factory
 from scheduler.limits import DatabaseLimiter, Limiter, MemoryLimiter, RedisLimiter, Ticket
-from scheduler.models import Chat, Line, Message
 from scheduler.runtime import Runtime
 from scheduler.settings import Settings
+from scheduler.store.db import create_db_engine, session_factory
+from scheduler.store.models import Chat, Line, Message
 from tests.conftest import TABLES
 from tests.services import require_redis
 

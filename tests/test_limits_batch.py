@@ -21,7 +21,7 @@ from policies.pace import Limits, Verdict
 from policies.usage import DAY, HOUR, MINUTE
 from scheduler.limits import MemoryLimiter, RedisLimiter, Ticket
 from scheduler.limits.redis import HIT
-from scheduler.models import Chat, Message
+from scheduler.store.models import Chat, Message
 from tests.conftest import examples
 from tests.services import require_redis
 from tests.test_limits import (

@@ -9,7 +9,7 @@ import pytest
 
 from policies.errors import InvalidInput
 from policies.statuses import ChatHealth, LineReputation, LineStatus
-from scheduler.webhooks.linq import ChatHealthSeen, InboundSeen, LineSeen, parse_event
+from scheduler.signals.webhooks.linq import ChatHealthSeen, InboundSeen, LineSeen, parse_event
 from tests.conftest import LINE_A, START
 from tests.linq_events import CHAT_ID, chat_created, line_event, message_event
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from policies.content import body_digest
 from scheduler.client import Healthgate
-from scheduler.models import Chat, Message
+from scheduler.store.models import Chat, Message
 from tests.conftest import LINE_A, POLICY, START
 
 Sends = Callable[[], list[dict[str, str]]]

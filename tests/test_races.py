@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy
 from sqlalchemy import text
 
-from scheduler import dispatch
 from scheduler.client import Healthgate
 from scheduler.dispatch import claim_due, dispatch_claimed
+from scheduler.dispatch import gating as dispatch
 from scheduler.providers.log import read_send_log
 from scheduler.runtime import utcnow
 from scheduler.settings import Settings

@@ -9,15 +9,15 @@ import pytest
 from freezegun.api import FrozenDateTimeFactory
 
 from policies.config import OptOutScope
-from scheduler.answers import BatchAnswers
 from scheduler.client import Healthgate
-from scheduler.decisions import Report
-from scheduler.models import Message
+from scheduler.dispatch.answers import BatchAnswers
+from scheduler.dispatch.reconcile import reconcile
+from scheduler.dispatch.sending import Send, send_one
 from scheduler.providers import Outbound, Sent
 from scheduler.providers.log import LogProvider
-from scheduler.reconcile import reconcile
 from scheduler.runtime import utcnow
-from scheduler.sending import Send, send_one
+from scheduler.store.decisions import Report
+from scheduler.store.models import Message
 from tests.conftest import LINE_A
 
 Sends = Callable[[], list[dict[str, str]]]

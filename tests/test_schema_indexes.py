@@ -8,7 +8,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, text
 
-from scheduler.db import alembic_config, create_db_engine, upgrade
+from scheduler.store.db import alembic_config, create_db_engine, upgrade
 
 WINDOW_INDEXES = ("ix_messages_line_dispatched", "ix_messages_line_body_dispatched")
 

@@ -29,10 +29,10 @@ from hypothesis.stateful import (
 from sqlalchemy import select
 
 from scheduler.client import Healthgate
-from scheduler.models import FINAL_STATES, Message, MessageState
 from scheduler.providers.log import read_send_log
 from scheduler.runtime import utcnow
 from scheduler.settings import Settings
+from scheduler.store.models import FINAL_STATES, Message, MessageState
 from tests.conftest import HYPOTHESIS_PROFILE, LINE_A, LINE_B, POLICY, START, TABLES, examples
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from policies.pace import Limits, check, headroom
 from policies.usage import LineUsage, TimesNotLoaded, earliest_allowed
-from scheduler.db import create_db_engine, session_factory
-from scheduler.models import Chat, Line, Message
-from scheduler.usage import load_usage
+from scheduler.store.db import create_db_engine, session_factory
+from scheduler.store.models import Chat, Line, Message
+from scheduler.store.usage import load_usage
 from tests.conftest import examples
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

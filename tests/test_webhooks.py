@@ -15,12 +15,12 @@ from freezegun.api import FrozenDateTimeFactory
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from scheduler import listing
 from scheduler.client import Healthgate
-from scheduler.models import WebhookEvent
 from scheduler.settings import Settings
+from scheduler.signals.webhooks.inbox import LinqInbox, Receipt
+from scheduler.store import listing
+from scheduler.store.models import WebhookEvent
 from scheduler.web import create_app
-from scheduler.webhooks.inbox import LinqInbox, Receipt
 from tests.conftest import LINE_A, START
 from tests.linq_events import (
     CHAT_ID,

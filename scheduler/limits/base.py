@@ -78,7 +78,7 @@ class Limiter(ABC):
     ) -> dict[int, LineUsage] | None:
         """The caps' windows of ``lines`` (numbers by line id) as this limiter counts them,
         for a batch of up to ``headroom`` sends to ``recipients`` (by line id): counts,
-        and times only near a cap of ``limits``, as :func:`scheduler.usage.load_usage`
+        and times only near a cap of ``limits``, as :func:`scheduler.store.usage.load_usage`
         reads the store. None (the default): the store's count is the one to read.
         """
         return None

@@ -14,8 +14,8 @@ from policies.errors import InvalidInput
 from policies.pace import Limits, Verdict, check
 from policies.usage import LineUsage
 from scheduler.limits.base import Limiter, Ticket
-from scheduler.models import Chat, Line, Message
-from scheduler.usage import load_usage
+from scheduler.store.models import Chat, Line, Message
+from scheduler.store.usage import load_usage
 
 #: The caps a Limits holds (its note aside).
 _CAPS = tuple(f.name for f in fields(Limits) if f.name != "note")

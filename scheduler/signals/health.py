@@ -24,8 +24,8 @@ from policies.statuses import (
     parse_line_reputation,
     parse_line_status,
 )
-from scheduler.lines import get_line
-from scheduler.models import (
+from scheduler.store.lines import get_line
+from scheduler.store.models import (
     WAITING_STATES,
     Chat,
     DecisionRecord,
@@ -34,7 +34,7 @@ from scheduler.models import (
     MessageState,
     OptOut,
 )
-from scheduler.router import chat_for
+from scheduler.store.router import chat_for
 
 #: Holds that end when the chat is HEALTHY again (CRITICAL defers, AT_RISK throttles,
 #: and the AT_RISK rule against repeated near-identical bodies).

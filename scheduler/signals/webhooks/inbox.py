@@ -18,12 +18,9 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookV
 from policies.config import Policy
 from policies.errors import InvalidInput
 from policies.statuses import ChatHealth
-from scheduler import health
-from scheduler.lines import get_line, sync_lines
-from scheduler.models import Chat, Line, WebhookEvent
-from scheduler.router import chat_for
 from scheduler.runtime import Runtime, utcnow
-from scheduler.webhooks.linq import (
+from scheduler.signals import health
+from scheduler.signals.webhooks.linq import (
     ChatHealthSeen,
     Fact,
     InboundSeen,
@@ -31,6 +28,9 @@ from scheduler.webhooks.linq import (
     event_id_of,
     parse_event,
 )
+from scheduler.store.lines import get_line, sync_lines
+from scheduler.store.models import Chat, Line, WebhookEvent
+from scheduler.store.router import chat_for
 
 log = logging.getLogger(__name__)
 

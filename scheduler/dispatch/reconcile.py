@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from scheduler.answers import BatchAnswers
-from scheduler.decisions import Report
-from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
+from scheduler.dispatch.answers import BatchAnswers
+from scheduler.dispatch.sending import Send, send_one
 from scheduler.runtime import Runtime
-from scheduler.sending import Send, send_one
+from scheduler.store.decisions import Report
+from scheduler.store.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
 
 #: The code every reconciliation records, in ``explain`` and on the message.
 UNCONFIRMED = "send_unconfirmed"

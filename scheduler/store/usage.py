@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from policies.pace import Limits
 from policies.usage import DAY, HOUR, MINUTE, LineUsage
-from scheduler.models import Chat, Line, Message
+from scheduler.store.models import Chat, Line, Message
 
 
 def load_usage(

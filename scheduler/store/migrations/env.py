@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
-from scheduler.db import create_db_engine
-from scheduler.models import Base
 from scheduler.settings import Settings
+from scheduler.store.db import create_db_engine
+from scheduler.store.models import Base
 
 engine = context.config.attributes.get("engine")
 if not isinstance(engine, Engine):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from policies.decision import Decision
 from policies.statuses import Action
-from scheduler.models import DecisionRecord, Message, MessageState
+from scheduler.store.models import DecisionRecord, Message, MessageState
 
 #: Message state after each gate action.
 STATE_AFTER = {

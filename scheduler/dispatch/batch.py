@@ -15,10 +15,10 @@ from policies.gate import ChatFacts, LineFacts, MessageFacts, limits_for
 from policies.statuses import ChatHealth
 from policies.usage import LineUsage
 from scheduler.limits import Limiter
-from scheduler.lines import line_facts
-from scheduler.models import Chat, Line, Message, OptOut
 from scheduler.runtime import Runtime
-from scheduler.usage import load_bodies, load_usage
+from scheduler.store.lines import line_facts
+from scheduler.store.models import Chat, Line, Message, OptOut
+from scheduler.store.usage import load_bodies, load_usage
 
 
 @dataclass

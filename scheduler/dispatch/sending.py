@@ -12,13 +12,13 @@ from sqlalchemy import Table, select, update
 from policies.outcome import Failure, after_failure
 from policies.statuses import Action, LineStatus
 from scheduler import constants
-from scheduler.answers import BatchAnswers
-from scheduler.bulk import insert_rows, update_rows
-from scheduler.decisions import STATE_AFTER, Report, record_decision
-from scheduler.health import opt_out
-from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState
+from scheduler.dispatch.answers import BatchAnswers
 from scheduler.providers import Outbound, SendFailed, Sent
 from scheduler.runtime import Runtime, utcnow
+from scheduler.signals.health import opt_out
+from scheduler.store.bulk import insert_rows, update_rows
+from scheduler.store.decisions import STATE_AFTER, Report, record_decision
+from scheduler.store.models import Chat, DecisionRecord, Line, Message, MessageState
 
 log = logging.getLogger(__name__)
 

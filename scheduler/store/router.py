@@ -14,9 +14,9 @@ from policies.gate import limits_for
 from policies.pace import check, headroom
 from policies.statuses import LineReputation, LineStatus
 from policies.usage import LineUsage
-from scheduler.lines import line_facts
-from scheduler.models import Chat, Line
-from scheduler.usage import load_usage
+from scheduler.store.lines import line_facts
+from scheduler.store.models import Chat, Line
+from scheduler.store.usage import load_usage
 
 #: The recipient a new conversation is checked for: one the line has never sent to.
 _NEW_RECIPIENT = ""

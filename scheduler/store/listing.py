@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from policies.statuses import ChatHealth
-from scheduler.models import Chat, Line, Message, WebhookEvent
+from scheduler.store.models import Chat, Line, Message, WebhookEvent
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from scheduler.lines import sync_lines
-from scheduler.messages import NewMessage
-from scheduler.outbox import store_all
+from scheduler.intake.messages import NewMessage
+from scheduler.intake.outbox import store_all
 from scheduler.runtime import Runtime, utcnow
+from scheduler.store.lines import sync_lines
 
 #: ``NewMessage`` is enqueue's argument: importable from here as well.
 __all__ = ["NewMessage", "enqueue", "enqueue_many"]

@@ -9,9 +9,9 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from policies.errors import InvalidInput
-from scheduler.health import LINE_HOLDS
-from scheduler.models import WAITING_STATES, Chat, DecisionRecord, Line, Message
-from scheduler.outbox import ENQUEUED
+from scheduler.intake.outbox import ENQUEUED
+from scheduler.signals.health import LINE_HOLDS
+from scheduler.store.models import WAITING_STATES, Chat, DecisionRecord, Line, Message
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -9,8 +9,8 @@ from typing import NamedTuple
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from scheduler.models import WAITING_SQL, Message, MessageState
 from scheduler.runtime import Runtime
+from scheduler.store.models import WAITING_SQL, Message, MessageState
 
 
 class Claim(NamedTuple):

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 
 from policies.config import OptOutScope, Policy
 from policies.errors import InvalidInput
-from scheduler.bulk import rows_by_key
-from scheduler.lines import declared_lines
-from scheduler.messages import Valid
-from scheduler.models import Chat, Line, Message, OptOut
+from scheduler.intake.messages import Valid
+from scheduler.store.bulk import rows_by_key
+from scheduler.store.lines import declared_lines
+from scheduler.store.models import Chat, Line, Message, OptOut
 
 _MESSAGES = cast(Table, Message.__table__)
 _CHATS = cast(Table, Chat.__table__)

@@ -17,13 +17,13 @@ from policies.config import Policy
 from policies.content import body_digest
 from policies.errors import InvalidInput
 from policies.statuses import Action
-from scheduler.bulk import columns_of, insert_columns, pipelined
 from scheduler.constants import ENQUEUE_PART
-from scheduler.lines import get_line
-from scheduler.lookups import KnownChat, Reads, Written, answer, ask
-from scheduler.messages import NewMessage, Valid, validated
-from scheduler.models import Chat, DecisionRecord, Line, Message, MessageState
-from scheduler.router import chat_for, lines_for_new_recipient, sticky_chat
+from scheduler.intake.lookups import KnownChat, Reads, Written, answer, ask
+from scheduler.intake.messages import NewMessage, Valid, validated
+from scheduler.store.bulk import columns_of, insert_columns, pipelined
+from scheduler.store.lines import get_line
+from scheduler.store.models import Chat, DecisionRecord, Line, Message, MessageState
+from scheduler.store.router import chat_for, lines_for_new_recipient, sticky_chat
 
 _MESSAGES = cast(Table, Message.__table__)
 _CHATS = cast(Table, Chat.__table__)

@@ -13,7 +13,7 @@ from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.gate import LineFacts
 from policies.statuses import LineReputation, LineStatus
-from scheduler.models import Line
+from scheduler.store.models import Line
 
 NOT_DECLARED = "is not a line declared in the policy file"
 

@@ -15,9 +15,9 @@ from typing import Any
 from policies.errors import HealthgateError, InvalidInput
 from policies.provider_health import CanSend, d360_health, linq_line
 from policies.statuses import LineReputation, LineStatus
-from scheduler.health import set_line_reputation, set_line_status
-from scheduler.lines import get_line, sync_lines
 from scheduler.runtime import Runtime, utcnow
+from scheduler.signals.health import set_line_reputation, set_line_status
+from scheduler.store.lines import get_line, sync_lines
 
 log = logging.getLogger(__name__)
 

@@ -17,18 +17,18 @@ from policies.gate import LineFacts, decide, limits_for, throttled
 from policies.pace import Limits
 from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
-from scheduler.answers import BatchAnswers
-from scheduler.batch import Batch, Facts, facts_for, load_batch
-from scheduler.bulk import insert_rows, update_rows
-from scheduler.claims import Claim, claim_due
-from scheduler.decisions import STATE_AFTER, Report, decision_row
+from scheduler.dispatch.answers import BatchAnswers
+from scheduler.dispatch.batch import Batch, Facts, facts_for, load_batch
+from scheduler.dispatch.claims import Claim, claim_due
+from scheduler.dispatch.sending import Send, send_batch
 from scheduler.limits import Ticket
-from scheduler.models import Chat, DecisionRecord, Message, MessageState
-from scheduler.router import chat_for, eligible_lines, rank
 from scheduler.runtime import Runtime, utcnow
-from scheduler.sending import Send, send_batch
+from scheduler.store.bulk import insert_rows, update_rows
+from scheduler.store.decisions import STATE_AFTER, Report, decision_row
+from scheduler.store.models import Chat, DecisionRecord, Message, MessageState
+from scheduler.store.router import chat_for, eligible_lines, rank
 
-__all__ = ["Claim", "Report", "claim_due", "dispatch_claimed", "drain"]
+__all__ = ["dispatch_claimed", "drain"]
 
 
 def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None) -> Report:

@@ -1,0 +1,7 @@
+"""Dispatch: claiming due messages, gating them in batches, sending and reconciling."""
+
+from scheduler.dispatch.claims import Claim, claim_due
+from scheduler.dispatch.gating import dispatch_claimed, drain
+from scheduler.store.decisions import Report
+
+__all__ = ["Claim", "Report", "claim_due", "dispatch_claimed", "drain"]

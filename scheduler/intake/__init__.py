@@ -1,0 +1,1 @@
+"""Intake: validating what the application enqueues and storing it in the outbox."""
