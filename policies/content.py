@@ -8,6 +8,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 
+from policies.codes import Code
 from policies.config import Policy
 from policies.decision import Decision
 from policies.statuses import Action
@@ -51,7 +52,7 @@ def repeat_to_at_risk_chat(
     until = last + window
     return Decision(
         Action.THROTTLE,
-        "content_repeated",
+        Code.CONTENT_REPEATED,
         f"a near-identical body went to this AT_RISK chat at {last.isoformat()}; "
         f"held for {policy.content.at_risk_repeat_window_hours:g} h or until a reply",
         until if expires_at is None else min(until, expires_at),
@@ -74,7 +75,7 @@ def same_body_spread(
         return None
     return Decision(
         Action.THROTTLE,
-        "content_same_body",
+        Code.CONTENT_SAME_BODY,
         f"line {line} sent a near-identical body to {limit} recipients in the last hour "
         f"(content.same_body_max_recipients_per_hour={limit})",
         allowed if expires_at is None else min(allowed, expires_at),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from policies.codes import Code
 from policies.statuses import Action
 
 
@@ -14,7 +15,7 @@ class Decision:
 
     action: Action
     #: Short machine-readable cause, stable across releases (e.g. ``chat_at_risk``).
-    code: str
+    code: Code
     #: Sentence for a person reading ``healthgate explain``.
     reason: str
     #: For THROTTLE and DEFER: the earliest moment to look at the message again.
@@ -22,4 +23,4 @@ class Decision:
 
 
 def send() -> Decision:
-    return Decision(Action.SEND, "ok", "chat and line are fit to send")
+    return Decision(Action.SEND, Code.OK, "chat and line are fit to send")

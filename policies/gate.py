@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from policies.codes import CAP_CODES, LINE_PAUSE_CODES, Code
 from policies.config import Policy
 from policies.content import repeat_to_at_risk_chat, same_body_spread
 from policies.decision import Decision, send
@@ -67,14 +68,14 @@ def decide(
     ``line`` is None while no line may take the (new) recipient.
     """
     if chat.health is ChatHealth.OPTED_OUT:
-        return Decision(Action.DROP, "chat_opted_out", "the chat is OPTED_OUT")
+        return Decision(Action.DROP, Code.CHAT_OPTED_OUT, "the chat is OPTED_OUT")
     if chat.recipient_opted_out:
         return Decision(
-            Action.DROP, "recipient_opted_out", "the recipient opted out on another chat"
+            Action.DROP, Code.RECIPIENT_OPTED_OUT, "the recipient opted out on another chat"
         )
     if message.expires_at is not None and now >= message.expires_at:
         return Decision(
-            Action.EXPIRE, "expires_at", f"expires_at {message.expires_at.isoformat()} passed"
+            Action.EXPIRE, Code.EXPIRES_AT, f"expires_at {message.expires_at.isoformat()} passed"
         )
     hold = _hold(message, chat, line, policy, now)
     if hold is not None:
@@ -99,19 +100,19 @@ def _hold(
     A new recipient on a paused line is rerouted instead, when the router may move it.
     """
     if line is None:
-        code, reason = "no_line", "no line may take a new recipient now"
+        code, reason = Code.NO_LINE, "no line may take a new recipient now"
     elif line.status is LineStatus.FLAGGED or line.reputation is LineReputation.CRITICAL:
-        state = "FLAGGED" if line.status is LineStatus.FLAGGED else "CRITICAL"
+        state = line.status if line.status is LineStatus.FLAGGED else line.reputation
+        code = LINE_PAUSE_CODES[state]
         if message.may_reroute:
             return Decision(
                 Action.REROUTE,
-                f"line_{state.lower()}",
+                code,
                 f"line {line.number} is {state}: a new recipient goes to another line",
             )
-        code = f"line_{state.lower()}"
         reason = f"line {line.number} is {state}: paused until it recovers"
     elif chat.health is ChatHealth.CRITICAL:
-        code, reason = "chat_critical", "the chat is CRITICAL: held until HEALTHY"
+        code, reason = Code.CHAT_CRITICAL, "the chat is CRITICAL: held until HEALTHY"
     else:
         return None
     since = message.held_since or now
@@ -119,7 +120,7 @@ def _hold(
     if now >= deadline:
         return Decision(
             Action.EXPIRE,
-            "max_hold",
+            Code.MAX_HOLD,
             f"held since {since.isoformat()}, longer than the maximum hold "
             f"of {policy.chat.critical_max_hold_hours:g} h ({reason})",
         )
@@ -136,7 +137,7 @@ def _chat_throttle(
         return None
     return Decision(
         Action.THROTTLE,
-        "chat_at_risk",
+        Code.CHAT_AT_RISK,
         f"the chat is AT_RISK and has {limit} unanswered message(s) in the last "
         f"{policy.chat.at_risk_window_hours:g} h; a reply lifts the throttle",
         _before(allowed, expires_at),
@@ -177,7 +178,7 @@ def throttled(verdict: Verdict, line: str, limits: Limits, expires_at: datetime 
     """The THROTTLE for a send over a cap: until the cap allows it, naming the cap."""
     return Decision(
         Action.THROTTLE,
-        f"cap_{verdict.cap}",
+        CAP_CODES[verdict.cap],
         f"line {line} reached {verdict.cap}={verdict.limit}{limits.note}",
         _before(verdict.allowed_at, expires_at),
     )

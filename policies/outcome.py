@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from policies.codes import Code
 from policies.config import Policy
 from policies.decision import Decision
 from policies.statuses import Action
@@ -36,20 +37,20 @@ def after_failure(
     """Decide what follows a failed attempt; ``attempts`` counts this one."""
     if failure is Failure.RECIPIENT_OPTED_OUT:
         return Decision(
-            Action.DROP, "provider_opted_out", f"provider: recipient opted out ({detail})"
+            Action.DROP, Code.PROVIDER_OPTED_OUT, f"provider: recipient opted out ({detail})"
         )
     if failure is Failure.LINE_BLOCKED:
         return Decision(
-            Action.DEFER, "provider_line_blocked", f"provider: line cannot send ({detail})", now
+            Action.DEFER, Code.PROVIDER_LINE_BLOCKED, f"provider: line cannot send ({detail})", now
         )
     if failure is Failure.REJECTED:
         return Decision(
-            Action.FAIL, "provider_rejected", f"provider refused the message ({detail})"
+            Action.FAIL, Code.PROVIDER_REJECTED, f"provider refused the message ({detail})"
         )
     if attempts >= policy.dispatch.max_attempts:
         return Decision(
             Action.FAIL,
-            "attempts_exhausted",
+            Code.ATTEMPTS_EXHAUSTED,
             f"gave up after {attempts} attempts; last: {detail}",
         )
     backoff = timedelta(
@@ -60,7 +61,9 @@ def after_failure(
         )
     )
     wait = max(backoff, retry_after or timedelta(0))
-    code = "provider_rate_limited" if failure is Failure.RATE_LIMITED else "provider_unavailable"
+    code = (
+        Code.PROVIDER_RATE_LIMITED if failure is Failure.RATE_LIMITED else Code.PROVIDER_UNAVAILABLE
+    )
     return Decision(
         Action.THROTTLE,
         code,

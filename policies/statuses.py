@@ -61,6 +61,20 @@ class Action(StrEnum):
     EXPIRE = "EXPIRE"
     #: Terminal: the provider refused it for good.
     FAIL = "FAIL"
+    # The steps of a message's life the store records besides the gate's decisions; the
+    # gate never returns them (``scheduler.store.transitions`` says what each one moves).
+    #: Stored by the application's enqueue.
+    ENQUEUE = "ENQUEUE"
+    #: Leased to one dispatch task (not recorded: the lease is on the message).
+    CLAIM = "CLAIM"
+    #: Back to the queue: its lease ran out before it was dispatched (not recorded).
+    REQUEUE = "REQUEUE"
+    #: The provider accepted it.
+    SENT = "SENT"
+    #: A held message looked at again now: a signal ended what held it.
+    RELEASE = "RELEASE"
+    #: A send never confirmed, sent again with its key or handed to a person.
+    RECONCILE = "RECONCILE"
 
 
 def parse_chat_health(value: str) -> ChatHealth:

@@ -12,11 +12,11 @@ from policies.config import OptOutScope
 from scheduler.client import Healthgate
 from scheduler.dispatch.answers import BatchAnswers
 from scheduler.dispatch.reconcile import reconcile
+from scheduler.dispatch.report import Report
 from scheduler.dispatch.sending import Send, send_one
 from scheduler.providers import Outbound, Sent
 from scheduler.providers.log import LogProvider
 from scheduler.runtime import utcnow
-from scheduler.store.decisions import Report
 from scheduler.store.models import Message
 from tests.conftest import LINE_A
 

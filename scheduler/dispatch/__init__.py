@@ -2,6 +2,6 @@
 
 from scheduler.dispatch.claims import Claim, claim_due
 from scheduler.dispatch.gating import dispatch_claimed, drain
-from scheduler.store.decisions import Report
+from scheduler.dispatch.report import Report
 
 __all__ = ["Claim", "Report", "claim_due", "dispatch_claimed", "drain"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +18,7 @@ from scheduler.limits import Limiter
 from scheduler.runtime import Runtime
 from scheduler.store.lines import line_facts
 from scheduler.store.models import Chat, Line, Message, OptOut
+from scheduler.store.transitions import Moves
 from scheduler.store.usage import load_bodies, load_usage
 
 
@@ -32,14 +33,10 @@ class Batch:
     opted_out: set[str]
     usage: dict[int, LineUsage]
     unanswered: dict[int, tuple[datetime, ...]]
+    #: What the batch's decisions leave: rows written together before its commit.
+    moves: Moves
     #: Dispatch times of each body digest to each AT_RISK chat, for the repeat rule.
     same_body: dict[tuple[int, str], list[datetime]] = field(default_factory=dict)
-    #: Decision records taken on the batch, inserted together before its commit.
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    #: Each decided message's row as the decision leaves it, written together too.
-    updates: list[dict[str, Any]] = field(default_factory=list)
-    #: Chats the batch starts a conversation on, by id: their first send's time.
-    started: dict[int, datetime] = field(default_factory=dict)
     #: Chats a send passed by the gate would start, while the limiter has not answered.
     opening: set[int] = field(default_factory=set)
     #: The body digests the batch sends: the content rule's counts it loads.
@@ -101,6 +98,7 @@ def load_batch(
         opted_out,
         {},
         _unanswered(session, chats, policy, now),
+        Moves(now),
         _same_body(session, chats, messages, policy, now),
         digests=frozenset(m.body_hash for m in messages if m.body_hash is not None),
         size=len(messages),
@@ -210,8 +208,14 @@ def _unanswered(
     return {chat_id: tuple(times) for chat_id, times in found.items()}
 
 
-#: The gate's inputs for one message.
-Facts = tuple[MessageFacts, ChatFacts, LineFacts | None, LineUsage]
+class Facts(NamedTuple):
+    """The gate's inputs for one message, in ``decide``'s order."""
+
+    message: MessageFacts
+    chat: ChatFacts
+    #: None while no line may take the (new) recipient.
+    line: LineFacts | None
+    usage: LineUsage
 
 
 def facts_for(message: Message, batch: Batch) -> Facts:
@@ -222,7 +226,7 @@ def facts_for(message: Message, batch: Batch) -> Facts:
     health = ChatHealth(chat.health) if chat else ChatHealth.HEALTHY
     if chat is not None and chat.opted_out_at is not None:
         health = ChatHealth.OPTED_OUT
-    return (
+    return Facts(
         MessageFacts(
             recipient=message.recipient,
             expires_at=message.expires_at,

@@ -6,11 +6,13 @@ import uuid
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from policies.statuses import Action
 from scheduler.runtime import Runtime
-from scheduler.store.models import WAITING_SQL, Message, MessageState
+from scheduler.store import transitions
+from scheduler.store.models import WAITING_SQL, WAITING_STATES, Message, MessageState
 
 
 class Claim(NamedTuple):
@@ -51,26 +53,26 @@ def claim_due(runtime: Runtime, now: datetime, limit: int) -> Claim:
             .limit(room)
             .with_for_update(skip_locked=True)
         )
-        ids = session.scalars(
-            update(Message)
-            .where(Message.id.in_(due.scalar_subquery()))
-            .values(
-                state=MessageState.CLAIMED.value,
-                claim_token=token,
-                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-                updated_at=now,
-            )
-            .returning(Message.id)
-            .execution_options(synchronize_session=False)
-        ).all()
-    return Claim(token, list(ids))
+        ids = transitions.move_where(
+            session,
+            Action.CLAIM,
+            Message.id.in_(due.scalar_subquery()),
+            WAITING_STATES,
+            now,
+            claim_token=token,
+            lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+        )
+    return Claim(token, ids)
 
 
 def expire_leases(session: Session, now: datetime) -> None:
     """Return claims whose lease ran out to the queue; their fence token no longer holds."""
-    session.execute(
-        update(Message)
-        .where(Message.state == MessageState.CLAIMED, Message.lease_expires_at <= now)
-        .values(state=MessageState.QUEUED.value, claim_token=None, not_before=now, updated_at=now)
-        .execution_options(synchronize_session=False)
+    transitions.move_where(
+        session,
+        Action.REQUEUE,
+        Message.lease_expires_at <= now,
+        [MessageState.CLAIMED],
+        now,
+        claim_token=None,
+        not_before=now,
     )

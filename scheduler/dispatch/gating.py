@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from policies.codes import CAP_CODES
 from policies.decision import Decision
 from policies.decision import send as fit_to_send
 from policies.gate import LineFacts, decide, limits_for, throttled
@@ -20,12 +21,11 @@ from policies.usage import LineUsage
 from scheduler.dispatch.answers import BatchAnswers
 from scheduler.dispatch.batch import Batch, Facts, facts_for, load_batch
 from scheduler.dispatch.claims import Claim, claim_due
+from scheduler.dispatch.report import Report
 from scheduler.dispatch.sending import Send, send_batch
 from scheduler.limits import Ticket
 from scheduler.runtime import Runtime, utcnow
-from scheduler.store.bulk import insert_rows, update_rows
-from scheduler.store.decisions import STATE_AFTER, Report, decision_row
-from scheduler.store.models import Chat, DecisionRecord, Message, MessageState
+from scheduler.store.models import Chat, Message, MessageState
 from scheduler.store.router import chat_for, eligible_lines, rank
 
 __all__ = ["dispatch_claimed", "drain"]
@@ -66,11 +66,7 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
         # flushed as it is made), so flushing before every read would only cost.
         with session.no_autoflush:
             to_send = _gate_all(session, messages, batch, report, runtime)
-        connection = session.connection()
-        update_rows(connection, cast(Table, Message.__table__), batch.updates)
-        started = [{"id": i, "first_sent_at": at} for i, at in batch.started.items()]
-        update_rows(connection, cast(Table, Chat.__table__), started)
-        insert_rows(connection, cast(Table, DecisionRecord.__table__), batch.decisions)
+        batch.moves.write(session.connection())
     send_batch(runtime, to_send, report, BatchAnswers(runtime.policy.opt_out.scope))
     return report
 
@@ -140,28 +136,30 @@ def _propose(session: Session, message: Message, batch: Batch) -> _Proposal:
     attempt = message.attempts + 1
     facts = facts_for(message, batch)
     decision = decide(*facts, batch.policy, batch.now)
-    no_line = facts[2] is None and decision.action is Action.DEFER
+    no_line = facts.line is None and decision.action is Action.DEFER
     if decision.action is Action.REROUTE or no_line:
         _reroute(session, message, batch, decision)
         facts, decision = _decide_staying(message, batch)
     if (
         _capped(decision)
-        and facts[0].may_reroute
-        and _reroute(session, message, batch, decision, True)
+        and facts.message.may_reroute
+        and _reroute(session, message, batch, decision, free=True)
     ):
         facts, decision = _decide_staying(message, batch)
-    return _Proposal(message, decision, attempt, facts[2], facts[1].is_new, facts[0].may_reroute)
+    return _Proposal(
+        message, decision, attempt, facts.line, facts.chat.is_new, facts.message.may_reroute
+    )
 
 
 def _decide_staying(message: Message, batch: Batch) -> tuple[Facts, Decision]:
     """The gate's facts and decision for a message that may not move again."""
     facts = facts_for(message, batch)
-    facts = (replace(facts[0], may_reroute=False), *facts[1:])
+    facts = facts._replace(message=replace(facts.message, may_reroute=False))
     return facts, decide(*facts, batch.policy, batch.now)
 
 
 def _capped(decision: Decision) -> bool:
-    return decision.action is Action.THROTTLE and decision.code.startswith("cap_")
+    return decision.action is Action.THROTTLE and decision.code in CAP_CODES.values()
 
 
 def _reserve_all(
@@ -212,17 +210,17 @@ def _elsewhere(
 ) -> Decision:
     """A new recipient the limiter refused, sent on a line with room now if one has it."""
     message = proposal.message
-    if not proposal.may_reroute or not _reroute(session, message, batch, refused, True):
+    if not proposal.may_reroute or not _reroute(session, message, batch, refused, free=True):
         return refused
     if message.chat_id in batch.opening:
         # Another message of the pass would start that conversation: not now.
         return refused
     facts, decision = _decide_staying(message, batch)
-    if decision.action is Action.SEND and facts[2] is not None:
-        request = _request(message, proposal.attempt, facts[2], facts[1].is_new, batch)
+    if decision.action is Action.SEND and facts.line is not None:
+        request = _request(message, proposal.attempt, facts.line, facts.chat.is_new, batch)
         decision = _reserve(session, message, request, batch, runtime)
         if decision.action is Action.SEND:
-            _count(message, batch, facts[1].is_new)
+            _count(message, batch, facts.chat.is_new)
     return decision
 
 
@@ -255,7 +253,8 @@ def _uncount(proposal: _Proposal, batch: Batch) -> None:
 def _settle(proposal: _Proposal, decision: Decision, batch: Batch) -> Send | None:
     """Apply ``decision`` to the message; what to send, if it is a SEND."""
     message = proposal.message
-    _apply(message, decision, batch, proposal.attempt)
+    line = batch.lines.get(message.line_id) if message.line_id is not None else None
+    batch.moves.decide(message, decision, line.number if line else None, proposal.attempt)
     batch.opening.discard(message.chat_id or 0)
     if decision.action is not Action.SEND or message.line_id is None or message.chat_id is None:
         return None
@@ -263,7 +262,7 @@ def _settle(proposal: _Proposal, decision: Decision, batch: Batch) -> Send | Non
     if chat.first_sent_at is None:
         # Seen by the rest of the batch at once; written with the batch's rows.
         set_committed_value(chat, "first_sent_at", batch.now)
-        batch.started[chat.id] = batch.now
+        batch.moves.start(chat.id)
     return Send.of(message, line, chat)
 
 
@@ -283,7 +282,7 @@ def _reserve(
 
 
 def _reroute(
-    session: Session, message: Message, batch: Batch, decision: Decision, free: bool = False
+    session: Session, message: Message, batch: Batch, decision: Decision, *, free: bool = False
 ) -> bool:
     """Move a new recipient to the best line that may take one; False when there is none.
 
@@ -308,37 +307,8 @@ def _reroute(
     chat = chat_for(session, line, message.recipient, batch.now)
     batch.chats[chat.id] = chat
     message.line_id, message.chat_id = line.id, chat.id
-    moved = Decision(
-        Action.REROUTE, decision.code, f"{decision.reason}; moved to line {line.number}"
-    )
-    batch.decisions.append(decision_row(message, moved, batch.now, line.number))
+    batch.moves.reroute(message, decision, line.number)
     return True
-
-
-def _apply(message: Message, decision: Decision, batch: Batch, attempt: int) -> None:
-    """The message's row after ``decision`` (written for the whole batch at once), and the
-    decision's record; ``attempt`` is the send's number, should it be a SEND."""
-    now = batch.now
-    sending = decision.action is Action.SEND
-    batch.updates.append(
-        {
-            "id": message.id,
-            "line_id": message.line_id,
-            "chat_id": message.chat_id,
-            "state": STATE_AFTER[decision.action].value,
-            "claim_token": None,
-            "lease_expires_at": None,
-            "not_before": decision.not_before,
-            "held_since": (message.held_since or now) if decision.action is Action.DEFER else None,
-            "dispatched_at": now if sending else message.dispatched_at,
-            "attempts": attempt if sending else message.attempts,
-            "last_code": decision.code,
-            "last_reason": decision.reason,
-            "updated_at": now,
-        }
-    )
-    line = batch.lines.get(message.line_id) if message.line_id is not None else None
-    batch.decisions.append(decision_row(message, decision, now, line.number if line else None))
 
 
 def drain(runtime: Runtime, now: datetime | None = None, batch: int | None = None) -> Report:

@@ -18,14 +18,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from policies.codes import Code
+from policies.statuses import Action
 from scheduler.dispatch.answers import BatchAnswers
+from scheduler.dispatch.report import Report
 from scheduler.dispatch.sending import Send, send_one
 from scheduler.runtime import Runtime
-from scheduler.store.decisions import Report
-from scheduler.store.models import Chat, DecisionRecord, Line, Message, MessageState, OptOut
+from scheduler.store import transitions
+from scheduler.store.models import Chat, Line, Message, MessageState, OptOut
 
 #: The code every reconciliation records, in ``explain`` and on the message.
-UNCONFIRMED = "send_unconfirmed"
+UNCONFIRMED = Code.SEND_UNCONFIRMED
 
 
 def reconcile(runtime: Runtime, now: datetime, limit: int) -> Report:
@@ -75,12 +78,15 @@ def _settle(
     opted_out = chat.opted_out_at is not None or session.get(OptOut, chat.recipient) is not None
     deduplicates = runtime.providers.get(line.provider).deduplicates
     if deduplicates and not opted_out:
-        message.lease_expires_at = now + after
         reason = (
             f"no answer recorded for the send started at {started}; sent again with the "
             f"same idempotency key, which {line.provider} delivers once"
         )
-        _record(session, message, now, line.number, reason)
+        transitions.move_one(
+            session, message, Action.RECONCILE, now, UNCONFIRMED, reason,
+            line=line.number, to=MessageState.SENDING, mark=False,
+            lease_expires_at=now + after,
+        )  # fmt: skip
         return Send.of(message, line, chat)
     why = (
         "the recipient opted out since, so it is not sent again"
@@ -88,22 +94,8 @@ def _settle(
         else f"{line.provider} cannot tell whether it was delivered (no idempotency key)"
     )
     reason = f"no answer recorded for the send started at {started}; {why}; needs a person"
-    message.state = MessageState.NEEDS_REVIEW.value
-    message.lease_expires_at = None
-    message.last_code, message.last_reason = UNCONFIRMED, reason
-    message.updated_at = now
-    _record(session, message, now, line.number, reason)
+    transitions.move_one(
+        session, message, Action.RECONCILE, now, UNCONFIRMED, reason,
+        line=line.number, to=MessageState.NEEDS_REVIEW, lease_expires_at=None,
+    )  # fmt: skip
     return None
-
-
-def _record(session: Session, message: Message, now: datetime, line: str, reason: str) -> None:
-    session.add(
-        DecisionRecord(
-            message_id=message.id,
-            at=now,
-            action="RECONCILE",
-            code=UNCONFIRMED,
-            reason=reason,
-            line=line,
-        )
-    )

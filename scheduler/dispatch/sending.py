@@ -5,20 +5,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import select, update
 
+from policies.codes import Code
 from policies.outcome import Failure, after_failure
 from policies.statuses import Action, LineStatus
 from scheduler import constants
 from scheduler.dispatch.answers import BatchAnswers
+from scheduler.dispatch.report import Report
 from scheduler.providers import Outbound, SendFailed, Sent
 from scheduler.runtime import Runtime, utcnow
 from scheduler.signals.health import opt_out
-from scheduler.store.bulk import insert_rows, update_rows
-from scheduler.store.decisions import STATE_AFTER, Report, record_decision
-from scheduler.store.models import Chat, DecisionRecord, Line, Message, MessageState
+from scheduler.store import transitions
+from scheduler.store.models import Chat, Line, Message, MessageState
 
 log = logging.getLogger(__name__)
 
@@ -119,21 +120,15 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
         )
         moving = [a for a in accepted if a.send.outbound.message_id in sending]
         # Locked above and still SENDING (or flagged for review): one statement for all.
-        update_rows(
+        transitions.sent(
             session.connection(),
-            cast(Table, Message.__table__),
             [
-                {
-                    "id": a.send.outbound.message_id,
-                    "state": MessageState.SENT.value,
-                    "sent_at": now,
-                    "provider_message_id": a.sent.provider_message_id,
-                    "last_code": "sent",
-                    "last_reason": f"accepted by {a.send.provider}",
-                    "updated_at": now,
-                }
+                transitions.Accepted(
+                    a.send.outbound.message_id, a.send.provider, a.sent.provider_message_id
+                )
                 for a in moving
             ],
+            now,
         )
         for a in accepted:
             if a.sent.provider_chat_id:
@@ -147,23 +142,22 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
                     .values(provider_chat_id=a.sent.provider_chat_id)
                     .execution_options(synchronize_session=False)
                 )
-        insert_rows(
+        transitions.write_decisions(
             session.connection(),
-            cast(Table, DecisionRecord.__table__),
             [
-                {
-                    "message_id": a.send.outbound.message_id,
-                    "at": now,
-                    "action": "SENT",
-                    "code": "sent",
-                    "reason": f"accepted by {a.send.provider}"
+                transitions.record(
+                    a.send.outbound.message_id,
+                    Action.SENT,
+                    Code.SENT,
+                    f"accepted by {a.send.provider}"
                     + (f" as {a.sent.provider_message_id}" if a.sent.provider_message_id else ""),
-                    "line": a.send.outbound.line,
-                }
+                    now,
+                    line=a.send.outbound.line,
+                )
                 for a in accepted
             ],
         )
-    report.add("SENT", len(moving))
+    report.add(Action.SENT, len(moving))
     for a in accepted:
         if a.send.outbound.message_id not in sending:
             # Someone else settled the message meanwhile (a reconciler); the send stands.
@@ -184,12 +178,8 @@ def record_failure(
         decision = after_failure(
             failure.failure, failure.detail, message.attempts, policy, now, failure.retry_after
         )
-        message.state = STATE_AFTER[decision.action].value
-        message.not_before = decision.not_before
-        message.held_since = now if decision.action is Action.DEFER else None
-        message.last_code, message.last_reason = decision.code, decision.reason
-        message.updated_at = now
-        record_decision(session, message, decision, now, outbound.line)
+        held_since = now if decision.action is Action.DEFER else None
+        transitions.apply(session, message, decision, now, outbound.line, held_since=held_since)
         if failure.failure is Failure.RECIPIENT_OPTED_OUT and message.chat_id is not None:
             chat = session.get_one(Chat, message.chat_id, with_for_update=True)
             opt_out(session, policy, chat, now, "provider refused: recipient opted out")

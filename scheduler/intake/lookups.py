@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from policies.config import OptOutScope, Policy
 from policies.errors import InvalidInput
-from scheduler.intake.messages import Valid
+from scheduler.intake.messages import NewRow, Valid
 from scheduler.store.bulk import rows_by_key
 from scheduler.store.lines import declared_lines
 from scheduler.store.models import Chat, Line, Message, OptOut
@@ -47,11 +47,11 @@ class Written(NamedTuple):
     #: New chats by (line id, recipient).
     chats: dict[tuple[int, str], KnownChat]
 
-    def add(self, messages: Sequence[tuple[Any, ...]], chats: Sequence[KnownChat]) -> None:
-        """Remember a part's new messages (id, key, ...) and new chats."""
+    def add(self, messages: Sequence[NewRow], chats: Sequence[KnownChat]) -> None:
+        """Remember a part's new messages and new chats."""
         for message in messages:
-            if message[1] is not None:
-                self.keys[message[1]] = message[0]
+            if message.idempotency_key is not None:
+                self.keys[message.idempotency_key] = message.id
         self.chats.update(((chat.line_id, chat.recipient), chat) for chat in chats)
 
 

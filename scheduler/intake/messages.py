@@ -49,6 +49,28 @@ class Valid(NamedTuple):
     where: str
 
 
+class NewRow(NamedTuple):
+    """A new message's row, in the messages table's column names; its last five
+    fields are its first state and why (``transitions.Entry``)."""
+
+    id: str
+    idempotency_key: str | None
+    line_id: int | None
+    chat_id: int | None
+    #: The application named the line: never rerouted.
+    pinned: bool
+    recipient: str
+    body: str
+    body_hash: str
+    send_at: datetime | None
+    expires_at: datetime | None
+    state: str
+    not_before: datetime | None
+    held_since: datetime | None
+    last_code: str
+    last_reason: str
+
+
 def validated(item: NewMessage | Mapping[str, Any], index: int, count: int, now: datetime) -> Valid:
     where = f"messages[{index}]"
     if isinstance(item, NewMessage):

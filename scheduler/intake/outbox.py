@@ -13,26 +13,23 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.orm import Session
 
+from policies.codes import Code
 from policies.config import Policy
 from policies.content import body_digest
 from policies.errors import InvalidInput
 from policies.statuses import Action
 from scheduler.constants import ENQUEUE_PART
 from scheduler.intake.lookups import KnownChat, Reads, Written, answer, ask
-from scheduler.intake.messages import NewMessage, Valid, validated
+from scheduler.intake.messages import NewMessage, NewRow, Valid, validated
+from scheduler.store import transitions
 from scheduler.store.bulk import columns_of, insert_columns, pipelined
 from scheduler.store.lines import get_line
-from scheduler.store.models import Chat, DecisionRecord, Line, Message, MessageState
+from scheduler.store.models import Chat, Line, Message
 from scheduler.store.router import chat_for, lines_for_new_recipient, sticky_chat
 
 _MESSAGES = cast(Table, Message.__table__)
 _CHATS = cast(Table, Chat.__table__)
-_DECISIONS = cast(Table, DecisionRecord.__table__)
 
-
-#: A plain enqueue's action, code and reason: stored when the router chose the line,
-#: read from the message's row when the application named it (``reports.explain``).
-ENQUEUED = ("ENQUEUE", "enqueued", "enqueued")
 
 #: Orders ids made in one millisecond.
 _sequence = itertools.count()
@@ -109,8 +106,8 @@ class _Rows(NamedTuple):
     chats: list[KnownChat]
     #: Whether those are written already (where the store gives no ids ahead).
     chats_written: bool
-    messages: list[tuple[Any, ...]]
-    decisions: list[tuple[Any, ...]]
+    messages: list[NewRow]
+    decisions: list[transitions.DecisionRow]
 
 
 def _rows(
@@ -121,8 +118,8 @@ def _rows(
     known, opted_out = reads.known, reads.opted_out
     pinned, chats, chats_written = _pinned_chats(session, reads, now)
     ids: list[str] = []
-    messages: list[tuple[Any, ...]] = []
-    decisions: list[tuple[Any, ...]] = []
+    messages: list[NewRow] = []
+    decisions: list[transitions.DecisionRow] = []
     fresh = iter(new_message_ids(len(items)))
     for item in items:
         if item.idempotency_key and item.idempotency_key in known:
@@ -141,8 +138,8 @@ def _rows(
         if decision is not None:
             decisions.append(decision)
         if item.idempotency_key:
-            known[item.idempotency_key] = message[0]
-        ids.append(message[0])
+            known[item.idempotency_key] = message.id
+        ids.append(message.id)
     return _Rows(ids, chats, chats_written, messages, decisions)
 
 
@@ -159,41 +156,14 @@ def _write(connection: Connection, rows: _Rows, now: datetime) -> None:
         insert_columns(
             connection,
             _MESSAGES,
-            columns_of(_MESSAGE_COLUMNS, rows.messages),
+            columns_of(NewRow._fields, rows.messages),
             {"attempts": 0, "created_at": now, "updated_at": now},
         )
-    if rows.decisions:
-        insert_columns(
-            connection, _DECISIONS, columns_of(_DECISION_COLUMNS, rows.decisions), {"at": now}
-        )
+    transitions.write_decisions(connection, rows.decisions)
 
 
 #: The columns of a new chat's row, in ``KnownChat``'s order.
 _CHAT_COLUMNS = ("id", "line_id", "recipient", "provider_chat_id")
-
-
-#: The columns of a new message's row that ``_new_row`` gives, in its order.
-_MESSAGE_COLUMNS = (
-    "id",
-    "idempotency_key",
-    "line_id",
-    "chat_id",
-    "pinned",
-    "recipient",
-    "body",
-    "body_hash",
-    "state",
-    "not_before",
-    "send_at",
-    "expires_at",
-    "held_since",
-    "last_code",
-    "last_reason",
-)
-
-
-#: The columns of its first decision's row, in ``_new_row``'s order.
-_DECISION_COLUMNS = ("message_id", "action", "code", "reason", "not_before", "line")
 
 
 def _opted_out(chat: Chat) -> bool:
@@ -253,26 +223,25 @@ def _new_row(
     policy: Policy,
     now: datetime,
     opted_out: bool,
-) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
-    """The message's row and its first decision's, if the enqueue decided anything: the
-    columns of ``_MESSAGE_COLUMNS`` and ``_DECISION_COLUMNS``."""
-    state, held_since = MessageState.QUEUED.value, None
+) -> tuple[NewRow, transitions.DecisionRow | None]:
+    """The message's row and its first decision's, if the enqueue decided anything."""
+    action, code, reason = transitions.ENQUEUED
     not_before: datetime | None = item.send_at or now
-    action, code, reason = ENQUEUED
+    held_since = None
     # A plain enqueue's decision says until when only when send_at delays it.
     decided_until = item.send_at
     if opted_out:
         # Later enqueues to an opted-out chat are dropped at once, with that reason.
-        state, not_before, decided_until = MessageState.DROPPED.value, None, None
-        action, code, reason = Action.DROP.value, "chat_opted_out", "the recipient opted out"
+        not_before, decided_until = None, None
+        action, code, reason = Action.DROP, Code.CHAT_OPTED_OUT, "the recipient opted out"
     elif line is None:
-        state, held_since = MessageState.DEFERRED.value, now
+        held_since = now
         deadline = now + policy.chat.max_hold
         not_before = min(deadline, item.expires_at) if item.expires_at else deadline
         decided_until = not_before
-        action, code = Action.DEFER.value, "no_line"
+        action, code = Action.DEFER, Code.NO_LINE
         reason = "no line may take a new recipient now (all CRITICAL, FLAGGED or AT_RISK)"
-    message = (
+    message = NewRow(
         message_id,
         item.idempotency_key,
         line.id if line else None,
@@ -281,20 +250,19 @@ def _new_row(
         item.to,
         item.body,
         body_digest(item.body),
-        state,
-        not_before,
         item.send_at,
         item.expires_at,
-        held_since,
-        code,
-        reason,
+        *transitions.entry(action, code, reason, not_before, held_since),
     )
-    if item.line is not None and action == ENQUEUED[0]:
+    if item.line is not None and action is Action.ENQUEUE:
         # Queued on the line the application named: nothing was decided, and the
         # message's row keeps all an enqueue record would (explain shows it first).
         return message, None
     number = line.number if line else None
-    return message, (message_id, action, code, reason, decided_until, number)
+    decision = transitions.record(
+        message_id, action, code, reason, now, not_before=decided_until, line=number
+    )
+    return message, decision
 
 
 def _route(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from policies.codes import Code
 from policies.config import OptOutScope, Policy
 from policies.e164 import to_e164
 from policies.keywords import Inbound, classify, reply_opts_in
@@ -24,25 +24,11 @@ from policies.statuses import (
     parse_line_reputation,
     parse_line_status,
 )
+from scheduler.store import transitions
 from scheduler.store.lines import get_line
-from scheduler.store.models import (
-    WAITING_STATES,
-    Chat,
-    DecisionRecord,
-    Line,
-    Message,
-    MessageState,
-    OptOut,
-)
+from scheduler.store.models import WAITING_STATES, Chat, Line, Message, MessageState, OptOut
 from scheduler.store.router import chat_for
-
-#: Holds that end when the chat is HEALTHY again (CRITICAL defers, AT_RISK throttles,
-#: and the AT_RISK rule against repeated near-identical bodies).
-CHAT_HOLDS = ("chat_critical", "chat_at_risk", "content_repeated")
-#: Holds a reply from the recipient lifts.
-REPLY_HOLDS = ("chat_at_risk", "content_repeated")
-#: Holds that end when the line can send again.
-LINE_HOLDS = ("line_critical", "line_flagged", "provider_line_blocked")
+from scheduler.store.transitions import CHAT_HOLDS, LINE_HOLDS, REPLY_HOLDS, ROUTE_HOLDS
 
 
 def lock_chat(session: Session, chat: Chat) -> Chat:
@@ -88,7 +74,7 @@ def set_chat_health(
             session,
             and_(Message.chat_id == chat.id, Message.last_code.in_(CHAT_HOLDS)),
             now,
-            "release_chat",
+            Code.RELEASE_CHAT,
             f"chat is HEALTHY ({source})",
         )
     return True
@@ -174,7 +160,7 @@ def record_inbound(
         session,
         and_(Message.chat_id == chat.id, Message.last_code.in_(REPLY_HOLDS)),
         now,
-        "release_reply",
+        Code.RELEASE_REPLY,
         "the recipient replied",
     )
     return kind
@@ -192,21 +178,17 @@ def opt_out(session: Session, policy: Policy, chat: Chat, now: datetime, source:
         covered = Message.chat_id == chat.id
     # Claimed messages are dropped too: their dispatch task's fence then fails. A
     # message already SENDING was committed to go before this opt-out was recorded.
-    ids = session.scalars(
-        update(Message)
-        .where(covered, Message.state.in_([*WAITING_STATES, MessageState.CLAIMED]))
-        .values(
-            state=MessageState.DROPPED.value,
-            not_before=None,
-            claim_token=None,
-            last_code="chat_opted_out",
-            last_reason=f"opted out ({source})",
-            updated_at=now,
-        )
-        .returning(Message.id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    _record(session, ids, now, Action.DROP.value, "chat_opted_out", f"opted out ({source})")
+    ids = transitions.move_where(
+        session,
+        Action.DROP,
+        covered,
+        [*WAITING_STATES, MessageState.CLAIMED],
+        now,
+        Code.CHAT_OPTED_OUT,
+        f"opted out ({source})",
+        not_before=None,
+        claim_token=None,
+    )
     return len(ids)
 
 
@@ -219,24 +201,20 @@ def opt_in(session: Session, chat: Chat) -> None:
 
 
 def release(
-    session: Session, which: ColumnElement[bool], now: datetime, code: str, reason: str
+    session: Session, which: ColumnElement[bool], now: datetime, code: Code, reason: str
 ) -> int:
     """Look at held messages again now; the gate (and its caps) decides what follows."""
-    ids = session.scalars(
-        update(Message)
-        .where(which, Message.state.in_([MessageState.DEFERRED, MessageState.THROTTLED]))
-        .values(
-            state=MessageState.QUEUED.value,
-            not_before=now,
-            held_since=None,
-            last_code=code,
-            last_reason=reason,
-            updated_at=now,
-        )
-        .returning(Message.id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    _record(session, ids, now, "RELEASE", code, reason)
+    ids = transitions.move_where(
+        session,
+        Action.RELEASE,
+        which,
+        [MessageState.DEFERRED, MessageState.THROTTLED],
+        now,
+        code,
+        reason,
+        not_before=now,
+        held_since=None,
+    )
     return len(ids)
 
 
@@ -260,30 +238,17 @@ def _release_line(session: Session, line: Line, now: datetime, source: str) -> N
             session,
             and_(Message.line_id == line.id, Message.last_code.in_(LINE_HOLDS)),
             now,
-            "release_line",
+            Code.RELEASE_LINE,
             f"line {line.number} can send again ({source})",
         )
     if line.reputation != LineReputation.CRITICAL.value:
         # Messages waiting for any line that takes new recipients try again.
         release(
             session,
-            Message.last_code == "no_line",
+            Message.last_code.in_(ROUTE_HOLDS),
             now,
-            "release_line",
+            Code.RELEASE_LINE,
             f"line {line.number} may take new recipients ({source})",
-        )
-
-
-def _record(
-    session: Session, ids: Sequence[str], now: datetime, action: str, code: str, reason: str
-) -> None:
-    if ids:
-        session.execute(
-            insert(DecisionRecord),
-            [
-                {"message_id": i, "at": now, "action": action, "code": code, "reason": reason}
-                for i in ids
-            ],
         )
 
 

@@ -9,9 +9,14 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from policies.errors import InvalidInput
-from scheduler.intake.outbox import ENQUEUED
-from scheduler.signals.health import LINE_HOLDS
-from scheduler.store.models import WAITING_STATES, Chat, DecisionRecord, Line, Message
+from scheduler.store.models import WAITING_STATES, Chat, Line, Message
+from scheduler.store.transitions import (
+    ENQUEUED,
+    LINE_HOLDS,
+    DecisionRow,
+    read_decisions,
+    record,
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -59,11 +64,7 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
     if message is None:
         raise InvalidInput("id", message_id, "no message has this id")
     line = session.get(Line, message.line_id) if message.line_id is not None else None
-    decisions = session.scalars(
-        select(DecisionRecord)
-        .where(DecisionRecord.message_id == message_id)
-        .order_by(DecisionRecord.id)
-    )
+    decisions = read_decisions(session, message_id)
     held_by_line = (
         line is not None
         and message.state in {s.value for s in WAITING_STATES}
@@ -82,30 +83,31 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
         "sent_at": _iso(message.sent_at),
         # Why the line holds the message, in the provider's words, while it does.
         "line_health": _line_health(line) if held_by_line and line else None,
-        "decisions": [_decision(d) for d in _with_enqueue(message, line, list(decisions))],
+        "decisions": [_decision(d) for d in _with_enqueue(message, line, decisions)],
     }
 
 
 def _with_enqueue(
-    message: Message, line: Line | None, decisions: list[DecisionRecord]
-) -> list[DecisionRecord]:
+    message: Message, line: Line | None, decisions: list[DecisionRow]
+) -> list[DecisionRow]:
     """``decisions`` with the enqueue first: a message sent on the line its application
     named keeps no enqueue record, its own row says all of it (see ``outbox``)."""
     action, code, reason = ENQUEUED
     if not message.pinned or any(d.action == action for d in decisions):
         return decisions
-    enqueued = DecisionRecord(
-        at=message.created_at,
-        action=action,
-        code=code,
-        reason=reason,
+    enqueued = record(
+        message.id,
+        action,
+        code,
+        reason,
+        message.created_at,
         not_before=message.send_at,
         line=line.number if line else None,
     )
     return [enqueued, *decisions]
 
 
-def _decision(d: DecisionRecord) -> dict[str, Any]:
+def _decision(d: DecisionRow) -> dict[str, Any]:
     return {
         "at": _iso(d.at),
         "action": d.action,
