@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## The benchmark against Redis and PostgreSQL here; results under bench/results (SIZE=smoke: quick).
 SIZE ?= full
