@@ -34,6 +34,8 @@ class Code(StrEnum):
     LINE_CRITICAL = "line_critical"
     #: The provider flagged the line: paused until ACTIVE.
     LINE_FLAGGED = "line_flagged"
+    #: The line is AT_RISK: a conversation not yet started moves to a HEALTHY line.
+    LINE_AT_RISK = "line_at_risk"
     #: The chat is CRITICAL: held until HEALTHY.
     CHAT_CRITICAL = "chat_critical"
     #: The chat is AT_RISK and has its unanswered messages: held until a reply.
@@ -58,6 +60,8 @@ class Code(StrEnum):
     PROVIDER_RATE_LIMITED = "provider_rate_limited"
     #: The provider could not be reached or failed (network, 5xx).
     PROVIDER_UNAVAILABLE = "provider_unavailable"
+    #: The provider had no line eligible for the recipient now (Linq 409): retried.
+    PROVIDER_NO_LINE = "provider_no_line"
     #: Retries ran out.
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     #: The provider accepted the message.

@@ -153,10 +153,19 @@ class LinePolicy(_Section):
     #: long, as senders warm an IP, so its backlog does not trigger the next AT_RISK.
     #: 24 h: one full daily window of the caps the provider scores.
     recovery_ramp_hours: Annotated[float, Field(ge=0, le=MAX_HOURS, strict=True)] = 24
+    #: A line healthgate flagged itself (a send answered "line cannot send", Linq 2027)
+    #: sends one message as a probe this long after the answer: accepted, the flag is
+    #: lifted; refused, the line waits as long again. Linq's phone number list carries
+    #: no runtime status, so without a probe such a line would wait for a person.
+    probe_after_minutes: Annotated[float, Field(gt=0, le=MAX_HOURS * 60, strict=True)] = 30
 
     @property
     def recovery_ramp(self) -> timedelta:
         return timedelta(hours=self.recovery_ramp_hours)
+
+    @property
+    def probe_after(self) -> timedelta:
+        return timedelta(minutes=self.probe_after_minutes)
 
 
 class ContentPolicy(_Section):
@@ -181,6 +190,19 @@ class OptOutPolicy(_Section):
     opt_in_keywords: tuple[str, ...] = ("OPTIN",)
 
 
+class SignalPolicy(_Section):
+    """How signals from providers and people are taken."""
+
+    #: A signal's time may be at most this far ahead of when healthgate receives it.
+    #: Later is bad input: a time from the future would win every comparison and lock
+    #: the state it reports. Five minutes is Standard Webhooks' own clock tolerance.
+    time_tolerance_seconds: Annotated[float, Field(ge=0, le=86_400, strict=True)] = 300
+
+    @property
+    def time_tolerance(self) -> timedelta:
+        return timedelta(seconds=self.time_tolerance_seconds)
+
+
 class DispatchPolicy(_Section):
     """Retries after a provider's transient failure."""
 
@@ -198,6 +220,7 @@ class Policy(_Section):
     caps: Caps = Caps()
     content: ContentPolicy = ContentPolicy()
     opt_out: OptOutPolicy = OptOutPolicy()
+    signals: SignalPolicy = SignalPolicy()
     dispatch: DispatchPolicy = DispatchPolicy()
 
     # Merged caps per line, computed once: the gate asks for them on every message.

@@ -53,6 +53,9 @@ class LineFacts:
     status: LineStatus = LineStatus.ACTIVE
     #: When the line last came back to HEALTHY: its pace ramps up from then.
     recovered_at: datetime | None = None
+    #: FLAGGED by healthgate alone (a send's answer): when one send may go as a probe
+    #: (see ``LinePolicy.probe_after_minutes``). None for any other line.
+    probe_at: datetime | None = None
 
 
 def decide(
@@ -77,10 +80,21 @@ def decide(
         return Decision(
             Action.EXPIRE, Code.EXPIRES_AT, f"expires_at {message.expires_at.isoformat()} passed"
         )
+    if message.held_since is not None and now >= message.held_since + policy.chat.max_hold:
+        # Held past the maximum hold, by one hold or several in a row: it expires, even
+        # if what held it has ended meanwhile. It is never sent that late.
+        return _held_too_long(message.held_since, policy)
     hold = _hold(message, chat, line, policy, now)
     if hold is not None:
         return hold
     assert line is not None  # _hold holds every message without a line
+    if line.reputation is LineReputation.AT_RISK and message.may_reroute:
+        # A conversation not yet started opens on a HEALTHY line when one can take it.
+        return Decision(
+            Action.REROUTE,
+            Code.LINE_AT_RISK,
+            f"line {line.number} is AT_RISK: a new recipient goes to a HEALTHY line",
+        )
     if chat.health is ChatHealth.AT_RISK:
         throttle = _chat_throttle(chat, policy, now, message.expires_at)
         if throttle is not None:
@@ -95,13 +109,23 @@ def decide(
 def _hold(
     message: MessageFacts, chat: ChatFacts, line: LineFacts | None, policy: Policy, now: datetime
 ) -> Decision | None:
-    """DEFER while the line or the chat cannot send, EXPIRE once held too long.
+    """DEFER while there is no line, or the line or the chat cannot send.
 
     A new recipient on a paused line is rerouted instead, when the router may move it.
     """
     if line is None:
-        code, reason = Code.NO_LINE, "no line may take a new recipient now"
-    elif line.status is LineStatus.FLAGGED or line.reputation is LineReputation.CRITICAL:
+        # Waiting for a line is no health hold: it never runs into the maximum hold, and
+        # is looked at again after as long, in case no signal says a line is free.
+        reason = "no line may take a new recipient now"
+        return Decision(
+            Action.DEFER,
+            Code.NO_LINE,
+            reason,
+            _before(now + policy.chat.max_hold, message.expires_at),
+        )
+    probe = line.probe_at is not None and now >= line.probe_at
+    flagged = line.status is LineStatus.FLAGGED and not probe
+    if flagged or line.reputation is LineReputation.CRITICAL:
         state = line.status if line.status is LineStatus.FLAGGED else line.reputation
         code = LINE_PAUSE_CODES[state]
         if message.may_reroute:
@@ -115,16 +139,21 @@ def _hold(
         code, reason = Code.CHAT_CRITICAL, "the chat is CRITICAL: held until HEALTHY"
     else:
         return None
-    since = message.held_since or now
-    deadline = since + policy.chat.max_hold
-    if now >= deadline:
-        return Decision(
-            Action.EXPIRE,
-            Code.MAX_HOLD,
-            f"held since {since.isoformat()}, longer than the maximum hold "
-            f"of {policy.chat.critical_max_hold_hours:g} h ({reason})",
-        )
+    # Looked at again when the hold would run out (decide expires it then), or when its
+    # line may send a probe, unless a signal releases it first.
+    deadline = (message.held_since or now) + policy.chat.max_hold
+    if code is Code.LINE_FLAGGED and line is not None and line.probe_at is not None:
+        deadline = min(deadline, line.probe_at)
     return Decision(Action.DEFER, code, reason, _before(deadline, message.expires_at))
+
+
+def _held_too_long(since: datetime, policy: Policy) -> Decision:
+    return Decision(
+        Action.EXPIRE,
+        Code.MAX_HOLD,
+        f"held since {since.isoformat()}, longer than the maximum hold "
+        f"of {policy.chat.critical_max_hold_hours:g} h",
+    )
 
 
 def _chat_throttle(

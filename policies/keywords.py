@@ -35,9 +35,13 @@ def classify(text: str, policy: OptOutPolicy) -> Inbound:
         if _OPT_OUT_PHRASE.fullmatch(candidate):
             return Inbound.OPT_OUT
     else:
-        candidate = text.strip().upper()
-        opt_out = {word.upper() for word in policy.opt_out_keywords}
-        opt_in = {word.upper() for word in policy.opt_in_keywords}
+        # Strict errs on the side of stopping: everything the looser modes read as an
+        # opt-out, in any case.
+        if _OPT_OUT_PHRASE.fullmatch(text.strip()):
+            return Inbound.OPT_OUT
+        candidate = text.strip().casefold()
+        opt_out = {word.casefold() for word in policy.opt_out_keywords}
+        opt_in = {word.casefold() for word in policy.opt_in_keywords}
     if candidate in opt_out:
         return Inbound.OPT_OUT
     if candidate in opt_in:

@@ -24,6 +24,9 @@ class Failure(StrEnum):
     TRANSIENT = "TRANSIENT"
     #: Refused for good (4xx other than the above).
     REJECTED = "REJECTED"
+    #: The provider has no line eligible for the recipient now (Linq 409): it may have
+    #: one later, so the send is retried with backoff, never failed at once.
+    NO_ELIGIBLE_LINE = "NO_ELIGIBLE_LINE"
 
 
 def after_failure(
@@ -61,9 +64,7 @@ def after_failure(
         )
     )
     wait = max(backoff, retry_after or timedelta(0))
-    code = (
-        Code.PROVIDER_RATE_LIMITED if failure is Failure.RATE_LIMITED else Code.PROVIDER_UNAVAILABLE
-    )
+    code = _RETRY_CODES.get(failure, Code.PROVIDER_UNAVAILABLE)
     return Decision(
         Action.THROTTLE,
         code,
@@ -71,3 +72,10 @@ def after_failure(
         f"retry in {wait.total_seconds():g} s",
         now + wait,
     )
+
+
+#: The code of a retried failure, by kind (network errors and 5xx are ``unavailable``).
+_RETRY_CODES = {
+    Failure.RATE_LIMITED: Code.PROVIDER_RATE_LIMITED,
+    Failure.NO_ELIGIBLE_LINE: Code.PROVIDER_NO_LINE,
+}

@@ -56,8 +56,12 @@ class D360Health:
 def d360_health(payload: Mapping[str, Any]) -> D360Health:
     """Map a ``/health_status`` response to the line's reputation and the reasons.
 
-    The overall is recomputed as the worst entity, not taken from the top-level field,
-    so an entity the summary misses still counts; with no entities the top level is used.
+    The line's answer is the worst of the top-level field and of every entity that
+    governs a plain send (the number, its WhatsApp account, the business, the app), so
+    neither a summary that misses an entity nor an entity the summary contradicts is
+    lost. An entity that governs something else (a ``MESSAGE_TEMPLATE`` awaiting
+    approval) does not pause the line, which sends plain text; it is kept in the detail,
+    marked, so a person sees it.
     """
     health = payload.get("health_status")
     if not isinstance(health, Mapping):
@@ -66,12 +70,17 @@ def d360_health(payload: Mapping[str, Any]) -> D360Health:
     if not isinstance(entities, list):
         raise InvalidInput("health_status.entities", entities, "is not a list")
     kept = [_entity(index, entity) for index, entity in enumerate(entities)]
-    if kept:
-        overall = max((CanSend(e["can_send_message"]) for e in kept), key=_SEVERITY.__getitem__)
-    else:
-        overall = _can_send("health_status.can_send_message", health.get("can_send_message"))
+    top = health.get("can_send_message")
+    answers = [CanSend(e["can_send_message"]) for e in kept if e["governs_line"]]
+    if top is not None or not kept:
+        answers.append(_can_send("health_status.can_send_message", top))
+    overall = max(answers, key=_SEVERITY.__getitem__, default=CanSend.AVAILABLE)
     detail = {"source": "360dialog", "can_send_message": overall.value, "entities": kept}
     return D360Health(overall, REPUTATION_FOR[overall], detail)
+
+
+#: Entities whose status is not the line's: healthgate sends no templates.
+_NOT_THE_LINE = frozenset({"MESSAGE_TEMPLATE"})
 
 
 def _entity(index: int, entity: object) -> dict[str, Any]:
@@ -83,6 +92,8 @@ def _entity(index: int, entity: object) -> dict[str, Any]:
         "entity_type": str(entity.get("entity_type", "")),
         "id": str(entity.get("id", "")),
         "can_send_message": value.value,
+        # Whether this entity's status is the line's (see ``d360_health``).
+        "governs_line": str(entity.get("entity_type", "")) not in _NOT_THE_LINE,
     }
     if entity.get("additional_info"):
         kept["additional_info"] = entity["additional_info"]

@@ -282,10 +282,15 @@ def health_line(line: str, status: str) -> None:
 
 
 @app.command()
-def inbound(line: str, recipient: str, text: str) -> None:
+def inbound(
+    line: str,
+    recipient: str,
+    text: str,
+    at: str | None = typer.Option(None, help="When the recipient sent it (ISO 8601); now."),
+) -> None:
     """Record a message from a recipient: a reply, an opt-out or an opt-in keyword."""
     with _client() as client:
-        kind = client.record_inbound(line, recipient, text)
+        kind = client.record_inbound(line, recipient, text, _time(at, "at"))
     out.print(f"inbound from {recipient}: {kind.value}")
 
 

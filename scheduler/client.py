@@ -15,7 +15,7 @@ from scheduler.intake.enqueue import enqueue_many
 from scheduler.intake.messages import NewMessage
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
-from scheduler.signals import health
+from scheduler.signals import consent, health
 from scheduler.signals.polling import PollReport, poll
 from scheduler.store import reports
 from scheduler.store.db import has_schema, upgrade
@@ -85,21 +85,26 @@ class Healthgate:
         _check_stamp(updated_at)
         with self.runtime.sessions.begin() as session:
             sync_lines(session, self.runtime.policy, utcnow())
+            policy = self.runtime.policy
             if status in {s.value for s in LineStatus}:
                 return health.set_line_status(
-                    session, line, status, utcnow(), updated_at=updated_at
+                    session, policy, line, status, utcnow(), updated_at=updated_at
                 )
             return health.set_line_reputation(
-                session, line, status, utcnow(), updated_at=updated_at
+                session, policy, line, status, utcnow(), updated_at=updated_at
             )
 
-    def record_inbound(self, line: str, recipient: str, text: str) -> Inbound:
-        """Record a message from a recipient (reply, opt-out or opt-in)."""
+    def record_inbound(
+        self, line: str, recipient: str, text: str, at: datetime | None = None
+    ) -> Inbound:
+        """Record a message from a recipient (reply, opt-out or opt-in), sent at ``at``
+        (default now): the ledger orders opt-outs and opt-ins by that time."""
         if not isinstance(text, str):
             raise InvalidInput("text", text, "must be the text the recipient sent")
+        _check_stamp(at, "at")
         with self.runtime.sessions.begin() as session:
-            return health.record_inbound(
-                session, self.runtime.policy, line, recipient, text, utcnow()
+            return consent.record_inbound(
+                session, self.runtime.policy, line, recipient, text, utcnow(), at=at
             )
 
     def drain(self, now: datetime | None = None) -> Report:
@@ -122,10 +127,10 @@ class Healthgate:
         self.runtime.close()
 
 
-def _check_stamp(updated_at: object) -> None:
-    """When a health reading was taken: an aware time, compared with stored UTC stamps."""
+def _check_stamp(updated_at: object, field: str = "updated_at") -> None:
+    """When a signal was given: an aware time, compared with stored UTC stamps."""
     if updated_at is None:
         return
     if not isinstance(updated_at, datetime) or updated_at.tzinfo is None:
-        raise InvalidInput("updated_at", updated_at, "must be a timezone-aware datetime")
-    storable_time(updated_at, "updated_at")
+        raise InvalidInput(field, updated_at, "must be a timezone-aware datetime")
+    storable_time(updated_at, field)

@@ -91,7 +91,7 @@ def postgres_database() -> Iterator[str]:
     admin.dispose()
 
 
-TABLES = "decisions, messages, opt_outs, chats, lines, webhook_events"
+TABLES = "decisions, messages, consent_facts, opt_outs, chats, lines, webhook_events"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -105,7 +105,7 @@ def test_a_reply_lifts_the_at_risk_throttle(hg: Healthgate, sends: Sends) -> Non
 
 
 def test_critical_chat_is_deferred_and_sent_after_it_is_healthy(
-    hg: Healthgate, sends: Sends
+    hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory
 ) -> None:
     hg.set_chat_health(LINE_A, BOB, "CRITICAL")
     message_id = hg.enqueue(to=BOB, body="hold me", line=LINE_A)
@@ -113,9 +113,11 @@ def test_critical_chat_is_deferred_and_sent_after_it_is_healthy(
     hg.drain()
     assert state(hg, message_id) == "deferred"
     assert last(hg, message_id)["code"] == "chat_critical"
+    clock.tick(1)
     hg.set_chat_health(LINE_A, BOB, "AT_RISK")
     hg.drain()
     assert state(hg, message_id) == "deferred"  # AT_RISK is not enough
+    clock.tick(1)
     hg.set_chat_health(LINE_A, BOB, "HEALTHY")
     hg.drain()
 
@@ -177,8 +179,9 @@ def test_opt_out_covers_the_recipient_on_every_line(hg: Healthgate, sends: Sends
     assert sends() == []
 
 
-def test_optin_restores_sending(hg: Healthgate, sends: Sends) -> None:
+def test_optin_restores_sending(hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory) -> None:
     hg.record_inbound(LINE_A, BOB, "STOP")
+    clock.tick(1)
     hg.record_inbound(LINE_A, BOB, "OPTIN")
 
     message_id = hg.enqueue(to=BOB, body="welcome back", line=LINE_A)
@@ -201,7 +204,9 @@ def test_claimed_message_is_dropped_by_an_opt_out_before_dispatch(
     assert sends() == []
 
 
-def test_critical_line_sends_nothing_and_resumes_when_healthy(hg: Healthgate, sends: Sends) -> None:
+def test_critical_line_sends_nothing_and_resumes_when_healthy(
+    hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory
+) -> None:
     hg.enqueue(to=BOB, body="warm up", line=LINE_B)
     hg.drain()
     hg.set_line_health(LINE_B, "CRITICAL")
@@ -212,6 +217,7 @@ def test_critical_line_sends_nothing_and_resumes_when_healthy(hg: Healthgate, se
     assert (state(hg, pinned), state(hg, existing)) == ("deferred", "deferred")
     assert last(hg, existing)["code"] == "line_critical"
     assert len(sends()) == 1
+    clock.tick(1)
     hg.set_line_health(LINE_B, "HEALTHY")
     hg.drain()
 
@@ -235,7 +241,9 @@ def test_new_recipient_on_a_line_turned_critical_is_rerouted(hg: Healthgate, sen
     assert sends()[0]["line"] == other
 
 
-def test_flagged_line_sends_nothing(hg: Healthgate, sends: Sends) -> None:
+def test_flagged_line_sends_nothing(
+    hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory
+) -> None:
     hg.set_line_health(LINE_A, "FLAGGED")
     message_id = hg.enqueue(to=BOB, body="x", line=LINE_A)
 
@@ -243,18 +251,22 @@ def test_flagged_line_sends_nothing(hg: Healthgate, sends: Sends) -> None:
 
     assert state(hg, message_id) == "deferred"
     assert last(hg, message_id)["code"] == "line_flagged"
+    clock.tick(1)
     hg.set_line_health(LINE_A, "ACTIVE")
     hg.drain()
     assert state(hg, message_id) == "sent"
 
 
-def test_unrouted_message_is_released_when_a_line_recovers(hg: Healthgate, sends: Sends) -> None:
+def test_unrouted_message_is_released_when_a_line_recovers(
+    hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory
+) -> None:
     hg.set_line_health(LINE_A, "CRITICAL")
     hg.set_line_health(LINE_B, "CRITICAL")
     message_id = hg.enqueue(to=BOB, body="waiting for a line")
     hg.drain()
     assert state(hg, message_id) == "deferred"
 
+    clock.tick(1)
     hg.set_line_health(LINE_B, "HEALTHY")
     hg.drain()
 

@@ -39,7 +39,7 @@ from scheduler.client import Healthgate
 from scheduler.settings import Settings
 from scheduler.web import create_app
 from tests.conftest import TABLES
-from tests.linq_events import SECRET, message_event, signed
+from tests.linq_events import SECRET, chat_health_event, message_event, signed
 from tests.services import unavailable
 from tests.test_e2e import environment, free_port, wait_until
 from tests.test_e2e_pacing import most_distinct_in_window, most_in_window
@@ -265,15 +265,25 @@ class Webhooks:
 
 
 def stop_all(webhooks: Webhooks, committed: dict[str, datetime]) -> None:
-    """Every STOPPER sends STOP; delivered twice, and an older reply arrives after it."""
-    for n in STOPPERS:
-        to, chat = recipient(n), f"chat_{n}"
+    """Every STOPPER sends STOP; delivered twice, and an older reply arrives after it.
+
+    Every other STOP arrives late: after a reply the recipient sent later. After each
+    STOP the provider reports the chat HEALTHY, which must not clear it.
+    """
+    for i, n in enumerate(STOPPERS):
+        to, chat, line = recipient(n), f"chat_{n}", line_of(n)
         now = datetime.now(UTC)
-        webhooks.post(message_event(line_of(n), to, now, text="STOP", chat_id=chat), f"stop{n}")
+        stop_at = now
+        if i % 2:
+            webhooks.post(message_event(line, to, now, text="sure", chat_id=chat), f"reply{n}")
+            stop_at = now - timedelta(seconds=20)
+        webhooks.post(message_event(line, to, stop_at, text="STOP", chat_id=chat), f"stop{n}")
         committed[to] = datetime.now(UTC)
         webhooks.replay(f"stop{n}")
-        older = message_event(line_of(n), to, now - timedelta(seconds=30), text="ok", chat_id=chat)
+        older = message_event(line, to, now - timedelta(seconds=30), text="ok", chat_id=chat)
         webhooks.post(older, f"late{n}")
+        healthy = chat_health_event(line, "HEALTHY", datetime.now(UTC), chat_id=chat)
+        webhooks.post(healthy, f"healthy{n}")
 
 
 def health_out_of_order(webhooks: Webhooks) -> None:
@@ -536,12 +546,15 @@ def judge(
     after = []
     for message_id, record in in_log.items():
         opted_at = opted.get(record["recipient"])
-        if opted_at is None or datetime.fromisoformat(record["at"]) <= opted_at.replace(tzinfo=UTC):
+        sent_at = datetime.fromisoformat(record["at"])
+        if opted_at is None or sent_at <= opted_at.replace(tzinfo=UTC):
             continue
-        # Sent after the opt-out was recorded: allowed only if the decision to send
-        # committed before it did (the call was already under way) and nothing dropped it.
+        # Sent after the opt-out's time: allowed only if the decision that sent it (the
+        # last SEND or resend before the send) committed before the opt-out was
+        # recorded (the call was already under way) and nothing dropped it. A late STOP
+        # is dated before it arrives, so sends of that gap are checked too.
         actions = decided[message_id]
-        go = [at for action, at in actions if action in ("SEND", "RECONCILE")]
+        go = [at for action, at in actions if action in ("SEND", "RECONCILE") and at <= sent_at]
         dropped = any(action == "DROP" for action, _ in actions)
         if dropped or not go or max(go) > committed[record["recipient"]]:
             after.append(message_id)

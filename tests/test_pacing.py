@@ -63,14 +63,15 @@ def test_line_that_never_left_healthy_has_no_recovery(hg: Healthgate) -> None:
 
 @pytest.mark.parametrize("policy_text", [RAMPED])
 def test_recovered_line_releases_its_backlog_at_the_ramped_pace(
-    hg: Healthgate, sends: Sends
+    hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory
 ) -> None:
     # Given a CRITICAL line with six held messages to six recipients
     hg.set_line_health(LINE_A, "CRITICAL")
     ids = [hg.enqueue(to=recipient(i), body=f"note {i}", line=LINE_A) for i in range(6)]
     hg.drain()
 
-    # When the line returns to HEALTHY
+    # When the line returns to HEALTHY, a second later
+    clock.tick(1)
     hg.set_line_health(LINE_A, "HEALTHY")
     hg.drain()
 
@@ -87,6 +88,7 @@ def test_recovered_line_runs_at_full_pace_after_the_ramp(
 ) -> None:
     # Given a line that recovered a day ago, with a backlog
     hg.set_line_health(LINE_A, "AT_RISK")
+    clock.tick(1)
     hg.set_line_health(LINE_A, "HEALTHY")
     clock.tick(timedelta(hours=24))
     ids = [hg.enqueue(to=recipient(i), body=f"note {i}", line=LINE_A) for i in range(6)]
@@ -165,14 +167,15 @@ def test_same_body_to_many_recipients_is_held(hg: Healthgate, sends: Sends) -> N
 
 
 def test_chat_back_to_healthy_releases_its_backlog_under_the_caps(
-    hg: Healthgate, sends: Sends
+    hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory
 ) -> None:
     # Given a CRITICAL chat with seven held messages (default: 5 a minute per recipient)
     hg.set_chat_health(LINE_A, BOB, "CRITICAL")
     ids = [hg.enqueue(to=BOB, body=f"update {chr(97 + i)}", line=LINE_A) for i in range(7)]
     hg.drain()
 
-    # When the chat returns to HEALTHY
+    # When the chat returns to HEALTHY, a second later
+    clock.tick(1)
     hg.set_chat_health(LINE_A, BOB, "HEALTHY")
     hg.drain()
 
@@ -181,4 +184,4 @@ def test_chat_back_to_healthy_releases_its_backlog_under_the_caps(
     assert last(hg, ids[5])["code"] == "cap_sends_per_recipient_per_minute"
     with hg.runtime.sessions() as session:
         chat = session.scalars(select(Chat).where(Chat.recipient == BOB)).one()
-        assert chat.recovered_at == START
+        assert chat.recovered_at == START + timedelta(seconds=1)

@@ -62,14 +62,17 @@ DISPLAY_NAME = ["Your display name has not been approved yet."]
             "LIMITED",
             "AT_RISK",
         ),
+        # A template awaiting approval governs templates: the line sends plain text.
         (
             health(entity("PHONE_NUMBER", "LIMITED"), entity("MESSAGE_TEMPLATE", "BLOCKED")),
-            "BLOCKED",
-            "CRITICAL",
+            "LIMITED",
+            "AT_RISK",
         ),
         (health(entity("BUSINESS", "BLOCKED"), entity("APP", "AVAILABLE")), "BLOCKED", "CRITICAL"),
         # The worst entity wins even when the summary says otherwise.
         (health(entity("APP", "LIMITED"), overall="AVAILABLE"), "LIMITED", "AT_RISK"),
+        # And the summary counts when it is worse than every entity.
+        (health(entity("PHONE_NUMBER", "AVAILABLE"), overall="BLOCKED"), "BLOCKED", "CRITICAL"),
         # No entities: the summary is all there is.
         (health(overall="BLOCKED"), "BLOCKED", "CRITICAL"),
     ],
@@ -92,18 +95,20 @@ def test_d360_detail_keeps_additional_info_and_errors_per_entity() -> None:
 
     assert detail == {
         "source": "360dialog",
-        "can_send_message": "BLOCKED",
+        "can_send_message": "LIMITED",
         "entities": [
             {
                 "entity_type": "PHONE_NUMBER",
                 "id": "id-phone_number",
                 "can_send_message": "LIMITED",
+                "governs_line": True,
                 "additional_info": DISPLAY_NAME,
             },
             {
                 "entity_type": "MESSAGE_TEMPLATE",
                 "id": "id-message_template",
                 "can_send_message": "BLOCKED",
+                "governs_line": False,
                 "errors": [TEMPLATE_ERROR],
             },
         ],
@@ -291,12 +296,26 @@ def test_linq_poll_bad_value_is_logged_and_left_unchanged_while_others_apply(
 
 
 def test_poll_never_overwrites_a_newer_stamp(hg: Healthgate, linq: FakeProvider) -> None:
+    hg.set_line_health(LINE_A, "HEALTHY", updated_at=START + timedelta(minutes=1))
+    linq.then(listed(phone(LINE_A, reputation="CRITICAL")))
+
+    hg.poll()
+
+    assert line(hg, LINE_A)["reputation"] == "HEALTHY"
+    assert line(hg, LINE_A)["reputation_updated_at"] == (START + timedelta(minutes=1)).isoformat()
+
+
+def test_an_older_critical_still_pauses_a_line_whose_newer_report_is_at_risk(
+    hg: Healthgate, linq: FakeProvider
+) -> None:
+    # CRITICAL pauses until a later HEALTHY: an AT_RISK after it does not end the pause,
+    # whichever of the two arrived first.
     hg.set_line_health(LINE_A, "AT_RISK", updated_at=START + timedelta(minutes=1))
     linq.then(listed(phone(LINE_A, reputation="CRITICAL")))
 
     hg.poll()
 
-    assert line(hg, LINE_A)["reputation"] == "AT_RISK"
+    assert line(hg, LINE_A)["reputation"] == "CRITICAL"
     assert line(hg, LINE_A)["reputation_updated_at"] == (START + timedelta(minutes=1)).isoformat()
 
 

@@ -1,8 +1,10 @@
 """A real client driven by random steps: never twice, never after STOP, nothing lost.
 
-A ``RuleBasedStateMachine`` enqueues, changes health, records inbound messages, moves
-the frozen clock and drains, on a real store with the ``log`` provider; after every step
-the provider's own send log and the store are checked against a model of what was said.
+A ``RuleBasedStateMachine`` enqueues, changes health, records inbound messages (some of
+them late, dated before what arrived earlier), moves the frozen clock and drains, on a
+real store with the ``log`` provider. After every step the store's derived state is
+compared with ``Model``, a small model of SPEC sections 2 and 3 written here and sharing
+no code with healthgate, and every send in the provider's own log is checked against it.
 """
 
 from __future__ import annotations
@@ -28,11 +30,20 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
+from policies.errors import InvalidInput
 from scheduler.client import Healthgate
 from scheduler.providers.log import read_send_log
 from scheduler.runtime import utcnow
 from scheduler.settings import Settings
-from scheduler.store.models import FINAL_STATES, Message, MessageState
+from scheduler.store.models import (
+    FINAL_STATES,
+    Chat,
+    DecisionRecord,
+    Line,
+    Message,
+    MessageState,
+    OptOut,
+)
 from tests.conftest import HYPOTHESIS_PROFILE, LINE_A, LINE_B, POLICY, START, TABLES, examples
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,6 +83,67 @@ recovery_ramp_hours = 1
 same_body_max_recipients_per_hour = 2
 """
 )
+
+
+#: How late a signal may arrive: it is dated this many seconds before it is delivered.
+LATE = st.sampled_from((0, 0, 0, 30, 600, 3600))
+
+
+class Model:
+    """SPEC sections 2 and 3, as facts with times: what the gate must see.
+
+    - An opt-out covers the recipient on every line (account scope); only an opt-in
+      later in event time clears it (in the default mode an ordinary reply does not);
+      at one instant the opt-out wins.
+    - A CRITICAL chat or line is paused until a *later* HEALTHY; AT_RISK in between does
+      not end it; at one instant the worse report wins.
+    - A FLAGGED line is paused until a later ACTIVE.
+    - A person may not set the health of a chat whose recipient is opted out.
+    """
+
+    def __init__(self) -> None:
+        self.consent: dict[str, list[tuple[datetime, bool]]] = {}
+        self.chat_reports: dict[tuple[str, str], list[tuple[datetime, str]]] = {}
+        self.line_reports: dict[str, list[tuple[datetime, str]]] = {}
+        self.line_status: dict[str, list[tuple[datetime, str]]] = {}
+
+    def said(self, to: str, at: datetime, opted_out: bool) -> None:
+        self.consent.setdefault(to, []).append((at, opted_out))
+
+    def opted_out(self, to: str) -> bool:
+        facts = self.consent.get(to, [])
+        # Latest by time; at one instant True (opted out) sorts last.
+        return bool(facts) and max(facts)[1]
+
+    @staticmethod
+    def _paused(reports: list[tuple[datetime, str]]) -> bool:
+        critical = [at for at, status in reports if status == "CRITICAL"]
+        healthy = [at for at, status in reports if status == "HEALTHY"]
+        return bool(critical) and (not healthy or max(healthy) <= max(critical))
+
+    @staticmethod
+    def _latest(reports: list[tuple[datetime, str]], severity: dict[str, int]) -> str | None:
+        if not reports:
+            return None
+        return max(reports, key=lambda r: (r[0], severity[r[1]]))[1]
+
+    def chat_health(self, line: str, to: str) -> str:
+        reports = self.chat_reports.get((line, to), [])
+        if self._paused(reports):
+            return "CRITICAL"
+        return self._latest(reports, {"HEALTHY": 0, "AT_RISK": 1, "CRITICAL": 2}) or "HEALTHY"
+
+    def line_reputation(self, line: str) -> str:
+        reports = self.line_reports.get(line, [])
+        if self._paused(reports):
+            return "CRITICAL"
+        return self._latest(reports, {"HEALTHY": 0, "AT_RISK": 1, "CRITICAL": 2}) or "HEALTHY"
+
+    def line_runtime(self, line: str) -> str:
+        return self._latest(self.line_status.get(line, []), {"ACTIVE": 0, "FLAGGED": 2}) or "ACTIVE"
+
+    def line_paused(self, line: str) -> bool:
+        return self.line_reputation(line) == "CRITICAL" or self.line_runtime(line) == "FLAGGED"
 
 
 class Store:
@@ -120,11 +192,8 @@ class SendPipeline(RuleBasedStateMachine):
         self.seen_sends = 0
         #: Each message's send_at and expires_at: it may go out only between them.
         self.window: dict[str, tuple[datetime | None, datetime | None]] = {}
-        # The model: opt-outs per chat (line, recipient) and per recipient (account
-        # scope), and which lines are paused.
-        self.opted_chats: set[tuple[str, str]] = set()
-        self.opted_recipients: set[str] = set()
-        self.paused: dict[str, set[str]] = {line: set() for line in LINES}
+        self.model = Model()
+        self.max_hold = timedelta(hours=2)  # the policy's critical_max_hold_hours
 
     def teardown(self) -> None:
         self.hg.close()
@@ -173,52 +242,55 @@ class SendPipeline(RuleBasedStateMachine):
         self.ids.add(message_id)
         self.window.setdefault(message_id, (send_at, expires_at))
 
-    @rule(line=st.sampled_from(LINES), to=st.sampled_from(RECIPIENTS))
-    def stop(self, line: str, to: str) -> None:
-        self.hg.record_inbound(line, to, "STOP")
-        self.opted_chats.add((line, to))
-        self.opted_recipients.add(to)
+    @rule(line=st.sampled_from(LINES), to=st.sampled_from(RECIPIENTS), late=LATE)
+    def stop(self, line: str, to: str, late: int) -> None:
+        at = utcnow() - timedelta(seconds=late)
+        self.hg.record_inbound(line, to, "STOP", at=at)
+        self.model.said(to, at, opted_out=True)
 
-    @rule(line=st.sampled_from(LINES), to=st.sampled_from(RECIPIENTS))
-    def opt_in(self, line: str, to: str) -> None:
-        self.hg.record_inbound(line, to, "OPTIN")
-        if (line, to) in self.opted_chats or to in self.opted_recipients:
-            self.opted_chats.discard((line, to))
-            self.opted_recipients.discard(to)
+    @rule(line=st.sampled_from(LINES), to=st.sampled_from(RECIPIENTS), late=LATE)
+    def opt_in(self, line: str, to: str, late: int) -> None:
+        at = utcnow() - timedelta(seconds=late)
+        self.hg.record_inbound(line, to, "OPTIN", at=at)
+        self.model.said(to, at, opted_out=False)
 
-    @rule(line=st.sampled_from(LINES), to=st.sampled_from(RECIPIENTS))
-    def reply(self, line: str, to: str) -> None:
+    @rule(line=st.sampled_from(LINES), to=st.sampled_from(RECIPIENTS), late=LATE)
+    def reply(self, line: str, to: str, late: int) -> None:
         # An ordinary reply never clears an opt-out under the default (exact) mode.
-        self.hg.record_inbound(line, to, "thanks, see you then")
+        at = utcnow() - timedelta(seconds=late)
+        self.hg.record_inbound(line, to, "thanks, see you then", at=at)
 
     @rule(
         line=st.sampled_from(LINES),
         to=st.sampled_from(RECIPIENTS),
         health=st.sampled_from(("HEALTHY", "AT_RISK", "CRITICAL", "OPTED_OUT")),
+        late=LATE,
     )
-    def chat_health(self, line: str, to: str, health: str) -> None:
-        self.hg.set_chat_health(line, to, health)
+    def chat_health(self, line: str, to: str, health: str, late: int) -> None:
+        at = utcnow() - timedelta(seconds=late)
+        if health != "OPTED_OUT" and self.model.opted_out(to):
+            # Only an opt-in clears an opt-out: a person setting health is refused.
+            with pytest.raises(InvalidInput, match="only an opt-in clears it"):
+                self.hg.set_chat_health(line, to, health, updated_at=at)
+            return
+        self.hg.set_chat_health(line, to, health, updated_at=at)
         if health == "OPTED_OUT":
-            self.opted_chats.add((line, to))
-            self.opted_recipients.add(to)
-        elif (line, to) in self.opted_chats:
-            # Any other status set on an opted-out chat is an opt-in.
-            self.opted_chats.discard((line, to))
-            self.opted_recipients.discard(to)
+            self.model.said(to, at, opted_out=True)
+        else:
+            self.model.chat_reports.setdefault((line, to), []).append((at, health))
 
     @rule(
         line=st.sampled_from(LINES),
         status=st.sampled_from(("HEALTHY", "AT_RISK", "CRITICAL", "ACTIVE", "FLAGGED")),
+        late=LATE,
     )
-    def line_health(self, line: str, status: str) -> None:
-        self.hg.set_line_health(line, status)
-        paused = self.paused[line]
-        if status in ("CRITICAL", "FLAGGED"):
-            paused.add(status)
-        elif status in ("HEALTHY", "AT_RISK"):
-            paused.discard("CRITICAL")
+    def line_health(self, line: str, status: str, late: int) -> None:
+        at = utcnow() - timedelta(seconds=late)
+        self.hg.set_line_health(line, status, updated_at=at)
+        if status in ("ACTIVE", "FLAGGED"):
+            self.model.line_status.setdefault(line, []).append((at, status))
         else:
-            paused.discard("FLAGGED")
+            self.model.line_reports.setdefault(line, []).append((at, status))
 
     @rule(seconds=st.sampled_from((1, 20, 61, 600, 3601, 7201, 86_401)))
     def tick(self, seconds: int) -> None:
@@ -229,16 +301,33 @@ class SendPipeline(RuleBasedStateMachine):
         self.hg.drain()
         # Every send of this drain happened now, under the health the model holds now.
         sends = read_send_log(self.settings.send_log_path)
+        model = self.model
         for record in sends[self.seen_sends :]:
             line, to = record["line"], record["recipient"]
-            assert not self.paused[line], f"sent on {line} while {self.paused[line]}: {record}"
-            assert (line, to) not in self.opted_chats, f"sent after the chat's STOP: {record}"
-            assert to not in self.opted_recipients, f"sent after the recipient's STOP: {record}"
+            assert not model.line_paused(line), f"sent on a paused line: {record}"
+            assert model.chat_health(line, to) != "CRITICAL", f"sent to a paused chat: {record}"
+            assert not model.opted_out(to), f"sent after the recipient's STOP: {record}"
             send_at, expires_at = self.window[record["message_id"]]
             at = datetime.fromisoformat(record["at"])
             assert send_at is None or at >= send_at, f"sent before send_at: {record}"
             assert expires_at is None or at < expires_at, f"sent after expires_at: {record}"
+            held = self.first_hold(record["message_id"])
+            assert held is None or at < held + self.max_hold, f"sent past the max hold: {record}"
         self.seen_sends = len(sends)
+
+    def first_hold(self, message_id: str) -> datetime | None:
+        """When a health hold (a DEFER other than waiting for a line) first held it."""
+        with self.hg.runtime.sessions() as session:
+            return session.scalar(
+                select(DecisionRecord.at)
+                .where(
+                    DecisionRecord.message_id == message_id,
+                    DecisionRecord.action == "DEFER",
+                    DecisionRecord.code != "no_line",
+                )
+                .order_by(DecisionRecord.id)
+                .limit(1)
+            )
 
     @precondition(lambda self: bool(self.ids))
     @rule(data=st.data())
@@ -247,6 +336,27 @@ class SendPipeline(RuleBasedStateMachine):
         assert self.hg.explain(message_id)["decisions"]
 
     # -- what must hold after every step ----------------------------------------
+
+    @invariant()
+    def the_store_sees_what_the_model_says(self) -> None:
+        with self.hg.runtime.sessions() as session:
+            lines = {line.id: line for line in session.scalars(select(Line))}
+            chats = session.scalars(select(Chat)).all()
+            account = set(session.scalars(select(OptOut.recipient)))
+            for line in lines.values():
+                assert (line.reputation, line.status) == (
+                    self.model.line_reputation(line.number),
+                    self.model.line_runtime(line.number),
+                ), line.number
+            for chat in chats:
+                number = lines[chat.line_id].number
+                assert chat.health == self.model.chat_health(number, chat.recipient), (
+                    number,
+                    chat.recipient,
+                )
+                # What the gate sees: the chat's opt-out, or the recipient's over the account.
+                opted_out = chat.opted_out_at is not None or chat.recipient in account
+                assert opted_out == self.model.opted_out(chat.recipient), chat.recipient
 
     @invariant()
     def each_message_is_sent_at_most_once(self) -> None:

@@ -176,6 +176,7 @@ def test_the_cases_cover_every_hold_a_release_set_names() -> None:
         Code.PROVIDER_LINE_BLOCKED,
         Code.PROVIDER_RATE_LIMITED,
         Code.PROVIDER_UNAVAILABLE,
+        Code.PROVIDER_NO_LINE,
     }
 
     assert set(GATE_CASES) | provider_holds == SIGNALLED | TIMED_HOLDS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -35,6 +35,8 @@ from tests.linq_events import (
 from tests.test_e2e import wait_until
 
 BOB = "+14155550123"
+#: A time far in the future: a signal stamped then would win every comparison.
+FAR = datetime(2999, 1, 1, tzinfo=UTC)
 Post = Callable[..., httpx2.Response]
 
 
@@ -199,10 +201,13 @@ def test_older_chat_health_event_never_overwrites_a_newer_one(hg: Healthgate, po
     assert state(hg, message_id) == "deferred"
 
 
-def test_replayed_event_changes_nothing(hg: Healthgate, post: Post) -> None:
+def test_replayed_event_changes_nothing(
+    hg: Healthgate, post: Post, clock: FrozenDateTimeFactory
+) -> None:
     # Given Bob's STOP was applied, then he opted back in by other means
     stop = message_event(LINE_A, BOB, START, text="STOP", event_id="evt_stop")
     post(stop, webhook_id="msg_stop")
+    clock.tick(1)
     hg.record_inbound(LINE_A, BOB, "OPTIN")
     message_id = hg.enqueue(to=BOB, body="hi", line=LINE_A)
 
@@ -279,16 +284,16 @@ def test_webhooks_are_refused_without_a_secret(settings: Settings, hg: Healthgat
         ),
         (line_event(LINE_A, START, new_status="PAUSED"), 422, "data.new_status", "PAUSED"),
         (
-            line_event("+14155550199", START, new_reputation="CRITICAL"),
+            message_event(LINE_A, BOB, START, text="hi", status="AT_RISK", status_at=FAR),
             422,
-            "data.phone_number",
-            "+14155550199",
+            "data.chat.health_status.updated_at",
+            FAR.isoformat(),
         ),
         (
-            message_event("+14155550199", BOB, START, text="STOP"),
+            line_event(LINE_A, FAR, new_reputation="CRITICAL"),
             422,
-            "data.chat.owner_handle.handle",
-            "+14155550199",
+            "data.changed_at",
+            FAR.isoformat(),
         ),
         (
             {**line_event(LINE_A, START, new_reputation="CRITICAL"), "created_at": "yesterday"},
@@ -302,8 +307,8 @@ def test_webhooks_are_refused_without_a_secret(settings: Settings, hg: Healthgat
         "unknown-chat-status",
         "opted-out-line",
         "unknown-line-status",
-        "unknown-line",
-        "inbound-on-unknown-line",
+        "chat-health-from-the-future",
+        "line-change-from-the-future",
         "bad-time",
     ],
 )
@@ -326,6 +331,35 @@ def test_bad_input_is_4xx_naming_the_field_recorded_rejected_and_changes_nothing
     before.pop("events")
     assert after == before
     assert (event["outcome"], event["detail"]) == ("rejected", response.json()["error"])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        line_event("+14155550199", START, new_reputation="CRITICAL"),
+        message_event("+14155550199", BOB, START, text="STOP", chat_id="chat_other"),
+    ],
+    ids=["line-event", "inbound"],
+)
+def test_an_account_line_healthgate_does_not_send_from_is_answered_200_ignored(
+    hg: Healthgate, post: Post, payload: dict[str, Any]
+) -> None:
+    # Given a queued message and a known state
+    hg.enqueue(to=BOB, body="hi", line=LINE_A)
+    before = stored(hg)
+
+    # When an event about a line the policy does not declare arrives
+    response = post(payload)
+
+    # Then it is answered 200 (so the provider stops delivering it), recorded ignored
+    # naming the line, and nothing else changed
+    assert response.status_code == 200, response.text
+    after = stored(hg)
+    [event] = after.pop("events")
+    before.pop("events")
+    assert after == before
+    assert event["outcome"] == "ignored"
+    assert "+14155550199" in event["detail"]
 
 
 def test_event_type_without_a_signal_is_recorded_ignored(hg: Healthgate, post: Post) -> None:
@@ -387,7 +421,9 @@ def test_health_from_before_an_opt_out_does_not_clear_it(hg: Healthgate, post: P
     assert state(hg, message_id) == "dropped"
 
 
-def test_late_inbound_older_than_the_newest_one_changes_nothing(hg: Healthgate, post: Post) -> None:
+def test_a_late_stop_older_than_an_optin_is_kept_and_the_optin_stands(
+    hg: Healthgate, post: Post
+) -> None:
     # Given Bob's OPTIN at START was recorded
     post(message_event(LINE_A, BOB, START, text="OPTIN"))
 
@@ -395,12 +431,12 @@ def test_late_inbound_older_than_the_newest_one_changes_nothing(hg: Healthgate, 
     response = post(message_event(LINE_A, BOB, START - timedelta(minutes=1), text="STOP"))
     message_id = hg.enqueue(to=BOB, body="hi", line=LINE_A)
 
-    # Then the newer OPTIN stands
-    assert response.json()["outcome"] == "ignored"
+    # Then the STOP is kept in the ledger, and the newer OPTIN stands
+    assert response.json()["outcome"] == "applied"
     assert state(hg, message_id) == "queued"
 
 
-def test_rejected_event_delivered_again_is_recognised_by_its_event_id(
+def test_rejected_event_delivered_again_is_read_again_under_its_event_id(
     hg: Healthgate, post: Post
 ) -> None:
     payload = line_event(LINE_A, START, new_reputation="SICK", event_id="evt_bad")
@@ -408,9 +444,9 @@ def test_rejected_event_delivered_again_is_recognised_by_its_event_id(
 
     again = post(payload, webhook_id="msg_b")
 
-    assert (first.status_code, again.status_code) == (422, 200)
-    assert again.json() == {"outcome": "duplicate", "first": "rejected"}
-    assert [e["id"] for e in events(hg)] == ["linq:evt_bad"]
+    # A refusal changed nothing, so the redelivery is evaluated again (and refused again)
+    assert (first.status_code, again.status_code) == (422, 422)
+    assert [(e["id"], e["outcome"]) for e in events(hg)] == [("linq:evt_bad", "rejected")]
 
 
 def test_oversized_body_is_413_and_not_stored(hg: Healthgate, post: Post) -> None:

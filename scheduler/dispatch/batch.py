@@ -16,7 +16,7 @@ from policies.statuses import ChatHealth
 from policies.usage import LineUsage
 from scheduler.limits import Limiter
 from scheduler.runtime import Runtime
-from scheduler.store.lines import line_facts
+from scheduler.store.lines import line_facts, next_probe
 from scheduler.store.models import Chat, Line, Message, OptOut
 from scheduler.store.transitions import Moves
 from scheduler.store.usage import load_bodies, load_usage
@@ -39,6 +39,8 @@ class Batch:
     same_body: dict[tuple[int, str], list[datetime]] = field(default_factory=dict)
     #: Chats a send passed by the gate would start, while the limiter has not answered.
     opening: set[int] = field(default_factory=set)
+    #: Lines whose one probe send the batch has decided on (taken, or lost to another).
+    probed: set[int] = field(default_factory=set)
     #: The body digests the batch sends: the content rule's counts it loads.
     digests: frozenset[str] = frozenset()
     #: Messages in the batch: at most this many sends on any one line.
@@ -111,8 +113,12 @@ def load_batch(
 
 
 def is_new_chat(chat: Chat | None) -> bool:
-    """Nothing was dispatched on the chat yet: a send starts a new conversation."""
-    return chat is None or chat.first_sent_at is None
+    """Nothing was said on the chat yet, by either side: a send starts a new conversation.
+
+    A chat the recipient started is theirs: an answer goes on the line they wrote to
+    and is no new conversation.
+    """
+    return chat is None or (chat.first_sent_at is None and chat.first_inbound_at is None)
 
 
 def batch_usage(
@@ -208,6 +214,14 @@ def _unanswered(
     return {chat_id: tuple(times) for chat_id, times in found.items()}
 
 
+def _line(line: Line, batch: Batch) -> LineFacts:
+    probe_at = next_probe(line, batch.policy)
+    if probe_at is not None and line.id in batch.probed:
+        # The batch spent the line's probe: the next one comes an interval from now.
+        probe_at = batch.now + batch.policy.line.probe_after
+    return line_facts(line, probe_at)
+
+
 class Facts(NamedTuple):
     """The gate's inputs for one message, in ``decide``'s order."""
 
@@ -243,6 +257,6 @@ def facts_for(message: Message, batch: Batch) -> Facts:
             if chat and message.body_hash
             else (),
         ),
-        None if line is None or not line.enabled else line_facts(line),
+        None if line is None or not line.enabled else _line(line, batch),
         batch.usage.get(line.id, LineUsage()) if line else LineUsage(),
     )

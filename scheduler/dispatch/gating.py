@@ -11,12 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from policies.codes import CAP_CODES
+from policies.codes import CAP_CODES, Code
 from policies.decision import Decision
 from policies.decision import send as fit_to_send
 from policies.gate import LineFacts, decide, limits_for, throttled
 from policies.pace import Limits
-from policies.statuses import Action, ChatHealth
+from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
 from policies.usage import LineUsage
 from scheduler.dispatch.answers import BatchAnswers
 from scheduler.dispatch.batch import Batch, Facts, facts_for, load_batch
@@ -25,6 +25,7 @@ from scheduler.dispatch.report import Report
 from scheduler.dispatch.sending import Send, send_batch
 from scheduler.limits import Ticket
 from scheduler.runtime import Runtime, utcnow
+from scheduler.store.lines import claim_probe
 from scheduler.store.models import Chat, Message, MessageState
 from scheduler.store.router import chat_for, eligible_lines, rank
 
@@ -138,7 +139,8 @@ def _propose(session: Session, message: Message, batch: Batch) -> _Proposal:
     decision = decide(*facts, batch.policy, batch.now)
     no_line = facts.line is None and decision.action is Action.DEFER
     if decision.action is Action.REROUTE or no_line:
-        _reroute(session, message, batch, decision)
+        healthy = decision.code is Code.LINE_AT_RISK
+        _reroute(session, message, batch, decision, healthy=healthy)
         facts, decision = _decide_staying(message, batch)
     if (
         _capped(decision)
@@ -146,6 +148,13 @@ def _propose(session: Session, message: Message, batch: Batch) -> _Proposal:
         and _reroute(session, message, batch, decision, free=True)
     ):
         facts, decision = _decide_staying(message, batch)
+    probing = facts.line is not None and facts.line.status is LineStatus.FLAGGED
+    if probing and decision.action is Action.SEND:
+        # The probe of a line healthgate flagged: this send, unless another took it.
+        line = batch.lines[message.line_id or 0]
+        batch.probed.add(line.id)
+        if not claim_probe(session, line, batch.policy, batch.now):
+            facts, decision = _decide_staying(message, batch)
     return _Proposal(
         message, decision, attempt, facts.line, facts.chat.is_new, facts.message.may_reroute
     )
@@ -282,11 +291,18 @@ def _reserve(
 
 
 def _reroute(
-    session: Session, message: Message, batch: Batch, decision: Decision, *, free: bool = False
+    session: Session,
+    message: Message,
+    batch: Batch,
+    decision: Decision,
+    *,
+    free: bool = False,
+    healthy: bool = False,
 ) -> bool:
     """Move a new recipient to the best line that may take one; False when there is none.
 
-    With ``free``, only to a line with room under every cap now.
+    With ``free``, only to a line with room under every cap now; with ``healthy``, only
+    to a HEALTHY line (moving between AT_RISK lines would gain nothing).
     """
     if message.pinned:
         return False
@@ -299,7 +315,9 @@ def _reroute(
     choices = [
         choice.line
         for choice in rank(candidates, batch.usage, batch.policy, batch.now)
-        if choice.line.id != message.line_id and (not free or choice.allowed_at <= batch.now)
+        if choice.line.id != message.line_id
+        and (not free or choice.allowed_at <= batch.now)
+        and (not healthy or choice.line.reputation == LineReputation.HEALTHY.value)
     ]
     if not choices:
         return False

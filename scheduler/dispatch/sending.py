@@ -5,19 +5,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from policies.codes import Code
 from policies.outcome import Failure, after_failure
-from policies.statuses import Action, LineStatus
+from policies.statuses import Action
 from scheduler import constants
 from scheduler.dispatch.answers import BatchAnswers
 from scheduler.dispatch.report import Report
 from scheduler.providers import Outbound, SendFailed, Sent
 from scheduler.runtime import Runtime, utcnow
-from scheduler.signals.health import opt_out
+from scheduler.signals import consent, health
 from scheduler.store import transitions
 from scheduler.store.models import Chat, Line, Message, MessageState
 
@@ -50,6 +52,8 @@ class Accepted(NamedTuple):
 
     send: Send
     sent: Sent
+    #: When the provider answered: a line healthgate flagged before then can send.
+    at: datetime
 
 
 def send_batch(
@@ -66,7 +70,7 @@ def send_batch(
     for send in sends:
         sent = _call(runtime, send, report, answers)
         if sent is not None:
-            accepted.append(Accepted(send, sent))
+            accepted.append(Accepted(send, sent, utcnow()))
         if accepted and time.monotonic() - since >= constants.RECORD_SENT_SECONDS:
             record_sent(runtime, accepted, report)
             accepted, since = [], time.monotonic()
@@ -130,6 +134,7 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
             ],
             now,
         )
+        _unblock(session, accepted)
         for a in accepted:
             if a.sent.provider_chat_id:
                 session.execute(
@@ -165,6 +170,25 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
             report.add("sent_unrecorded")
 
 
+def _unblock(session: Session, accepted: Sequence[Accepted]) -> None:
+    """A send accepted after healthgate flagged its line (a probe, or one already under
+    way) shows the line can send: the flag is lifted as of that answer."""
+    latest: dict[int, Accepted] = {}
+    for a in accepted:
+        if a.send.line_id not in latest or a.at > latest[a.send.line_id].at:
+            latest[a.send.line_id] = a
+    flagged = session.scalars(
+        select(Line)
+        .where(Line.id.in_(list(latest)), Line.blocked_at.is_not(None))
+        .order_by(Line.id)
+        .with_for_update()
+    )
+    for line in flagged:
+        a = latest[line.id]
+        if line.blocked_at is not None and a.at > line.blocked_at:
+            health.unblock_line(session, line, a.at, f"a send was accepted by {a.send.provider}")
+
+
 def record_failure(
     runtime: Runtime, outbound: Outbound, failure: SendFailed, report: Report
 ) -> None:
@@ -178,13 +202,16 @@ def record_failure(
         decision = after_failure(
             failure.failure, failure.detail, message.attempts, policy, now, failure.retry_after
         )
-        held_since = now if decision.action is Action.DEFER else None
+        deferred = decision.action is Action.DEFER
+        held_since = (message.held_since or now) if deferred else message.held_since
         transitions.apply(session, message, decision, now, outbound.line, held_since=held_since)
         if failure.failure is Failure.RECIPIENT_OPTED_OUT and message.chat_id is not None:
-            chat = session.get_one(Chat, message.chat_id, with_for_update=True)
-            opt_out(session, policy, chat, now, "provider refused: recipient opted out")
+            chat = consent.lock_chats(session, session.get_one(Chat, message.chat_id))
+            consent.opt_out(
+                session, policy, chat, now, now, "provider refused: recipient opted out"
+            )
         elif failure.failure is Failure.LINE_BLOCKED and message.line_id is not None:
-            line = session.get_one(Line, message.line_id, with_for_update=True)
-            line.status, line.status_updated_at = LineStatus.FLAGGED.value, now
+            line = session.get_one(Line, message.line_id)
+            health.block_line(session, line, now, f"provider refused: {failure.detail}")
     log.warning("send of %s failed: %s", outbound.message_id, failure)
     report.add(decision.action.value)

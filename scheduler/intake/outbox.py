@@ -227,7 +227,6 @@ def _new_row(
     """The message's row and its first decision's, if the enqueue decided anything."""
     action, code, reason = transitions.ENQUEUED
     not_before: datetime | None = item.send_at or now
-    held_since = None
     # A plain enqueue's decision says until when only when send_at delays it.
     decided_until = item.send_at
     if opted_out:
@@ -235,7 +234,7 @@ def _new_row(
         not_before, decided_until = None, None
         action, code, reason = Action.DROP, Code.CHAT_OPTED_OUT, "the recipient opted out"
     elif line is None:
-        held_since = now
+        # Waiting for a line is no health hold: it does not count towards the maximum.
         deadline = now + policy.chat.max_hold
         not_before = min(deadline, item.expires_at) if item.expires_at else deadline
         decided_until = not_before
@@ -252,7 +251,7 @@ def _new_row(
         body_digest(item.body),
         item.send_at,
         item.expires_at,
-        *transitions.entry(action, code, reason, not_before, held_since),
+        *transitions.entry(action, code, reason, not_before),
     )
     if item.line is not None and action is Action.ENQUEUE:
         # Queued on the line the application named: nothing was decided, and the

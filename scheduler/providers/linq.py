@@ -93,6 +93,8 @@ def _failure(exc: linq.APIStatusError) -> SendFailed:
     if status == 429:
         hint = timedelta(seconds=exc.retry_after) if exc.retry_after else None
         return SendFailed(Failure.RATE_LIMITED, detail, hint or retry_after(exc.response))
+    if status == 409:
+        return SendFailed(Failure.NO_ELIGIBLE_LINE, detail)
     if status >= 500 or status == 408:
         return SendFailed(Failure.TRANSIENT, detail)
     return SendFailed(Failure.REJECTED, detail)

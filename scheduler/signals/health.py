@@ -1,21 +1,32 @@
-"""Changing chat health and line reputation, and what follows at once: drops and releases."""
+"""Chat health and line reputation and status, kept as facts with their own times, and
+what follows at once when what the gate sees changes: releases.
+
+Each report keeps the latest of its kind (by the report's own time, never by arrival)
+and moves a latch: CRITICAL pauses until a *later* HEALTHY. What the gate reads
+(``Chat.health``, ``Line.reputation``, ``Line.status``) is derived from those facts by
+``policies.signals``, so any delivery order gives the same state.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from policies.codes import Code
-from policies.config import OptOutScope, Policy
-from policies.e164 import to_e164
-from policies.keywords import Inbound, classify, reply_opts_in
+from policies.config import Policy
+from policies.errors import InvalidInput
+from policies.signals import (
+    chat_health,
+    latest,
+    line_reputation,
+    line_status,
+    not_ahead,
+    supersedes,
+)
 from policies.statuses import (
-    Action,
     ChatHealth,
     LineReputation,
     LineStatus,
@@ -24,16 +35,14 @@ from policies.statuses import (
     parse_line_reputation,
     parse_line_status,
 )
+from scheduler.signals import consent
 from scheduler.store import transitions
 from scheduler.store.lines import get_line
-from scheduler.store.models import WAITING_STATES, Chat, Line, Message, MessageState, OptOut
-from scheduler.store.router import chat_for
-from scheduler.store.transitions import CHAT_HOLDS, LINE_HOLDS, REPLY_HOLDS, ROUTE_HOLDS
+from scheduler.store.models import Chat, Line, Message
+from scheduler.store.transitions import CHAT_HOLDS, LINE_HOLDS, ROUTE_HOLDS
 
-
-def lock_chat(session: Session, chat: Chat) -> Chat:
-    """Lock the chat row: opt-outs and dispatches of one chat serialize on it."""
-    return session.scalars(select(Chat).where(Chat.id == chat.id).with_for_update()).one()
+#: Who a signal came from when nobody says: a person, through the CLI or the client.
+BY_HAND = "set by hand"
 
 
 def set_chat_health(
@@ -45,34 +54,53 @@ def set_chat_health(
     now: datetime,
     *,
     updated_at: datetime | None = None,
-    source: str = "set by hand",
+    source: str = BY_HAND,
 ) -> bool:
-    """Set a chat's health; False when ``updated_at`` is older than what is stored.
+    """Record a report of a chat's health; whether what the gate sees (or the latest
+    report) changed.
 
-    OPTED_OUT drops every waiting message of the chat (of the recipient, with the
-    account scope); any other status set this way clears an opt-out, and HEALTHY
-    releases the chat's held messages.
+    OPTED_OUT is an opt-out fact for the ledger. A person may not set the health of a
+    chat whose recipient opted out: only an opt-in clears an opt-out, and a person who
+    sets HEALTHY there would expect it to.
     """
     health = parse_field(parse_chat_health, "status", status)
-    line = get_line(session, line_number)
-    chat = lock_chat(session, chat_for(session, line, _recipient(recipient), now))
-    stamp = updated_at or now
-    if chat.health_updated_at is not None and stamp < chat.health_updated_at:
-        return False
-    chat.health_updated_at = stamp
+    stamp = _stamp(updated_at, now, policy)
+    chat = consent.chat_of(session, line_number, recipient, now)
     if health is ChatHealth.OPTED_OUT:
-        opt_out(session, policy, chat, now, source)
+        consent.opt_out(session, policy, chat, stamp, now, source)
         return True
-    if chat.opted_out_at is not None:
-        opt_in(session, chat)
-    if health is ChatHealth.HEALTHY and chat.health != ChatHealth.HEALTHY.value:
-        chat.recovered_at = now
-    chat.health = health.value
+    since = consent.opted_out(session, policy, chat)
+    if source == BY_HAND and since is not None:
+        keyword = policy.opt_out.opt_in_keywords[0] if policy.opt_out.opt_in_keywords else "OPTIN"
+        raise InvalidInput(
+            "status",
+            status,
+            f"the recipient opted out at {since.isoformat()}: only an opt-in clears it "
+            f"(an inbound {keyword}: healthgate inbound {line_number} {chat.recipient} {keyword})",
+        )
+    changed = supersedes(health, stamp, chat.reported_health, chat.health_updated_at)
+    if changed:
+        chat.reported_health, chat.health_updated_at = health.value, stamp
+    if health is ChatHealth.CRITICAL:
+        chat.critical_at = latest(stamp, chat.critical_at)
     if health is ChatHealth.HEALTHY:
+        chat.healthy_at = latest(stamp, chat.healthy_at)
+    return _derive_chat(session, chat, now, source) or changed
+
+
+def _derive_chat(session: Session, chat: Chat, now: datetime, source: str) -> bool:
+    """Recompute the chat's bucket from its facts; whether it changed."""
+    derived = chat_health(chat.reported_health, chat.critical_at, chat.healthy_at)
+    if derived.value == chat.health:
+        return False
+    chat.health = derived.value
+    if derived is ChatHealth.HEALTHY:
+        chat.recovered_at = now
         # Released to the gate, whose caps (per recipient, per line) pace the backlog.
-        release(
+        transitions.release(
             session,
-            and_(Message.chat_id == chat.id, Message.last_code.in_(CHAT_HOLDS)),
+            Message.chat_id == chat.id,
+            CHAT_HOLDS,
             now,
             Code.RELEASE_CHAT,
             f"chat is HEALTHY ({source})",
@@ -82,140 +110,85 @@ def set_chat_health(
 
 def set_line_reputation(
     session: Session,
+    policy: Policy,
     line_number: str,
     reputation: str,
     now: datetime,
     *,
     updated_at: datetime | None = None,
-    source: str = "set by hand",
+    source: str = BY_HAND,
     detail: dict[str, Any] | None = None,
 ) -> bool:
-    """Set a line's reputation; False when ``updated_at`` is older than what is stored."""
+    """Record a report of a line's reputation; whether the latest report or what the
+    gate sees changed. CRITICAL pauses the line until a later HEALTHY."""
     value = parse_field(parse_line_reputation, "status", reputation)
+    stamp = _stamp(updated_at, now, policy)
     line = _lock_line(session, line_number)
-    stamp = updated_at or now
-    if line.reputation_updated_at is not None and stamp < line.reputation_updated_at:
-        return False
-    was_fit = _fit(line)
-    line.reputation, line.reputation_updated_at = value.value, stamp
-    _mark_recovery(line, was_fit, now)
-    if detail is not None:
-        line.detail = detail
-    _release_line(session, line, now, source)
-    return True
+    changed = supersedes(value, stamp, line.reported_reputation, line.reputation_updated_at)
+    if changed:
+        line.reported_reputation, line.reputation_updated_at = value.value, stamp
+        if detail is not None:
+            line.detail = detail
+    if value is LineReputation.CRITICAL:
+        line.critical_at = latest(stamp, line.critical_at)
+    if value is LineReputation.HEALTHY:
+        line.healthy_at = latest(stamp, line.healthy_at)
+    return _derive_line(session, line, now, source) or changed
 
 
 def set_line_status(
     session: Session,
+    policy: Policy,
     line_number: str,
     status: str,
     now: datetime,
     *,
     updated_at: datetime | None = None,
-    source: str = "set by hand",
+    source: str = BY_HAND,
 ) -> bool:
-    """Set a line's runtime status (ACTIVE / FLAGGED)."""
+    """Record a report of a line's runtime status (ACTIVE / FLAGGED); a later ACTIVE
+    also lifts healthgate's own flag (see ``block_line``)."""
     value = parse_field(parse_line_status, "status", status)
+    stamp = _stamp(updated_at, now, policy)
     line = _lock_line(session, line_number)
-    stamp = updated_at or now
-    if line.status_updated_at is not None and stamp < line.status_updated_at:
+    changed = supersedes(value, stamp, line.reported_status, line.status_updated_at)
+    if changed:
+        line.reported_status, line.status_updated_at = value.value, stamp
+    if value is LineStatus.ACTIVE:
+        line.active_at = latest(stamp, line.active_at)
+    return _derive_line(session, line, now, source) or changed
+
+
+def block_line(session: Session, line: Line, now: datetime, source: str) -> None:
+    """healthgate's own flag: a send's answer said the line cannot send (Linq 2027).
+
+    The line sends nothing until a later ACTIVE: from the provider's webhook or poll,
+    or from a person who checked (``healthgate health line LINE ACTIVE``).
+    """
+    locked = session.scalars(select(Line).where(Line.id == line.id).with_for_update()).one()
+    locked.blocked_at = latest(now, locked.blocked_at)
+    _derive_line(session, locked, now, source)
+
+
+def unblock_line(session: Session, line: Line, at: datetime, source: str) -> None:
+    """A send accepted at ``at`` shows the line can send: as an ACTIVE from then."""
+    line.active_at = latest(at, line.active_at)
+    _derive_line(session, line, at, source)
+
+
+def _derive_line(session: Session, line: Line, now: datetime, source: str) -> bool:
+    """Recompute what the gate sees of the line; whether it changed."""
+    reputation = line_reputation(line.reported_reputation, line.critical_at, line.healthy_at)
+    status = line_status(line.reported_status, line.active_at, line.blocked_at)
+    if reputation.value == line.reputation and status.value == line.status:
         return False
     was_fit = _fit(line)
-    line.status, line.status_updated_at = value.value, stamp
-    _mark_recovery(line, was_fit, now)
+    line.reputation, line.status = reputation.value, status.value
+    if _fit(line) and not was_fit:
+        # A line back to HEALTHY and ACTIVE ramps its pace up from now (policies.pace).
+        line.recovered_at = now
     _release_line(session, line, now, source)
     return True
-
-
-def record_inbound(
-    session: Session,
-    policy: Policy,
-    line_number: str,
-    recipient: str,
-    text: str,
-    now: datetime,
-    *,
-    at: datetime | None = None,
-) -> Inbound:
-    """Record a message from the recipient: a reply, an opt-out or an opt-in.
-
-    ``at`` is when the recipient sent it (default ``now``); a late one never moves
-    ``last_inbound_at`` back.
-    """
-    line = get_line(session, line_number)
-    chat = lock_chat(session, chat_for(session, line, _recipient(recipient), now))
-    kind = classify(text, policy.opt_out)
-    sent = at or now
-    if chat.last_inbound_at is None or sent > chat.last_inbound_at:
-        chat.last_inbound_at = sent
-    if kind is Inbound.OPT_OUT:
-        opt_out(session, policy, chat, now, "inbound opt-out keyword")
-        return kind
-    if chat.opted_out_at is not None or _account_opt_out(session, chat.recipient):
-        if kind is Inbound.REPLY and not reply_opts_in(policy.opt_out):
-            return kind  # an ordinary reply does not clear an opt-out in this mode
-        opt_in(session, chat)
-    # A reply lifts the AT_RISK throttle: its messages are looked at again now.
-    release(
-        session,
-        and_(Message.chat_id == chat.id, Message.last_code.in_(REPLY_HOLDS)),
-        now,
-        Code.RELEASE_REPLY,
-        "the recipient replied",
-    )
-    return kind
-
-
-def opt_out(session: Session, policy: Policy, chat: Chat, now: datetime, source: str) -> int:
-    """Mark the opt-out and drop every waiting or claimed message it covers."""
-    chat.opted_out_at = chat.opted_out_at or now
-    if policy.opt_out.scope is OptOutScope.ACCOUNT:
-        values = {"recipient": chat.recipient, "opted_out_at": now, "source": source[:200]}
-        builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        session.execute(builder(OptOut).values(values).on_conflict_do_nothing())
-        covered: ColumnElement[bool] = Message.recipient == chat.recipient
-    else:
-        covered = Message.chat_id == chat.id
-    # Claimed messages are dropped too: their dispatch task's fence then fails. A
-    # message already SENDING was committed to go before this opt-out was recorded.
-    ids = transitions.move_where(
-        session,
-        Action.DROP,
-        covered,
-        [*WAITING_STATES, MessageState.CLAIMED],
-        now,
-        Code.CHAT_OPTED_OUT,
-        f"opted out ({source})",
-        not_before=None,
-        claim_token=None,
-    )
-    return len(ids)
-
-
-def opt_in(session: Session, chat: Chat) -> None:
-    """Clear the opt-out: the chat returns to the bucket its health says."""
-    chat.opted_out_at = None
-    session.execute(delete(OptOut).where(OptOut.recipient == chat.recipient))
-    if chat.health == ChatHealth.OPTED_OUT.value:
-        chat.health = ChatHealth.HEALTHY.value
-
-
-def release(
-    session: Session, which: ColumnElement[bool], now: datetime, code: Code, reason: str
-) -> int:
-    """Look at held messages again now; the gate (and its caps) decides what follows."""
-    ids = transitions.move_where(
-        session,
-        Action.RELEASE,
-        which,
-        [MessageState.DEFERRED, MessageState.THROTTLED],
-        now,
-        code,
-        reason,
-        not_before=now,
-        held_since=None,
-    )
-    return len(ids)
 
 
 def _fit(line: Line) -> bool:
@@ -224,42 +197,36 @@ def _fit(line: Line) -> bool:
     )
 
 
-def _mark_recovery(line: Line, was_fit: bool, now: datetime) -> None:
-    """A line back to HEALTHY and ACTIVE ramps its pace up from ``now`` (policies.pace)."""
-    if _fit(line) and not was_fit:
-        line.recovered_at = now
-
-
 def _release_line(session: Session, line: Line, now: datetime, source: str) -> None:
     if line.status != LineStatus.ACTIVE.value:
         return
     if line.reputation == LineReputation.HEALTHY.value:
-        release(
+        transitions.release(
             session,
-            and_(Message.line_id == line.id, Message.last_code.in_(LINE_HOLDS)),
+            Message.line_id == line.id,
+            LINE_HOLDS,
             now,
             Code.RELEASE_LINE,
             f"line {line.number} can send again ({source})",
         )
     if line.reputation != LineReputation.CRITICAL.value:
         # Messages waiting for any line that takes new recipients try again.
-        release(
+        transitions.release(
             session,
-            Message.last_code.in_(ROUTE_HOLDS),
+            Message.id.is_not(None),
+            ROUTE_HOLDS,
             now,
             Code.RELEASE_LINE,
             f"line {line.number} may take new recipients ({source})",
         )
 
 
+def _stamp(updated_at: datetime | None, now: datetime, policy: Policy) -> datetime:
+    if updated_at is None:
+        return now
+    return not_ahead(updated_at, "updated_at", now, policy.signals.time_tolerance)
+
+
 def _lock_line(session: Session, number: str) -> Line:
     line = get_line(session, number)
     return session.scalars(select(Line).where(Line.id == line.id).with_for_update()).one()
-
-
-def _account_opt_out(session: Session, recipient: str) -> bool:
-    return session.get(OptOut, recipient) is not None
-
-
-def _recipient(value: str) -> str:
-    return to_e164(value, "recipient")

@@ -123,12 +123,21 @@ def _apply(
     with runtime.sessions.begin() as session:
         line = get_line(session, number)
         new_detail = detail is not None and detail != line.detail
-        if reputation is not None and (reputation.value != line.reputation or new_detail):
+        if reputation is not None and (reputation.value != line.reported_reputation or new_detail):
             changed |= set_line_reputation(
-                session, number, reputation.value, now, updated_at=now, source=source, detail=detail
+                session,
+                runtime.policy,
+                number,
+                reputation.value,
+                now,
+                updated_at=now,
+                source=source,
+                detail=detail,
             )
-        if status is not None and status.value != line.status:
+        # Recorded unless both the latest report and what the gate sees say so already
+        # (an ACTIVE answer lifts the flag a refused send put on the line).
+        if status is not None and {line.reported_status, line.status} != {status.value}:
             changed |= set_line_status(
-                session, number, status.value, now, updated_at=now, source=source
+                session, runtime.policy, number, status.value, now, updated_at=now, source=source
             )
     report.add("changed" if changed else "unchanged")

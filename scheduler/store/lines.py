@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from policies.config import Policy
 from policies.e164 import to_e164
@@ -61,8 +62,42 @@ def declared_lines(lines: Mapping[str, Line], numbers: Mapping[str, str]) -> dic
     return {number: lines[number] for number in numbers}
 
 
-def line_facts(line: Line) -> LineFacts:
-    """What the gate knows of a stored line."""
+def line_facts(line: Line, probe_at: datetime | None = None) -> LineFacts:
+    """What the gate knows of a stored line (``probe_at``: see ``next_probe``)."""
     return LineFacts(
-        line.number, LineReputation(line.reputation), LineStatus(line.status), line.recovered_at
+        line.number,
+        LineReputation(line.reputation),
+        LineStatus(line.status),
+        line.recovered_at,
+        probe_at=probe_at,
     )
+
+
+def next_probe(line: Line, policy: Policy) -> datetime | None:
+    """When a line FLAGGED by healthgate alone may next send one message as a probe: a
+    probe interval after its flag, and after the last probe. None for any other line."""
+    if line.status != LineStatus.FLAGGED.value or line.reported_status == LineStatus.FLAGGED:
+        return None
+    if line.blocked_at is None:
+        return None
+    last = max(line.blocked_at, line.probe_at or line.blocked_at)
+    return last + policy.line.probe_after
+
+
+def claim_probe(session: Session, line: Line, policy: Policy, now: datetime) -> bool:
+    """Take the line's probe now; False when another dispatcher took it first."""
+    since = now - policy.line.probe_after
+    claimed = session.execute(
+        update(Line)
+        .where(
+            Line.id == line.id,
+            Line.blocked_at <= since,
+            or_(Line.probe_at.is_(None), Line.probe_at <= since),
+        )
+        .values(probe_at=now)
+        .returning(Line.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if claimed is not None:
+        set_committed_value(line, "probe_at", now)
+    return claimed is not None

@@ -97,11 +97,27 @@ class Line(Base):
     provider: Mapped[str] = mapped_column(String(20))
     #: False once the line is no longer declared: it keeps its history but sends nothing.
     enabled: Mapped[bool] = mapped_column(default=True)
+    #: The reputation the gate sees, derived (``policies.signals.line_reputation``)
+    #: from the facts below: recomputed whenever one of them changes.
     reputation: Mapped[str] = mapped_column(String(16), default="HEALTHY")
+    #: The latest reputation reported, and its time (the provider's ``changed_at``).
+    reported_reputation: Mapped[str | None] = mapped_column(String(16))
     reputation_updated_at: Mapped[datetime | None]
-    #: Provider runtime status (ACTIVE / FLAGGED), separate from reputation.
+    #: The latest CRITICAL and HEALTHY reports: CRITICAL pauses until a later HEALTHY.
+    critical_at: Mapped[datetime | None]
+    healthy_at: Mapped[datetime | None]
+    #: The runtime status the gate sees (ACTIVE / FLAGGED), derived like ``reputation``.
     status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    #: The latest runtime status reported, and its time.
+    reported_status: Mapped[str | None] = mapped_column(String(16))
     status_updated_at: Mapped[datetime | None]
+    #: The latest ACTIVE report (the provider's, or a person's).
+    active_at: Mapped[datetime | None]
+    #: healthgate's own flag: a send's answer said the line cannot send (Linq 2027).
+    #: It holds until a later ACTIVE, or an accepted send (a probe).
+    blocked_at: Mapped[datetime | None]
+    #: When a probe send was let through since ``blocked_at``: one a block.
+    probe_at: Mapped[datetime | None]
     #: Why the provider says so (e.g. 360dialog additional_info / errors).
     detail: Mapped[dict[str, Any] | None]
     #: When the line last came back to HEALTHY (and ACTIVE): its pace ramps up from here.
@@ -122,20 +138,51 @@ class Chat(Base):
     line_id: Mapped[int] = mapped_column(ForeignKey("lines.id"))
     recipient: Mapped[str] = mapped_column(String(20))
     provider_chat_id: Mapped[str | None] = mapped_column(String(64), unique=True)
-    #: The provider's bucket (HEALTHY / AT_RISK / CRITICAL); an opt-out is kept apart
-    #: so that an opt-in returns the chat to the bucket its signals say.
+    #: The bucket the gate sees (HEALTHY / AT_RISK / CRITICAL), derived
+    #: (``policies.signals.chat_health``) from the facts below; an opt-out is kept
+    #: apart, in the ledger, so that an opt-in returns the chat to this bucket.
     health: Mapped[str] = mapped_column(String(16), default="HEALTHY")
+    #: The latest bucket reported (by the provider or a person), and its time.
+    reported_health: Mapped[str | None] = mapped_column(String(16))
     health_updated_at: Mapped[datetime | None]
+    #: The latest CRITICAL and HEALTHY reports: CRITICAL pauses until a later HEALTHY.
+    critical_at: Mapped[datetime | None]
+    healthy_at: Mapped[datetime | None]
+    #: Since when the ledger says this chat is opted out (derived; None when not).
     opted_out_at: Mapped[datetime | None]
     last_inbound_at: Mapped[datetime | None]
+    #: The recipient's first message: a chat they started is no new conversation.
+    first_inbound_at: Mapped[datetime | None]
     first_sent_at: Mapped[datetime | None]
     #: When the chat last came back to HEALTHY: its backlog is released from here.
     recovered_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
 
 
+class ConsentFact(Base):
+    """One fact of the opt-out ledger: an opt-out, an opt-in or a reply, with the time
+    the recipient (or the provider) said it. Opt-outs are derived from these."""
+
+    __tablename__ = "consent_facts"
+    __table_args__ = (
+        Index("ix_consent_facts_recipient", "recipient"),
+        Index("ix_consent_facts_chat", "chat_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    recipient: Mapped[str] = mapped_column(String(20))
+    chat_id: Mapped[int | None] = mapped_column(ForeignKey("chats.id"))
+    #: OPT_OUT, OPT_IN or REPLY (``policies.keywords.Inbound``).
+    kind: Mapped[str] = mapped_column(String(16))
+    #: When it was said: the event's time, never the time it reached healthgate.
+    at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(200))
+    received_at: Mapped[datetime]
+
+
 class OptOut(Base):
-    """A recipient who opted out; covers every line of the account by default."""
+    """A recipient opted out of the whole account, since ``opted_out_at``: derived from
+    the ledger (``ConsentFact``) under the account scope, never written otherwise."""
 
     __tablename__ = "opt_outs"
 

@@ -133,6 +133,8 @@ def reasons(detail: dict[str, Any] | None) -> list[str]:
     found: list[str] = []
     for entity in (detail or {}).get("entities", []):
         kind = f"{entity.get('entity_type')} {entity.get('id')}".strip()
+        if entity.get("governs_line") is False:
+            kind += " (not the line's status: healthgate sends no templates)"
         state = entity.get("can_send_message")
         info = entity.get("additional_info")
         if info:

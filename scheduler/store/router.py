@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from policies.config import Policy
@@ -35,18 +35,16 @@ class Choice(NamedTuple):
 def sticky_chat(session: Session, recipient: str) -> Chat | None:
     """The recipient's conversation on an enabled line (the most recently started one).
 
-    Only chats something was sent on count: a chat created for a message that was then
-    rerouted is no conversation to stick to.
+    Only chats something was said on count, by us or by the recipient (the line they
+    wrote to is theirs): a chat created for a message that was then rerouted is no
+    conversation to stick to.
     """
+    started = func.coalesce(Chat.first_sent_at, Chat.first_inbound_at)
     return session.scalars(
         select(Chat)
         .join(Line, Line.id == Chat.line_id)
-        .where(
-            Chat.recipient == recipient,
-            Line.enabled.is_(True),
-            Chat.first_sent_at.is_not(None),
-        )
-        .order_by(Chat.first_sent_at.desc(), Chat.id.desc())
+        .where(Chat.recipient == recipient, Line.enabled.is_(True), started.is_not(None))
+        .order_by(started.desc(), Chat.id.desc())
         .limit(1)
     ).one_or_none()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, select, update
+from sqlalchemy import ColumnElement, Connection, Table, and_, select, update
 from sqlalchemy.orm import Session
 
 from policies.codes import Code
@@ -106,6 +106,7 @@ TIMED_HOLDS = frozenset(
         Code.CONTENT_SAME_BODY,
         Code.PROVIDER_RATE_LIMITED,
         Code.PROVIDER_UNAVAILABLE,
+        Code.PROVIDER_NO_LINE,
     }
 )
 
@@ -325,6 +326,32 @@ def move_where(
     return ids
 
 
+def release(
+    session: Session,
+    which: ColumnElement[bool],
+    holds: Collection[Code],
+    now: datetime,
+    code: Code,
+    reason: str,
+) -> int:
+    """Look again now at held messages ``which`` selects whose hold is one of ``holds``;
+    the gate (and its caps) decides what follows. How many.
+
+    ``held_since`` stays: holds that follow one another add up to the maximum hold.
+    """
+    ids = move_where(
+        session,
+        Action.RELEASE,
+        and_(which, Message.last_code.in_(sorted(holds))),
+        [MessageState.DEFERRED, MessageState.THROTTLED],
+        now,
+        code,
+        reason,
+        not_before=now,
+    )
+    return len(ids)
+
+
 class Accepted(NamedTuple):
     """A send its provider accepted."""
 
@@ -373,7 +400,8 @@ class Moves:
         number, should it be a SEND."""
         now = self.now
         sending = decision.action is Action.SEND
-        held = decision.action is Action.DEFER
+        # Waiting for a line is no health hold (see ``policies.gate``).
+        held = decision.action is Action.DEFER and decision.code not in ROUTE_HOLDS
         self.updates.append(
             {
                 "id": message.id,
@@ -388,7 +416,9 @@ class Moves:
                     claim_token=None,
                     lease_expires_at=None,
                     not_before=decision.not_before,
-                    held_since=(message.held_since or now) if held else None,
+                    # Kept once set: holds that follow one another add up to the
+                    # maximum hold, whatever came in between.
+                    held_since=(message.held_since or now) if held else message.held_since,
                     dispatched_at=now if sending else message.dispatched_at,
                     attempts=attempt if sending else message.attempts,
                 ),

@@ -6,12 +6,15 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, distinct, func, select
+from sqlalchemy import ColumnElement, and_, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from policies.pace import Limits
 from policies.usage import DAY, HOUR, MINUTE, LineUsage
 from scheduler.store.models import Chat, Line, Message
+
+#: Conversations the line started: a chat the recipient opened is not a new one.
+OURS = or_(Chat.first_inbound_at.is_(None), Chat.first_inbound_at > Chat.first_sent_at)
 
 
 def load_usage(
@@ -76,7 +79,7 @@ def _load_windows(
             minute[line_id], day[line_id], reached[line_id] = last_minute, last_day, last_hour
     started = session.execute(
         select(Chat.line_id, func.count())
-        .where(Chat.line_id.in_(ids), Chat.first_sent_at > now - DAY)
+        .where(Chat.line_id.in_(ids), Chat.first_sent_at > now - DAY, OURS)
         .group_by(Chat.line_id)
     )
     fresh = {line_id: count for line_id, count in started}
@@ -95,7 +98,7 @@ def _load_windows(
             )
         if near(fresh.get(line_id, 0), caps.new_conversations_per_day):
             entry.new_chats = _times(
-                session, Chat.first_sent_at, Chat.line_id == line_id, now - DAY
+                session, Chat.first_sent_at, and_(Chat.line_id == line_id, OURS), now - DAY
             )
         else:
             entry.new_chats_unloaded = fresh.get(line_id, 0)

@@ -17,18 +17,19 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookV
 
 from policies.config import Policy
 from policies.errors import InvalidInput
-from policies.statuses import ChatHealth
+from policies.signals import not_ahead
 from scheduler.runtime import Runtime, utcnow
-from scheduler.signals import health
+from scheduler.signals import consent, health
 from scheduler.signals.webhooks.linq import (
     ChatHealthSeen,
     Fact,
     InboundSeen,
     LineSeen,
     event_id_of,
+    event_type_of,
     parse_event,
 )
-from scheduler.store.lines import get_line, sync_lines
+from scheduler.store.lines import NOT_DECLARED, get_line, sync_lines
 from scheduler.store.models import Chat, Line, WebhookEvent
 from scheduler.store.router import chat_for
 
@@ -95,20 +96,20 @@ class LinqInbox:
         key = f"{SOURCE}:{event.event_id if event else event_id_of(body) or _bounded(webhook_id)}"
         policy = self.runtime.policy
         with self.runtime.sessions.begin() as session:
-            known = session.get(WebhookEvent, key)
-            if known is not None:
+            known = session.get(WebhookEvent, key, with_for_update=True)
+            if known is not None and known.outcome != Outcome.REJECTED.value:
                 log.info("linq event %s seen before (%s): nothing changed", key, known.outcome)
                 return Receipt(200, {"outcome": Outcome.DUPLICATE, "first": known.outcome})
-            row = WebhookEvent(
-                id=key,
-                source=SOURCE,
-                event_type=event.event_type if event else None,
-                received_at=now,
-                outcome=Outcome.REJECTED.value,
-                # As it came, but for NUL, which PostgreSQL text cannot hold.
-                payload=body.decode("utf-8", errors="replace").replace("\x00", "\ufffd"),
-            )
-            session.add(row)
+            # A delivery refused before changed nothing: its redelivery is read again
+            # (the refusal may have been ours to mend, an undeclared line since declared).
+            row = known or WebhookEvent(id=key, source=SOURCE)
+            row.event_type = event.event_type if event else event_type_of(body)
+            row.received_at = now
+            row.outcome = Outcome.REJECTED.value
+            # As it came, but for NUL, which PostgreSQL text cannot hold.
+            row.payload = body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+            if known is None:
+                session.add(row)
             # Written first: a concurrent delivery of the same id waits on this row.
             session.flush()
             outcome, detail = Outcome.REJECTED, None
@@ -140,17 +141,20 @@ def apply(
 
 def _apply(session: Session, policy: Policy, fact: Fact, now: datetime) -> str | None:
     """Apply one fact; None when it changed something, else why it did not."""
-    if isinstance(fact, LineSeen):
-        return None if _apply_line(session, fact, now) else "line change older than the one known"
-    chat = _chat(session, fact, now)
-    if chat is None:
-        return f"no chat known with id {fact.chat_id!r}"
+    not_ahead(fact.time, fact.time_field, now, policy.signals.time_tolerance)
+    try:
+        if isinstance(fact, LineSeen):
+            get_line(session, fact.number, fact.line_field)
+            return None if _apply_line(session, policy, fact, now) else _UNCHANGED
+        chat = _chat(session, fact, now)
+    except InvalidInput as exc:
+        if exc.problem != NOT_DECLARED:
+            raise
+        # A line of the account that healthgate does not send from: nothing to do, and
+        # a refusal would have the provider deliver it again and again.
+        return f"{exc.field} {exc.value} {NOT_DECLARED}"
     line = session.get_one(Line, chat.line_id).number
     if isinstance(fact, ChatHealthSeen):
-        opted_out = chat.opted_out_at
-        if fact.status is not ChatHealth.OPTED_OUT and opted_out and fact.updated_at <= opted_out:
-            # A status from before the opt-out must not clear it: only a later one may.
-            return "chat health older than the chat's opt-out"
         applied = health.set_chat_health(
             session,
             policy,
@@ -161,25 +165,34 @@ def _apply(session: Session, policy: Policy, fact: Fact, now: datetime) -> str |
             updated_at=fact.updated_at,
             source="linq webhook",
         )
-        return None if applied else "chat health older than the one known"
-    if chat.last_inbound_at is not None and fact.at < chat.last_inbound_at:
-        # A late message: a newer one from the recipient already spoke for them.
-        return "inbound message older than the newest one known"
-    health.record_inbound(session, policy, line, chat.recipient, fact.text, now, at=fact.at)
+        return None if applied else _UNCHANGED
+    consent.record_inbound(
+        session, policy, line, chat.recipient, fact.text, now, at=fact.at, source="linq webhook"
+    )
     return None
 
 
-def _apply_line(session: Session, fact: LineSeen, now: datetime) -> bool:
-    get_line(session, fact.number, fact.line_field)
+#: Why a valid report changed nothing.
+_UNCHANGED = "changes nothing: older than what is known, or the same"
+
+
+def _apply_line(session: Session, policy: Policy, fact: LineSeen, now: datetime) -> bool:
     changed = False
     # Status first: a line still FLAGGED must not release its held messages.
     if fact.status is not None:
         changed |= health.set_line_status(
-            session, fact.number, fact.status.value, now, updated_at=fact.changed_at, source=SOURCE
+            session,
+            policy,
+            fact.number,
+            fact.status.value,
+            now,
+            updated_at=fact.changed_at,
+            source=SOURCE,
         )
     if fact.reputation is not None:
         changed |= health.set_line_reputation(
             session,
+            policy,
             fact.number,
             fact.reputation.value,
             now,
@@ -189,16 +202,17 @@ def _apply_line(session: Session, fact: LineSeen, now: datetime) -> bool:
     return changed
 
 
-def _chat(session: Session, fact: ChatHealthSeen | InboundSeen, now: datetime) -> Chat | None:
+def _chat(session: Session, fact: ChatHealthSeen | InboundSeen, now: datetime) -> Chat:
     """The chat by the provider's id, else by our line and the other party (created if new)."""
     chat = session.scalars(select(Chat).where(Chat.provider_chat_id == fact.chat_id)).one_or_none()
     if chat is not None:
         return chat
-    if fact.line is None:
-        return None
+    if fact.line is None or fact.recipient is None:
+        field = fact.line_field if fact.line is None else "data.handles"
+        raise InvalidInput(
+            field, None, f"is needed: no chat is known with id {fact.chat_id!r} to find it by"
+        )
     line = get_line(session, fact.line, fact.line_field)
-    if fact.recipient is None:
-        return None
     return chat_for(session, line, fact.recipient, now, fact.chat_id)
 
 

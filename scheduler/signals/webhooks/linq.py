@@ -46,6 +46,11 @@ class ChatHealthSeen:
     status: ChatHealth
     updated_at: datetime
     line_field: str = "data.chat.owner_handle.handle"
+    time_field: str = "data.chat.health_status.updated_at"
+
+    @property
+    def time(self) -> datetime:
+        return self.updated_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +58,17 @@ class InboundSeen:
     """A message from the recipient: a reply, or an opt-out / opt-in keyword."""
 
     chat_id: str
-    line: str
+    #: None when the body does not name it: the chat is then found by Linq's id.
+    line: str | None
     recipient: str
     text: str
     at: datetime
     line_field: str = "data.chat.owner_handle.handle"
+    time_field: str = "data.sent_at"
+
+    @property
+    def time(self) -> datetime:
+        return self.at
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,11 @@ class LineSeen:
     status: LineStatus | None
     changed_at: datetime
     line_field: str = "data.phone_number"
+    time_field: str = "data.changed_at"
+
+    @property
+    def time(self) -> datetime:
+        return self.changed_at
 
 
 Fact = ChatHealthSeen | InboundSeen | LineSeen
@@ -175,16 +191,18 @@ def parse_event(body: bytes) -> LinqEvent:
         raise InvalidInput("body", _short(body), "must be a JSON object")
     envelope = _validate(_Envelope, document, "")
     kind = envelope.event_type
+    note = None
     if kind in MESSAGE_EVENTS:
         message = _validate(_Message, envelope.data, "data")
-        facts = _message_facts(kind, message, envelope.created_at)
+        facts, note = _message_facts(kind, message, envelope.created_at)
     elif kind == CHAT_CREATED:
         facts = _chat_facts(_validate(_Chat, envelope.data, "data"))
     elif kind == PHONE_NUMBER_STATUS:
         facts = (_line_fact(_validate(_PhoneNumber, envelope.data, "data")),)
     else:
         return LinqEvent(envelope.event_id, kind, (), f"{kind} carries no health signal")
-    note = None if facts else "group chats carry no health signal"
+    if not facts:
+        note = note or "group chats carry no health signal"
     return LinqEvent(envelope.event_id, kind, facts, note)
 
 
@@ -200,11 +218,29 @@ def event_id_of(body: bytes) -> str | None:
     return value
 
 
-def _message_facts(kind: str, message: _Message, created_at: datetime) -> tuple[Fact, ...]:
+def event_type_of(body: bytes) -> str | None:
+    """The body's ``event_type`` when it has a usable one, even if the rest is malformed."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    value = document.get("event_type") if isinstance(document, dict) else None
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or "\x00" in value:
+        return None
+    return value
+
+
+def _message_facts(
+    kind: str, message: _Message, created_at: datetime
+) -> tuple[tuple[Fact, ...], str | None]:
+    """The facts of a message event, and why there are none when there are none."""
     chat = message.chat
     if chat.is_group:
-        return ()  # Linq never marks or blocks group threads
+        return (), None  # Linq never marks or blocks group threads
     inbound = message.direction == "inbound"
+    if inbound and "@" in message.sender_handle.handle:
+        # An Apple ID: healthgate sends to phone numbers only, so nothing here is its.
+        return (), "the sender is an email address (an Apple ID): healthgate cannot send to it"
     line: str | None = None
     line_field = "data.chat.owner_handle.handle"
     if chat.owner_handle is not None:
@@ -230,14 +266,15 @@ def _message_facts(kind: str, message: _Message, created_at: datetime) -> tuple[
             )
         )
     if kind == "message.received" and inbound:
-        if line is None:
-            raise InvalidInput("data.chat.owner_handle", None, "is required for an inbound message")
         assert recipient is not None
         text = "\n".join(
             p.value for p in message.parts if p.type == "text" and isinstance(p.value, str)
         )
-        facts.append(InboundSeen(chat.id, line, recipient, text, message.sent_at or created_at))
-    return tuple(facts)
+        at, field = (
+            (message.sent_at, "data.sent_at") if message.sent_at else (created_at, "created_at")
+        )
+        facts.append(InboundSeen(chat.id, line, recipient, text, at, line_field, field))
+    return tuple(facts), None
 
 
 def _chat_facts(chat: _Chat) -> tuple[Fact, ...]:
@@ -253,7 +290,13 @@ def _chat_facts(chat: _Chat) -> tuple[Fact, ...]:
     line_field = f"data.handles[{ours[0]}].handle" if ours else "data.handles"
     return (
         ChatHealthSeen(
-            chat.id, line, recipient, status, chat.health_status.updated_at, line_field=line_field
+            chat.id,
+            line,
+            recipient,
+            status,
+            chat.health_status.updated_at,
+            line_field=line_field,
+            time_field="data.health_status.updated_at",
         ),
     )
 
