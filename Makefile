@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check bench clean
+.PHONY: run test lint check bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,16 @@ SIZE ?= full
 bench: $(STAMP)
 	$(BIN)/python -m bench --size $(SIZE)
 
+## Mutation testing of policies/ over the tests that need no server; lists the mutants
+## that survive and prints the score. Not part of `make test`: it takes a while.
+mutate: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'mutmut>=3.8,<4'
+	$(BIN)/mutmut run --max-children $$(nproc) || true
+	$(BIN)/mutmut results
+	$(BIN)/mutmut export-cicd-stats >/dev/null
+	$(BIN)/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
+	  tested = s["total"] - s["skipped"]; killed = s["killed"] + s["timeout"]; \
+	  print(f"mutation score: {killed} of {tested} mutants killed ({killed / tested:.1%})")'
+
 clean:
-	rm -rf $(VENV) .healthgate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .healthgate .pytest_cache .mypy_cache .ruff_cache mutants

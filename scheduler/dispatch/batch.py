@@ -24,7 +24,8 @@ from scheduler.store.usage import load_bodies, load_usage
 
 @dataclass
 class Batch:
-    """The store's view of one batch while it is being decided."""
+    """The store's view of one batch while it is being decided; it changes only through
+    its methods (and ``moves``, which owns what the decisions write)."""
 
     policy: Policy
     now: datetime
@@ -51,6 +52,39 @@ class Batch:
     #: New recipients whose line the router chose: they may move to another line.
     movable: frozenset[str] = frozenset()
     limiter: Limiter | None = None
+
+    def count(self, message: Message, *, new_chat: bool) -> None:
+        """Count a send the gate passed in the batch's view, so the messages after it
+        see it: the line's usage, the chat's unanswered sends, the repeat rule."""
+        if message.line_id is None or message.chat_id is None:
+            return
+        chat = self.chats[message.chat_id]
+        if new_chat:
+            # Its conversation starts if the limiter lets this send go; until then no
+            # other message of the batch is decided on the chat.
+            self.opening.add(chat.id)
+        self.usage.setdefault(message.line_id, LineUsage()).record(
+            message.recipient, self.now, new_chat=new_chat, body_hash=message.body_hash
+        )
+        digest = message.body_hash
+        if digest is not None and (chat.id, digest) in self.same_body:
+            self.same_body[(chat.id, digest)].append(self.now)
+        elif digest is not None and chat.health == ChatHealth.AT_RISK.value:
+            self.same_body[(chat.id, digest)] = [self.now]
+        if chat.id in self.unanswered:
+            self.unanswered[chat.id] = (*self.unanswered[chat.id], self.now)
+
+    def settle_opening(self, chat_id: int | None) -> None:
+        """The limiter answered the send that would start ``chat_id``'s conversation."""
+        self.opening.discard(chat_id or 0)
+
+    def spend_probe(self, line_id: int) -> None:
+        """The batch decided on the probe of a line healthgate flagged (see ``_line``)."""
+        self.probed.add(line_id)
+
+    def add_chat(self, chat: Chat) -> None:
+        """A chat the batch made (a new recipient moved to another line)."""
+        self.chats[chat.id] = chat
 
     def load_usage(self, session: Session, lines: Sequence[Line]) -> None:
         """Add the usage of ``lines`` for this batch's messages (a reroute needs more: a

@@ -16,8 +16,7 @@ from policies.decision import Decision
 from policies.decision import send as fit_to_send
 from policies.gate import LineFacts, decide, limits_for, throttled
 from policies.pace import Limits
-from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
-from policies.usage import LineUsage
+from policies.statuses import Action, LineReputation, LineStatus
 from scheduler.dispatch.answers import BatchAnswers
 from scheduler.dispatch.batch import Batch, Facts, facts_for, load_batch
 from scheduler.dispatch.claims import Claim, claim_due
@@ -116,7 +115,7 @@ def _gate_all(
                 later.append(message)
                 continue
             if proposal.decision.action is Action.SEND:
-                _count(message, batch, proposal.new_chat)
+                batch.count(message, new_chat=proposal.new_chat)
             proposals.append(proposal)
         settled = _reserve_all(session, proposals, batch, runtime)
         for proposal, decision in zip(proposals, settled, strict=True):
@@ -152,7 +151,7 @@ def _propose(session: Session, message: Message, batch: Batch) -> _Proposal:
     if probing and decision.action is Action.SEND:
         # The probe of a line healthgate flagged: this send, unless another took it.
         line = batch.lines[message.line_id or 0]
-        batch.probed.add(line.id)
+        batch.spend_probe(line.id)
         if not claim_probe(session, line, batch.policy, batch.now):
             facts, decision = _decide_staying(message, batch)
     return _Proposal(
@@ -196,7 +195,9 @@ def _reserve_all(
         if verdict is None or verdict.allowed_at <= batch.now or p.line is None:
             decisions.append(p.decision)
             continue
-        _uncount(p, batch)
+        # A refused send starts no conversation; its usage stays counted (on the safe
+        # side: the batch's later messages were decided with it).
+        batch.settle_opening(p.message.chat_id)
         refused = throttled(verdict, p.line.number, asked[i][1], p.message.expires_at)
         decisions.append(_elsewhere(session, p, refused, batch, runtime))
     return decisions
@@ -229,34 +230,8 @@ def _elsewhere(
         request = _request(message, proposal.attempt, facts.line, facts.chat.is_new, batch)
         decision = _reserve(session, message, request, batch, runtime)
         if decision.action is Action.SEND:
-            _count(message, batch, facts.chat.is_new)
+            batch.count(message, new_chat=facts.chat.is_new)
     return decision
-
-
-def _count(message: Message, batch: Batch, new_chat: bool) -> None:
-    """Count a send in the batch's view, so the messages after it see it."""
-    if message.line_id is None or message.chat_id is None:
-        return
-    chat = batch.chats[message.chat_id]
-    if new_chat:
-        # Its conversation starts if the limiter lets this send go; until then no other
-        # message of the batch is decided on the chat.
-        batch.opening.add(chat.id)
-    batch.usage.setdefault(message.line_id, LineUsage()).record(
-        message.recipient, batch.now, new_chat=new_chat, body_hash=message.body_hash
-    )
-    if message.body_hash is not None and (chat.id, message.body_hash) in batch.same_body:
-        batch.same_body[(chat.id, message.body_hash)].append(batch.now)
-    elif message.body_hash is not None and chat.health == ChatHealth.AT_RISK.value:
-        batch.same_body[(chat.id, message.body_hash)] = [batch.now]
-    if chat.id in batch.unanswered:
-        batch.unanswered[chat.id] = (*batch.unanswered[chat.id], batch.now)
-
-
-def _uncount(proposal: _Proposal, batch: Batch) -> None:
-    """A refused send starts no conversation; its usage stays counted (on the safe side:
-    the batch's later messages were decided with it)."""
-    batch.opening.discard(proposal.message.chat_id or 0)
 
 
 def _settle(proposal: _Proposal, decision: Decision, batch: Batch) -> Send | None:
@@ -264,7 +239,7 @@ def _settle(proposal: _Proposal, decision: Decision, batch: Batch) -> Send | Non
     message = proposal.message
     line = batch.lines.get(message.line_id) if message.line_id is not None else None
     batch.moves.decide(message, decision, line.number if line else None, proposal.attempt)
-    batch.opening.discard(message.chat_id or 0)
+    batch.settle_opening(message.chat_id)
     if decision.action is not Action.SEND or message.line_id is None or message.chat_id is None:
         return None
     line, chat = batch.lines[message.line_id], batch.chats[message.chat_id]
@@ -323,7 +298,7 @@ def _reroute(
         return False
     line = choices[0]
     chat = chat_for(session, line, message.recipient, batch.now)
-    batch.chats[chat.id] = chat
+    batch.add_chat(chat)
     message.line_id, message.chat_id = line.id, chat.id
     batch.moves.reroute(message, decision, line.number)
     return True
