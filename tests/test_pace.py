@@ -39,6 +39,13 @@ def test_ramp_of_zero_hours_means_full_pace_at_once() -> None:
     assert ramp_factor(NOW, NOW, policy) == 1.0
 
 
+def test_ramp_of_zero_hours_is_full_pace_even_if_recovery_is_stamped_ahead() -> None:
+    # Another worker's clock a little ahead stamped the recovery: no ramp still means
+    # full pace at once (and no division by a ramp of zero).
+    policy = make_policy(line={"recovery_ramp_hours": 0})
+    assert ramp_factor(later(seconds=2), NOW, policy) == 1.0
+
+
 @pytest.mark.parametrize(
     ("reputation", "recovered_at", "per_minute", "note"),
     [
@@ -165,6 +172,17 @@ def test_content_hold_never_outlasts_expires_at() -> None:
     chat = ChatFacts(AT_RISK, is_new=False, same_body_sent=(ago(hours=2),))
     decision = decide(message, chat, LineFacts(LINE), LineUsage(), CONTENT, NOW)
     assert (decision.code, decision.not_before) == ("content_repeated", later(hours=1))
+
+
+def test_same_body_spread_hold_never_outlasts_expires_at() -> None:
+    # The line sent this body to two others in the hour: the third waits 10 minutes,
+    # but the message expires in 5, so it is looked at again then (and expires).
+    message = MessageFacts(BOB, body_hash=DIGEST, expires_at=later(minutes=5))
+    usage = LineUsage(by_body={DIGEST: {CAROL: ago(minutes=50), DAVE: ago(minutes=10)}})
+
+    decision = decide(message, ChatFacts(is_new=False), LineFacts(LINE), usage, CONTENT, NOW)
+
+    assert (decision.code, decision.not_before) == ("content_same_body", later(minutes=5))
 
 
 def test_without_a_digest_no_content_rule_applies() -> None:
