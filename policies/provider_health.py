@@ -120,7 +120,6 @@ def _can_send(field: str, value: object) -> CanSend:
 class LinqLine:
     """One entry of Linq ``GET /v3/phone_numbers``, as far as the gate cares."""
 
-    number: str
     #: None when the entry carries neither ``reputation`` nor ``health_status``.
     reputation: LineReputation | None
     #: None when the entry carries no runtime ``status``.
@@ -133,7 +132,6 @@ def linq_line(entry: Mapping[str, Any]) -> LinqLine:
     ``reputation`` wins over its deprecated alias ``health_status``. Either is an object
     with a ``status`` (the SDK's shape) or, tolerated, the bare value.
     """
-    number = str(entry.get("phone_number", ""))
     field = "reputation" if entry.get("reputation") is not None else "health_status"
     raw = entry.get(field)
     if isinstance(raw, Mapping):
@@ -147,4 +145,4 @@ def linq_line(entry: Mapping[str, Any]) -> LinqLine:
         raw_status = raw_status.get("status")
     if raw_status is not None:
         status = parse_field(parse_line_status, "status", str(raw_status))
-    return LinqLine(number, reputation, status)
+    return LinqLine(reputation, status)

@@ -73,6 +73,14 @@ DISPLAY_NAME = ["Your display name has not been approved yet."]
         (health(entity("APP", "LIMITED"), overall="AVAILABLE"), "LIMITED", "AT_RISK"),
         # And the summary counts when it is worse than every entity.
         (health(entity("PHONE_NUMBER", "AVAILABLE"), overall="BLOCKED"), "BLOCKED", "CRITICAL"),
+        # Worst by severity, not by name: BLOCKED over LIMITED.
+        (health(entity("WABA", "BLOCKED"), entity("APP", "LIMITED")), "BLOCKED", "CRITICAL"),
+        # Only a template entity and no summary: nothing holds the line back.
+        (
+            {"health_status": {"entities": [entity("MESSAGE_TEMPLATE", "BLOCKED")]}},
+            "AVAILABLE",
+            "HEALTHY",
+        ),
         # No entities: the summary is all there is.
         (health(overall="BLOCKED"), "BLOCKED", "CRITICAL"),
     ],
@@ -116,25 +124,70 @@ def test_d360_detail_keeps_additional_info_and_errors_per_entity() -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "field", "value"),
+    ("payload", "field", "value", "problem"),
     [
-        (health(entity("WABA", "DOWN")), "health_status.entities[0].can_send_message", "DOWN"),
+        (
+            health(entity("WABA", "DOWN")),
+            "health_status.entities[0].can_send_message",
+            "DOWN",
+            "is not one of AVAILABLE, LIMITED, BLOCKED",
+        ),
         (
             health(entity("WABA", "AVAILABLE"), {"entity_type": "APP"}),
             "health_status.entities[1].can_send_message",
             None,
+            "is not one of AVAILABLE, LIMITED, BLOCKED",
         ),
-        (health(overall="MAYBE"), "health_status.can_send_message", "MAYBE"),
-        ({"error": "nope"}, "health_status", None),
+        (
+            health(overall="MAYBE"),
+            "health_status.can_send_message",
+            "MAYBE",
+            "is not one of AVAILABLE, LIMITED, BLOCKED",
+        ),
+        ({"error": "nope"}, "health_status", None, "is not an object"),
+        ({"health_status": "fine"}, "health_status", "fine", "is not an object"),
+        (
+            {"health_status": {"can_send_message": "AVAILABLE", "entities": "all"}},
+            "health_status.entities",
+            "all",
+            "is not a list",
+        ),
+        (
+            {"health_status": {"can_send_message": "AVAILABLE", "entities": ["WABA"]}},
+            "health_status.entities[0]",
+            "WABA",
+            "is not an object",
+        ),
+        (
+            health(entity("WABA", "BLOCKED", errors="none")),
+            "health_status.entities[0].errors",
+            "none",
+            "is not a list",
+        ),
+        # Neither a summary nor an entity: nothing says whether the number can send.
+        (
+            {"health_status": {"entities": []}},
+            "health_status.can_send_message",
+            None,
+            "is not one of AVAILABLE, LIMITED, BLOCKED",
+        ),
     ],
 )
 def test_d360_unknown_value_is_bad_input_naming_the_field(
-    payload: dict[str, Any], field: str, value: object
+    payload: dict[str, Any], field: str, value: object, problem: str
 ) -> None:
     with pytest.raises(InvalidInput) as caught:
         d360_health(payload)
 
-    assert (caught.value.field, caught.value.value) == (field, value)
+    assert (caught.value.field, caught.value.value, caught.value.problem) == (field, value, problem)
+
+
+def test_d360_an_entity_without_type_or_id_is_kept_with_empty_ones() -> None:
+    reading = d360_health(health({"can_send_message": "LIMITED"}))
+
+    assert reading.detail["entities"] == [
+        {"entity_type": "", "id": "", "can_send_message": "LIMITED", "governs_line": True}
+    ]
 
 
 # Linq: the pure mapping
@@ -160,6 +213,7 @@ def phone(number: str, **fields: Any) -> dict[str, Any]:
             "AT_RISK",
             "ACTIVE",
         ),
+        (phone(LINE_A, status={"status": "FLAGGED"}), None, "FLAGGED"),
         (phone(LINE_A), None, None),
     ],
 )
