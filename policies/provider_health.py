@@ -88,12 +88,13 @@ def _entity(index: int, entity: object) -> dict[str, Any]:
     if not isinstance(entity, Mapping):
         raise InvalidInput(where, entity, "is not an object")
     value = _can_send(f"{where}.can_send_message", entity.get("can_send_message"))
+    kind = str(entity.get("entity_type", ""))
     kept: dict[str, Any] = {
-        "entity_type": str(entity.get("entity_type", "")),
+        "entity_type": kind,
         "id": str(entity.get("id", "")),
         "can_send_message": value.value,
         # Whether this entity's status is the line's (see ``d360_health``).
-        "governs_line": str(entity.get("entity_type", "")) not in _NOT_THE_LINE,
+        "governs_line": kind not in _NOT_THE_LINE,
     }
     if entity.get("additional_info"):
         kept["additional_info"] = entity["additional_info"]

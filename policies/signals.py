@@ -111,12 +111,9 @@ def opted_out_since(facts: Iterable[Consent], policy: OptOutPolicy) -> datetime 
     wins: a compliance officer would not send on a tie.
     """
     speaking = [f for f in facts if f.kind is not Inbound.REPLY or reply_opts_in(policy)]
-    if not speaking:
-        return None
     ordered = sorted(speaking, key=lambda f: (f.at, f.kind is Inbound.OPT_OUT))
-    if ordered[-1].kind is not Inbound.OPT_OUT:
-        return None
-    since = ordered[-1].at
+    since = None
+    # The run of opt-outs at the end, if the last fact is one: since its first.
     for fact in reversed(ordered):
         if fact.kind is not Inbound.OPT_OUT:
             break
