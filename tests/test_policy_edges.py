@@ -15,11 +15,20 @@ from policies.errors import InvalidInput
 from policies.gate import ChatFacts, LineFacts, MessageFacts, decide
 from policies.keywords import Inbound
 from policies.outcome import Failure, after_failure
-from policies.signals import Consent, not_ahead, opted_out_since
-from policies.statuses import Action, ChatHealth, parse_line_status
+from policies.pace import Limits, Verdict, check, ramp_factor
+from policies.signals import (
+    Consent,
+    chat_health,
+    line_reputation,
+    line_status,
+    not_ahead,
+    opted_out_since,
+    supersedes,
+)
+from policies.statuses import Action, ChatHealth, parse_chat_health, parse_line_status
 from policies.text import storable_time
-from policies.usage import LineUsage
-from tests.test_gate import BOB, CAROL, DAVE, LINE, NOW, ago, make_policy
+from policies.usage import LineUsage, TimesNotLoaded
+from tests.test_gate import BOB, CAROL, DAVE, LINE, NOW, ago, later, make_policy
 
 EXACT = OptOutPolicy(mode=OptOutMode.EXACT)
 LINQ = OptOutPolicy(mode=OptOutMode.LINQ)
@@ -190,3 +199,159 @@ def test_retries_back_off_doubling_and_stop_at_the_last_attempt(
         assert decision.reason == (
             f"provider: HTTP 503; attempt {attempts} of 3, retry in {wait} s"
         )
+
+
+# Derived states: pure functions of the facts.
+
+
+@pytest.mark.parametrize(
+    ("reported", "critical", "healthy", "expected"),
+    [
+        (None, None, None, "HEALTHY"),
+        ("AT_RISK", None, None, "AT_RISK"),
+        ("AT_RISK", 10, None, "CRITICAL"),
+        ("AT_RISK", 10, 5, "AT_RISK"),
+        ("HEALTHY", 10, 5, "HEALTHY"),
+        ("CRITICAL", 5, 10, "CRITICAL"),
+        # A HEALTHY at the same instant as the CRITICAL does not end the pause.
+        ("HEALTHY", 5, 5, "CRITICAL"),
+    ],
+)
+def test_a_bucket_is_the_latest_report_unless_a_critical_is_not_yet_followed_by_healthy(
+    reported: str | None, critical: int | None, healthy: int | None, expected: str
+) -> None:
+    critical_at = None if critical is None else ago(minutes=critical)
+    healthy_at = None if healthy is None else ago(minutes=healthy)
+
+    assert chat_health(reported, critical_at, healthy_at) == expected
+    assert line_reputation(reported, critical_at, healthy_at) == expected
+
+
+@pytest.mark.parametrize(
+    ("reported", "active", "blocked", "expected"),
+    [
+        (None, None, None, "ACTIVE"),
+        ("FLAGGED", 1, None, "FLAGGED"),
+        ("ACTIVE", 10, 5, "FLAGGED"),
+        ("ACTIVE", 5, 10, "ACTIVE"),
+        ("ACTIVE", 5, 5, "FLAGGED"),
+        (None, None, 5, "FLAGGED"),
+    ],
+)
+def test_a_line_is_flagged_by_the_provider_or_by_healthgate_until_a_later_active(
+    reported: str | None, active: int | None, blocked: int | None, expected: str
+) -> None:
+    active_at = None if active is None else ago(minutes=active)
+    blocked_at = None if blocked is None else ago(minutes=blocked)
+
+    assert line_status(reported, active_at, blocked_at) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "at", "known", "known_at", "expected"),
+    [
+        ("HEALTHY", 5, None, None, True),
+        ("HEALTHY", 5, "CRITICAL", 10, True),
+        ("HEALTHY", 10, "CRITICAL", 5, False),
+        ("CRITICAL", 5, "HEALTHY", 5, True),
+        ("HEALTHY", 5, "CRITICAL", 5, False),
+        ("FLAGGED", 5, "ACTIVE", 5, True),
+    ],
+)
+def test_a_report_supersedes_when_later_or_as_late_and_worse(
+    status: str, at: int, known: str | None, known_at: int | None, expected: bool
+) -> None:
+    stamp = None if known_at is None else ago(minutes=known_at)
+
+    assert supersedes(status, ago(minutes=at), known, stamp) is expected
+
+
+def test_an_unknown_chat_status_names_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match=r"is not one of HEALTHY, AT_RISK, CRITICAL, OPTED_OUT"):
+        parse_chat_health("SICK")
+
+
+def test_a_window_that_needs_its_times_says_so() -> None:
+    with pytest.raises(TimesNotLoaded, match=r"3 events in the window reach the cap of 3 but 3"):
+        LineUsage(recent_unloaded=3).minute_allowed(3, NOW)
+    with pytest.raises(TimesNotLoaded, match=r"day's times were not loaded"):
+        LineUsage(day_count=3).day_allowed(3, NOW)
+
+
+# Windows of distinct recipients: a send exactly an hour ago has left the hour.
+
+
+def test_a_recipient_last_sent_to_an_hour_ago_is_a_new_one_in_the_window() -> None:
+    usage = LineUsage(by_recipient={BOB: [ago(hours=1)], CAROL: [ago(minutes=10)]})
+
+    assert usage.recipients_last_hour(NOW) == 1
+    assert usage.distinct_recipients_allowed(BOB, 1, NOW) == later(minutes=50)
+
+
+def test_a_recipient_with_no_send_in_the_hour_is_not_counted() -> None:
+    usage = LineUsage(by_recipient={BOB: [ago(hours=2)], CAROL: []})
+
+    assert usage.recipients_last_hour(NOW) == 0
+
+
+# Ramps: one second is a ramp too.
+
+
+def test_a_ramp_of_one_second_starts_at_the_at_risk_pace() -> None:
+    policy = make_policy(line={"at_risk_pace_factor": 0.5, "recovery_ramp_hours": 1 / 3600})
+
+    assert ramp_factor(NOW, NOW, policy) == 0.5
+
+
+# The binding cap: none when every cap has room; the first in order at a tie.
+
+
+def test_no_cap_binds_when_every_cap_has_room() -> None:
+    limits = Limits(5, 100, 5, 10, 10)
+
+    assert check(LineUsage(), limits, BOB, True, NOW) == Verdict(NOW, "", 0)
+
+
+def test_at_a_tie_the_line_s_pace_is_named_before_the_recipient_s() -> None:
+    usage = LineUsage()
+    usage.record(BOB, ago(seconds=10), new_chat=False)
+
+    verdict = check(usage, Limits(1, 100, 1, 10, 10), BOB, False, NOW)
+
+    assert (verdict.allowed_at, verdict.cap, verdict.limit) == (
+        later(seconds=50),
+        "sends_per_minute",
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("caps", "says"),
+    [
+        ({"sends_per_recipient_per_minute": 1}, "sends_per_recipient_per_minute=1"),
+        ({"distinct_recipients_per_hour": 1}, "distinct_recipients_per_hour=1"),
+    ],
+)
+def test_the_per_recipient_caps_name_themselves_and_their_value(
+    caps: dict[str, int], says: str
+) -> None:
+    usage = LineUsage()
+    other = CAROL if "distinct" in says else BOB
+    usage.record(other, ago(seconds=10), new_chat=False)
+
+    decision = decide(
+        MessageFacts(BOB), ChatFacts(is_new=False), LineFacts(LINE), usage,
+        make_policy(caps=caps), NOW,
+    )  # fmt: skip
+
+    assert decision.action is Action.THROTTLE
+    assert says in decision.reason
+
+
+def test_a_same_body_hold_through_the_gate_names_the_line() -> None:
+    usage = LineUsage(by_body={"d": {CAROL: ago(minutes=59), DAVE: ago(minutes=1)}})
+    message = MessageFacts(BOB, body_hash="d")
+
+    decision = decide(message, ChatFacts(is_new=False), LineFacts(LINE), usage, CONTENT, NOW)
+
+    assert decision.reason.startswith(f"line {LINE} sent a near-identical body")
