@@ -25,7 +25,7 @@ from policies.signals import (
     opted_out_since,
     supersedes,
 )
-from policies.statuses import Action, ChatHealth, parse_chat_health, parse_line_status
+from policies.statuses import Action, ChatHealth, LineStatus, parse_chat_health, parse_line_status
 from policies.text import storable_time
 from policies.usage import LineUsage, TimesNotLoaded
 from tests.test_gate import BOB, CAROL, DAVE, LINE, NOW, ago, later, make_policy
@@ -355,3 +355,45 @@ def test_a_same_body_hold_through_the_gate_names_the_line() -> None:
     decision = decide(message, ChatFacts(is_new=False), LineFacts(LINE), usage, CONTENT, NOW)
 
     assert decision.reason.startswith(f"line {LINE} sent a near-identical body")
+
+
+# Holds: what they say, and when they are looked at again.
+
+
+def test_waiting_for_a_line_is_looked_at_again_by_expires_at_at_the_latest() -> None:
+    message = MessageFacts(BOB, expires_at=later(hours=1))
+
+    decision = decide(message, ChatFacts(), None, LineUsage(), make_policy(), NOW)
+
+    assert (decision.code, decision.reason, decision.not_before) == (
+        Code.NO_LINE,
+        "no line may take a new recipient now",
+        later(hours=1),
+    )
+
+
+def test_a_critical_chat_hold_says_until_when() -> None:
+    chat = ChatFacts(ChatHealth.CRITICAL, is_new=False)
+
+    decision = decide(MessageFacts(BOB), chat, LineFacts(LINE), LineUsage(), make_policy(), NOW)
+
+    assert (decision.code, decision.reason) == (
+        Code.CHAT_CRITICAL,
+        "the chat is CRITICAL: held until HEALTHY",
+    )
+
+
+def test_a_line_flagged_by_healthgate_sends_its_probe_from_the_moment_it_is_due() -> None:
+    flagged = LineFacts(LINE, status=LineStatus.FLAGGED, probe_at=NOW)
+    not_yet = LineFacts(LINE, status=LineStatus.FLAGGED, probe_at=later(seconds=1))
+    chat = ChatFacts(is_new=False)
+
+    due = decide(MessageFacts(BOB), chat, flagged, LineUsage(), make_policy(), NOW)
+    early = decide(MessageFacts(BOB), chat, not_yet, LineUsage(), make_policy(), NOW)
+
+    assert due.action is Action.SEND
+    assert (early.action, early.code, early.not_before) == (
+        Action.DEFER,
+        Code.LINE_FLAGGED,
+        later(seconds=1),
+    )
