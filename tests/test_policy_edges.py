@@ -4,14 +4,15 @@ decision or an error says to the person reading it."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
 from policies.codes import Code
-from policies.config import OptOutMode, OptOutPolicy
+from policies.config import OptOutMode, OptOutPolicy, load_policy
 from policies.content import repeat_to_at_risk_chat, same_body_spread
 from policies.decision import send
-from policies.errors import InvalidInput
+from policies.errors import InvalidInput, PolicyFileError
 from policies.gate import ChatFacts, LineFacts, MessageFacts, decide
 from policies.keywords import Inbound
 from policies.outcome import Failure, after_failure
@@ -25,8 +26,15 @@ from policies.signals import (
     opted_out_since,
     supersedes,
 )
-from policies.statuses import Action, ChatHealth, LineStatus, parse_chat_health, parse_line_status
-from policies.text import storable_time
+from policies.statuses import (
+    Action,
+    ChatHealth,
+    LineReputation,
+    LineStatus,
+    parse_chat_health,
+    parse_line_status,
+)
+from policies.text import storable_text, storable_time
 from policies.usage import LineUsage, TimesNotLoaded
 from tests.test_gate import BOB, CAROL, DAVE, LINE, NOW, ago, later, make_policy
 
@@ -397,3 +405,75 @@ def test_a_line_flagged_by_healthgate_sends_its_probe_from_the_moment_it_is_due(
         Code.LINE_FLAGGED,
         later(seconds=1),
     )
+
+
+# Text and files the store or the policy cannot take are bad input naming them.
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("hello\x00", "contains a NUL character"),
+        ("half \ud800 a pair", "is not valid Unicode (surrogates not allowed)"),
+    ],
+)
+def test_text_no_store_can_keep_is_bad_input_naming_it(value: str, problem: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        storable_text(value, "body")
+
+    assert (refused.value.field, refused.value.value, refused.value.problem) == (
+        "body",
+        value,
+        problem,
+    )
+    assert storable_text("plain, and ünïcode", "body") == "plain, and ünïcode"
+
+
+def test_a_policy_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "healthgate.toml"
+    folder.mkdir()
+
+    with pytest.raises(PolicyFileError) as refused:
+        load_policy(folder)
+
+    assert (refused.value.path, refused.value.key) == (str(folder), "")
+    assert refused.value.problem.startswith("cannot be read (")
+
+
+def test_a_policy_file_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    path = tmp_path / "healthgate.toml"
+    path.write_bytes('# café\n[[lines]]\nnumber = "+14155550100"\n'.encode())
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b"# caf\xe9\n")
+
+    assert load_policy(path).lines[0].number == "+14155550100"
+    with pytest.raises(PolicyFileError) as refused:
+        load_policy(bad)
+    assert (refused.value.path, refused.value.key, refused.value.problem) == (
+        str(bad),
+        "",
+        "is not UTF-8 text (byte 0xe9 at 5)",
+    )
+
+
+def test_the_gate_s_drops_and_expiries_say_why() -> None:
+    policy, line = make_policy(), LineFacts(LINE)
+    opted = ChatFacts(ChatHealth.OPTED_OUT)
+    elsewhere = ChatFacts(recipient_opted_out=True)
+    expired = MessageFacts(BOB, expires_at=ago(seconds=1))
+    routed = MessageFacts(BOB, may_reroute=True)
+    at_risk = LineFacts(LINE, reputation=LineReputation.AT_RISK)
+
+    reasons = [
+        decide(MessageFacts(BOB), opted, line, LineUsage(), policy, NOW).reason,
+        decide(MessageFacts(BOB), elsewhere, line, LineUsage(), policy, NOW).reason,
+        decide(expired, ChatFacts(), line, LineUsage(), policy, NOW).reason,
+        decide(routed, ChatFacts(), at_risk, LineUsage(), policy, NOW).reason,
+    ]
+
+    assert reasons == [
+        "the chat is OPTED_OUT",
+        "the recipient opted out on another chat",
+        f"expires_at {ago(seconds=1).isoformat()} passed",
+        f"line {LINE} is AT_RISK: a new recipient goes to a HEALTHY line",
+    ]
