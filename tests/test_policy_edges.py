@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from policies.codes import Code
-from policies.config import OptOutMode, OptOutPolicy, load_policy
+from policies.config import OptOutMode, OptOutPolicy, load_policy, parse_policy
 from policies.content import repeat_to_at_risk_chat, same_body_spread
 from policies.decision import send
+from policies.e164 import to_e164
 from policies.errors import InvalidInput, PolicyFileError
 from policies.gate import ChatFacts, LineFacts, MessageFacts, decide
 from policies.keywords import Inbound
@@ -20,6 +21,7 @@ from policies.pace import Limits, Verdict, check, ramp_factor
 from policies.signals import (
     Consent,
     chat_health,
+    latest,
     line_reputation,
     line_status,
     not_ahead,
@@ -32,6 +34,8 @@ from policies.statuses import (
     LineReputation,
     LineStatus,
     parse_chat_health,
+    parse_field,
+    parse_line_reputation,
     parse_line_status,
 )
 from policies.text import storable_text, storable_time
@@ -477,3 +481,78 @@ def test_the_gate_s_drops_and_expiries_say_why() -> None:
         f"expires_at {ago(seconds=1).isoformat()} passed",
         f"line {LINE} is AT_RISK: a new recipient goes to a HEALTHY line",
     ]
+
+
+# What each refusal says, word for word: these messages are what a person reads.
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "OPTED_OUT",
+            "line reputation 'OPTED_OUT' is not valid: opt-out applies to a recipient, "
+            "not to a line (allowed: HEALTHY, AT_RISK, CRITICAL)",
+        ),
+        ("SICK", "line reputation 'SICK' is not one of HEALTHY, AT_RISK, CRITICAL"),
+    ],
+)
+def test_a_line_reputation_that_is_none_says_which_are(value: str, message: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        parse_field(parse_line_reputation, "status", value)
+
+    assert (refused.value.field, refused.value.value, refused.value.problem) == (
+        "status",
+        value,
+        message,
+    )
+
+
+def test_times_not_loaded_says_what_was_missing() -> None:
+    with pytest.raises(TimesNotLoaded) as minute:
+        LineUsage(recent_unloaded=3).minute_allowed(3, NOW)
+    with pytest.raises(TimesNotLoaded) as day:
+        LineUsage(day_count=3).day_allowed(3, NOW)
+
+    assert str(minute.value) == (
+        "3 events in the window reach the cap of 3 but 3 of their times were not loaded"
+    )
+    assert str(day.value) == "day_count reached the daily cap but the day's times were not loaded"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "must be a phone number in E.164 form, e.g. +14155550123"),
+        (14155550123, "must be a phone number in E.164 form, e.g. +14155550123"),
+        ("4155550123", "must start with '+' and the country code (E.164)"),
+        (
+            "+xxxxx",
+            "is not a phone number ((1) The string supplied did not seem to be a phone number.)",
+        ),
+        ("+1 000 555 0123", "is not a valid phone number for its country"),
+    ],
+)
+def test_a_number_that_is_not_e164_is_named_with_its_field(value: object, problem: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        to_e164(value, "to")
+
+    assert (refused.value.field, refused.value.value, refused.value.problem) == (
+        "to",
+        value,
+        problem,
+    )
+
+
+def test_a_policy_that_is_no_table_at_all_is_named_at_the_top_level() -> None:
+    with pytest.raises(PolicyFileError) as refused:
+        parse_policy([], "healthgate.toml")  # type: ignore[arg-type]
+
+    assert (refused.value.path, refused.value.key) == ("healthgate.toml", "(top level)")
+
+
+def test_the_same_report_again_supersedes_nothing_and_a_latch_never_moves_back() -> None:
+    assert not supersedes("HEALTHY", NOW, "HEALTHY", NOW)
+    assert latest(ago(minutes=5), NOW) == NOW
+    assert latest(later(minutes=5), NOW) == later(minutes=5)
+    assert latest(NOW, None) == NOW
