@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, true
 from sqlalchemy.orm import Session
 
 from policies.codes import Code
@@ -213,7 +213,7 @@ def _release_line(session: Session, line: Line, now: datetime, source: str) -> N
         # Messages waiting for any line that takes new recipients try again.
         transitions.release(
             session,
-            Message.id.is_not(None),
+            true(),
             ROUTE_HOLDS,
             now,
             Code.RELEASE_LINE,
