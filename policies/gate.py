@@ -8,8 +8,8 @@ from datetime import datetime
 from policies.codes import CAP_CODES, LINE_PAUSE_CODES, Code
 from policies.config import Policy
 from policies.content import repeat_to_at_risk_chat, same_body_spread
-from policies.decision import Decision, send
-from policies.pace import Limits, Verdict, check, line_limits, scaled
+from policies.decision import Decision, Pace, Queue, send
+from policies.pace import Limits, Verdict, cap_pace, check, line_limits, scaled
 from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
 from policies.usage import LineUsage, earliest_allowed
 
@@ -170,6 +170,7 @@ def _chat_throttle(
         f"the chat is AT_RISK and has {limit} unanswered message(s) in the last "
         f"{policy.chat.at_risk_window_hours:g} h; a reply lifts the throttle",
         _before(allowed, expires_at),
+        Pace(Queue.CHAT, policy.chat.at_risk_window / limit),
     )
 
 
@@ -210,6 +211,7 @@ def throttled(verdict: Verdict, line: str, limits: Limits, expires_at: datetime 
         CAP_CODES[verdict.cap],
         f"line {line} reached {verdict.cap}={verdict.limit}{limits.note}",
         _before(verdict.allowed_at, expires_at),
+        cap_pace(verdict.cap, verdict.limit),
     )
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from policies.config import Caps, Policy
+from policies.decision import Pace, Queue
 from policies.statuses import LineReputation
-from policies.usage import MINUTE, LineUsage, earliest_allowed
+from policies.usage import DAY, HOUR, MINUTE, LineUsage, earliest_allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,22 @@ def line_limits(
         new_conversations_per_day=scaled(caps.new_conversations_per_day, factor),
         note=note,
     )
+
+
+#: Each cap's window, and whose sends it counts.
+CAP_WINDOWS: dict[str, tuple[timedelta, Queue]] = {
+    "sends_per_minute": (MINUTE, Queue.LINE),
+    "sends_per_day": (DAY, Queue.LINE),
+    "sends_per_recipient_per_minute": (MINUTE, Queue.CHAT),
+    "distinct_recipients_per_hour": (HOUR, Queue.LINE),
+    "new_conversations_per_day": (DAY, Queue.LINE),
+}
+
+
+def cap_pace(cap: str, limit: int) -> Pace:
+    """The pace a cap lets sends through at: one every window over limit."""
+    window, queue = CAP_WINDOWS[cap]
+    return Pace(queue, window / max(1, limit))
 
 
 class Verdict(NamedTuple):

@@ -244,8 +244,9 @@ def explain(message_id: str, as_json: bool = typer.Option(False, "--json")) -> N
             out.print(f"    {reason}", highlight=False, soft_wrap=True)
     for d in data["decisions"]:
         until = f" (until {d['not_before']})" if d["not_before"] else ""
+        again = f"; taken {d['repeats']} more time(s), last {d['last_at']}" if d["repeats"] else ""
         out.print(
-            f"  {d['at']}  {d['action']:<8} {d['code']}: {d['reason']}{until}",
+            f"  {d['at']}  {d['action']:<8} {d['code']}: {d['reason']}{until}{again}",
             highlight=False,
             soft_wrap=True,
         )

@@ -286,7 +286,13 @@ def test_pace_cap_throttles_to_the_computed_moment(
     assert [state(hg, m) for m in ids] == ["sent"] * 3 + ["throttled"] * 2
     assert last(hg, ids[3])["code"] == "cap_sends_per_minute"
     assert last(hg, ids[3])["not_before"] == (START + timedelta(minutes=1)).isoformat()
+    # The next waits its turn at the cap's pace (a minute over 3), not the same moment.
+    turn = START + timedelta(minutes=1, seconds=20)
+    assert last(hg, ids[4])["not_before"] == turn.isoformat()
     clock.tick(timedelta(minutes=1))
+    hg.drain()
+    assert [state(hg, m) for m in ids] == ["sent"] * 4 + ["throttled"]
+    clock.tick(timedelta(seconds=20))
     hg.drain()
 
     assert [state(hg, m) for m in ids] == ["sent"] * 5

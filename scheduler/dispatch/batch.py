@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import NamedTuple
 
@@ -11,13 +11,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from policies.config import OptOutScope, Policy
+from policies.decision import Decision, Queue
 from policies.gate import ChatFacts, LineFacts, MessageFacts, limits_for
-from policies.statuses import ChatHealth
+from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
 from scheduler.limits import Limiter
 from scheduler.runtime import Runtime
 from scheduler.store.lines import line_facts, next_probe
 from scheduler.store.models import Chat, Line, Message, OptOut
+from scheduler.store.queues import QueueKey, queue_ends
 from scheduler.store.transitions import Moves
 from scheduler.store.usage import load_bodies, load_usage
 
@@ -52,6 +54,34 @@ class Batch:
     #: New recipients whose line the router chose: they may move to another line.
     movable: frozenset[str] = frozenset()
     limiter: Limiter | None = None
+    #: The end of each queue of held messages the batch holds messages on, once read.
+    queue_ends: dict[QueueKey, datetime | None] = field(default_factory=dict)
+
+    def read_queues(self, session: Session, held: Iterable[tuple[Message, Decision]]) -> None:
+        """Read where the queues ``held`` messages join end, those not read yet."""
+        keys = {key for m, d in held if (key := _queue(m, d)) and key not in self.queue_ends}
+        if keys:
+            ends = queue_ends(session, keys)
+            self.queue_ends.update((key, ends.get(key)) for key in keys)
+
+    def queue(self, message: Message, decision: Decision) -> Decision:
+        """``decision``, a hold on a rate rule joining the end of its queue: one pace
+        after the message before it, and never before the rule allows (read the
+        queue's end with ``read_queues`` first)."""
+        key = _queue(message, decision)
+        if key is None or decision.pace is None or decision.not_before is None:
+            return decision
+        end = self.queue_ends[key]
+        turn = (
+            decision.not_before
+            if end is None
+            else max(decision.not_before, end + decision.pace.interval)
+        )
+        if message.expires_at is not None and turn >= message.expires_at:
+            # It expires before its turn: it takes no place in the queue.
+            return replace(decision, not_before=message.expires_at)
+        self.queue_ends[key] = turn
+        return replace(decision, not_before=turn)
 
     def count(self, message: Message, *, new_chat: bool) -> None:
         """Count a send the gate passed in the batch's view, so the messages after it
@@ -95,6 +125,14 @@ class Batch:
                 session, lines, self.policy, self.now, self.size, whom, self.digests, self.limiter
             )
         )
+
+
+def _queue(message: Message, decision: Decision) -> QueueKey | None:
+    """The queue a hold on a rate rule puts ``message`` in (None for any other decision)."""
+    if decision.action is not Action.THROTTLE or decision.pace is None or message.line_id is None:
+        return None
+    chat = message.chat_id if decision.pace.queue is Queue.CHAT else None
+    return QueueKey(decision.code, message.line_id, chat)
 
 
 def load_batch(

@@ -118,8 +118,10 @@ def _gate_all(
                 batch.count(message, new_chat=proposal.new_chat)
             proposals.append(proposal)
         settled = _reserve_all(session, proposals, batch, runtime)
+        # A hold on a rate rule waits its turn behind those held before it.
+        batch.read_queues(session, zip((p.message for p in proposals), settled, strict=True))
         for proposal, decision in zip(proposals, settled, strict=True):
-            send = _settle(proposal, decision, batch)
+            send = _settle(proposal, batch.queue(proposal.message, decision), batch)
             report.add(decision.action.value)
             if send is not None:
                 sends.append(send)

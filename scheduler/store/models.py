@@ -193,6 +193,8 @@ class OptOut(Base):
 
 #: ``WAITING_STATES`` as SQL, for the partial index the claim reads.
 WAITING_SQL = "state IN ('queued', 'throttled', 'deferred')"
+#: Messages held on a rate rule, for the ends of their queues.
+THROTTLED_SQL = "state = 'throttled'"
 #: The messages that were sent: the only ones the windows of caps and content count.
 DISPATCHED_SQL = "dispatched_at IS NOT NULL"
 
@@ -224,6 +226,24 @@ class Message(Base):
         ),
         # Releases and opt-out drops: a chat's waiting messages.
         Index("ix_messages_chat_state", "chat_id", "state"),
+        # The ends of the queues of held messages (``store.queues``): a line's, and a
+        # chat's, throttled messages by rule and time.
+        Index(
+            "ix_messages_throttled_line",
+            "line_id",
+            "last_code",
+            "not_before",
+            postgresql_where=text(THROTTLED_SQL),
+            sqlite_where=text(THROTTLED_SQL),
+        ),
+        Index(
+            "ix_messages_throttled_chat",
+            "chat_id",
+            "last_code",
+            "not_before",
+            postgresql_where=text(THROTTLED_SQL),
+            sqlite_where=text(THROTTLED_SQL),
+        ),
         # Content variation: the same body sent by a line inside a window.
         Index(
             "ix_messages_line_body_dispatched",
@@ -277,6 +297,10 @@ class DecisionRecord(Base):
     reason: Mapped[str] = mapped_column(Text)
     not_before: Mapped[datetime | None]
     line: Mapped[str | None] = mapped_column(String(20))
+    #: How many times the same decision was taken again since (counted, not stored),
+    #: and the last of those times.
+    repeats: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    last_at: Mapped[datetime | None]
 
 
 class WebhookEvent(Base):

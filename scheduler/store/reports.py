@@ -115,6 +115,9 @@ def _decision(d: DecisionRow) -> dict[str, Any]:
         "reason": d.reason,
         "not_before": _iso(d.not_before),
         "line": d.line,
+        # The same decision taken again since, and the last time: counted, not stored.
+        "repeats": d.repeats,
+        "last_at": _iso(d.last_at),
     }
 
 

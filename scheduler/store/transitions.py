@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, select, update
+from sqlalchemy import ColumnElement, Connection, Table, and_, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from policies.codes import Code
@@ -194,6 +194,9 @@ class DecisionRow(NamedTuple):
     reason: str
     not_before: datetime | None
     line: str | None
+    #: The same decision taken again since, counted instead of stored; the last time.
+    repeats: int = 0
+    last_at: datetime | None = None
 
 
 def record(
@@ -241,6 +244,44 @@ def write_decisions(connection: Connection, rows: Sequence[DecisionRow]) -> None
     """Insert ``rows`` in one statement."""
     if rows:
         insert_columns(connection, _DECISIONS, columns_of(DecisionRow._fields, rows), {})
+
+
+#: The latest record of one code on one message, counted once more.
+_REPEAT = (
+    update(_DECISIONS)
+    .where(
+        _DECISIONS.c.id
+        == select(func.max(_DECISIONS.c.id))
+        .where(
+            _DECISIONS.c.message_id == bindparam("r_message"),
+            _DECISIONS.c.code == bindparam("r_code"),
+        )
+        .scalar_subquery()
+    )
+    .values(
+        repeats=_DECISIONS.c.repeats + 1,
+        last_at=bindparam("r_at"),
+        not_before=bindparam("r_not_before"),
+    )
+)
+
+
+def count_repeats(connection: Connection, rows: Sequence[DecisionRow]) -> None:
+    """Count each of ``rows`` on the latest record of its message and code, which it
+    repeats, instead of storing it again."""
+    if rows:
+        connection.execute(
+            _REPEAT,
+            [
+                {
+                    "r_message": row.message_id,
+                    "r_code": row.code,
+                    "r_at": row.at,
+                    "r_not_before": row.not_before,
+                }
+                for row in rows
+            ],
+        )
 
 
 def apply(
@@ -392,6 +433,10 @@ class Moves:
     updates: list[dict[str, Any]] = field(default_factory=list)
     #: The decisions' records, in the order they were taken.
     decisions: list[DecisionRow] = field(default_factory=list)
+    #: Holds the same as the message's last one: counted on its record, not stored.
+    repeats: list[DecisionRow] = field(default_factory=list)
+    #: Messages the batch moved to another line: their holds are new ones.
+    moved: set[str] = field(default_factory=set)
     #: Chats the batch starts a conversation on, by id: their first send's time.
     started: dict[int, datetime] = field(default_factory=dict)
 
@@ -424,13 +469,18 @@ class Moves:
                 ),
             }
         )
-        self.decisions.append(decided(message.id, decision, now, line))
+        row = decided(message.id, decision, now, line)
+        if _repeats(message, decision) and message.id not in self.moved:
+            self.repeats.append(row)
+        else:
+            self.decisions.append(row)
 
     def reroute(self, message: Message, decision: Decision, line: str) -> None:
         """Record that ``message`` moved to ``line`` (written with its final decision)."""
         target(Action.REROUTE, [MessageState.CLAIMED])
         moved = Decision(Action.REROUTE, decision.code, f"{decision.reason}; moved to line {line}")
         self.decisions.append(decided(message.id, moved, self.now, line))
+        self.moved.add(message.id)
 
     def start(self, chat_id: int) -> None:
         """The batch's send starts a conversation on ``chat_id``."""
@@ -442,3 +492,13 @@ class Moves:
         started = [{"id": i, "first_sent_at": at} for i, at in self.started.items()]
         update_rows(connection, _CHATS, started)
         write_decisions(connection, self.decisions)
+        count_repeats(connection, self.repeats)
+
+
+def _repeats(message: Message, decision: Decision) -> bool:
+    """A hold the same as the one the message waited under: same rule, same words."""
+    return (
+        decision.action in (Action.THROTTLE, Action.DEFER)
+        and message.last_code == decision.code
+        and message.last_reason == decision.reason
+    )
