@@ -73,16 +73,18 @@ def _time(value: str | None, field: str) -> datetime | None:
 #: ``30d``, ``12h``, ``90m``, ``45s``: a whole number and its unit.
 _DURATION = re.compile(r"(\d{1,9})([dhms])")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+#: Past this, ``now - age`` would leave the calendar; no retention is meant that long.
+_LONGEST = timedelta(days=36_500)
 
 
 def _duration(value: str, field: str) -> timedelta:
     found = _DURATION.fullmatch(value.strip())
     if found is None:
         raise InvalidInput(field, value, "is not a duration such as 30d, 12h, 90m or 45s")
-    try:
-        return timedelta(**{_UNITS[found[2]]: int(found[1])})
-    except OverflowError:
-        raise InvalidInput(field, value, "is too long a duration") from None
+    age = timedelta(**{_UNITS[found[2]]: int(found[1])})
+    if age > _LONGEST:
+        raise InvalidInput(field, value, "is longer than 100 years")
+    return age
 
 
 def _print_json(data: Any) -> None:
