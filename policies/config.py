@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from policies.e164 import to_e164
-from policies.errors import InvalidInput, PolicyFileError
+from policies.errors import InvalidInput, PolicyFileError, shown
 
 Provider = Literal["log", "linq", "360dialog"]
 #: What a shell accepts as a variable name: the file names the variable, not the key.
@@ -253,7 +253,7 @@ class Policy(_Section):
 class _DeclaredTwice(ValueError):
     def __init__(self, index: int, number: str) -> None:
         self.index = index
-        super().__init__(f"{number!r} is declared twice")
+        super().__init__(f"{shown(number)} is declared twice")
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
@@ -279,7 +279,7 @@ def parse_policy(data: Mapping[str, Any], path: str) -> Policy:
         elif loc[-1:] == ("api_key_env",):
             pass  # a key pasted in by mistake must not end up in logs
         elif isinstance(error.get("input"), str | int | float | bool):
-            problem = f"{problem} (got {error['input']!r})"
+            problem = f"{problem} (got {shown(error['input'])})"
         raise PolicyFileError(path, _key(loc) or "(top level)", problem) from None
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import TypeVar
 
-from policies.errors import InvalidInput
+from policies.errors import InvalidInput, shown
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ def parse_chat_health(value: str) -> ChatHealth:
         return ChatHealth(value)
     except ValueError:
         allowed = ", ".join(s.value for s in ChatHealth)
-        raise ValueError(f"chat status {value!r} is not one of {allowed}") from None
+        raise ValueError(f"chat status {shown(value)} is not one of {allowed}") from None
 
 
 def parse_line_reputation(value: str) -> LineReputation:
@@ -97,7 +97,7 @@ def parse_line_reputation(value: str) -> LineReputation:
         return LineReputation(value)
     except ValueError:
         allowed = ", ".join(s.value for s in LineReputation)
-        raise ValueError(f"line reputation {value!r} is not one of {allowed}") from None
+        raise ValueError(f"line reputation {shown(value)} is not one of {allowed}") from None
 
 
 def parse_line_status(value: str) -> LineStatus:
@@ -106,7 +106,7 @@ def parse_line_status(value: str) -> LineStatus:
         return LineStatus(value)
     except ValueError:
         allowed = ", ".join(s.value for s in LineStatus)
-        raise ValueError(f"line status {value!r} is not one of {allowed}") from None
+        raise ValueError(f"line status {shown(value)} is not one of {allowed}") from None
 
 
 def parse_field(parser: Callable[[str], T], field: str, value: str) -> T:

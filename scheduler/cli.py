@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from policies.config import load_policy
 from policies.errors import HealthgateError, InvalidInput
 from scheduler import runner
 from scheduler.client import Healthgate
-from scheduler.settings import Settings
+from scheduler.settings import Settings, masked_url
 from scheduler.store import listing, reports
 
 app = typer.Typer(
@@ -69,6 +70,23 @@ def _time(value: str | None, field: str) -> datetime | None:
     return moment
 
 
+#: ``30d``, ``12h``, ``90m``, ``45s``: a whole number and its unit.
+_DURATION = re.compile(r"(\d{1,9})([dhms])")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+#: Past this, ``now - age`` would leave the calendar; no retention is meant that long.
+_LONGEST = timedelta(days=36_500)
+
+
+def _duration(value: str, field: str) -> timedelta:
+    found = _DURATION.fullmatch(value.strip())
+    if found is None:
+        raise InvalidInput(field, value, "is not a duration such as 30d, 12h, 90m or 45s")
+    age = timedelta(**{_UNITS[found[2]]: int(found[1])})
+    if age > _LONGEST:
+        raise InvalidInput(field, value, "is longer than 100 years")
+    return age
+
+
 def _print_json(data: Any) -> None:
     out.print_json(json.dumps(data))
 
@@ -87,7 +105,7 @@ def init(
         out.print(f"wrote {path}")
     with _client(migrate=False) as client:
         client.migrate()
-    out.print(f"database ready: {settings.database}")
+    out.print(f"database ready: {masked_url(settings.database)}", highlight=False)
 
 
 @app.command()
@@ -99,8 +117,12 @@ def run(
     settings = Settings()
     with _client() as client:
         lines = len(client.runtime.policy.lines)
+    limits = masked_url(settings.redis_url) if settings.redis_url else "the database"
     out.print(
-        f"healthgate: {lines} line(s), database {settings.database}, broker {settings.broker}"
+        f"healthgate: {lines} line(s), database {masked_url(settings.database)}, "
+        f"broker {masked_url(settings.broker)}, caps counted in {limits}",
+        highlight=False,
+        soft_wrap=True,
     )
     processes = runner.commands(settings, concurrency)
     if web:
@@ -185,6 +207,26 @@ def poll(as_json: bool = typer.Option(False, "--json")) -> None:
             err.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
     if report.errors:
         raise typer.Exit(1)
+
+
+@app.command()
+def purge(
+    older_than: str | None = typer.Option(
+        None, help="Age past which to purge, e.g. 30d or 12h (default: HEALTHGATE_RETENTION_DAYS)."
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Empty the bodies of finished messages and of webhook events older than that now;
+    decisions, states and times are kept."""
+    with _client() as client:
+        age = None if older_than is None else _duration(older_than, "--older-than")
+        purged = client.purge(age)
+    if as_json:
+        _print_json(purged._asdict())
+    else:
+        out.print(
+            f"purged: {purged.messages} message bodies, {purged.webhook_events} webhook bodies"
+        )
 
 
 @app.command()

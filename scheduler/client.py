@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from policies.errors import InvalidInput
@@ -20,6 +20,7 @@ from scheduler.signals.polling import PollReport, poll
 from scheduler.store import reports
 from scheduler.store.db import has_schema, upgrade
 from scheduler.store.lines import sync_lines
+from scheduler.store.retention import Purged, purge
 
 
 class Healthgate:
@@ -114,6 +115,20 @@ class Healthgate:
     def poll(self, now: datetime | None = None) -> PollReport:
         """Ask every provider once how the lines stand, and apply what changed."""
         return poll(self.runtime, now)
+
+    def purge(self, older_than: timedelta | None = None, now: datetime | None = None) -> Purged:
+        """Empty the bodies of messages finished, and of webhook events received, more
+        than ``older_than`` ago (default: ``retention_days``); decisions are kept."""
+        if older_than is None:
+            older_than = timedelta(days=self.runtime.settings.retention_days)
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise InvalidInput("older_than", older_than, "must be a duration of 0 or more")
+        now = now or utcnow()
+        try:
+            before = now - older_than
+        except OverflowError:
+            raise InvalidInput("older_than", older_than, "reaches before year 1") from None
+        return purge(self.runtime.sessions, before, now)
 
     def status(self) -> dict[str, Any]:
         with self.runtime.sessions() as session:

@@ -7,6 +7,7 @@ from __future__ import annotations
 TICK_TASK = "healthgate.tick"
 DISPATCH_TASK = "healthgate.dispatch"
 POLL_TASK = "healthgate.poll"
+PURGE_TASK = "healthgate.purge"
 
 #: One queue for everything keeps the embedded default simple; operators can route
 #: dispatch to its own queue with Celery's ``task_routes`` without code changes.
@@ -52,6 +53,18 @@ TICK_EXPIRES_SECONDS = 10.0
 #: Beat asks the providers for line health this often. The provider scores move over
 #: hours and webhooks carry the urgent changes; polling catches what a webhook missed.
 POLL_SECONDS = 300.0
+
+#: Finished messages' bodies and webhook bodies are kept this many days, then purged:
+#: they hold what people wrote, and the decisions explain a message without them.
+#: A month covers a dispute about a send and a person's review of one.
+RETENTION_DAYS = 30
+
+#: Beat purges once a day: the period is counted in days.
+PURGE_SECONDS = 86_400.0
+
+#: Rows one purge transaction empties at most, so a first purge of years of history
+#: never holds the writer lock (SQLite) or many row locks (PostgreSQL) for long.
+PURGE_BATCH = 1000
 
 #: Connecting to a provider should be quick; a send or a health read may take longer,
 #: but a worker must not hang on one call while its claim's lease runs down.

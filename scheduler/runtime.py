@@ -12,10 +12,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from policies.config import Policy, load_policy
-from policies.errors import PolicyFileError
+from policies.errors import InvalidInput, PolicyFileError
 from scheduler.limits import DatabaseLimiter, Limiter, RedisLimiter
 from scheduler.providers import Provider, Providers
-from scheduler.settings import Settings
+from scheduler.settings import Settings, masked_url
 from scheduler.store.db import engine_for, session_factory
 
 log = logging.getLogger(__name__)
@@ -74,15 +74,23 @@ class Runtime:
     def build(cls, settings: Settings, providers: dict[str, Provider] | None = None) -> Runtime:
         engine = engine_for(settings)
         policies = PolicySource(settings.policy_file)
+        try:
+            limiter = _limiter(settings)
+        except InvalidInput:
+            engine.dispose()
+            raise
+        log.info(
+            "healthgate: database %s, caps counted in %s",
+            masked_url(settings.database),
+            masked_url(settings.redis_url) if settings.redis_url else "the database",
+        )
         return cls(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
             policies=policies,
             providers=Providers(settings, providers, policies.current),
-            limiter=RedisLimiter.from_url(settings.redis_url)
-            if settings.redis_url
-            else DatabaseLimiter(),
+            limiter=limiter,
         )
 
     @property
@@ -93,3 +101,15 @@ class Runtime:
         self.providers.close()
         self.limiter.close()
         self.engine.dispose()
+
+
+def _limiter(settings: Settings) -> Limiter:
+    """Redis when ``redis_url`` is set, else the database; a bad URL is named, masked."""
+    if not settings.redis_url:
+        return DatabaseLimiter()
+    try:
+        return RedisLimiter.from_url(settings.redis_url)
+    except ValueError:
+        # redis-py's messages may quote parts of the URL.
+        url = masked_url(settings.redis_url)
+        raise InvalidInput("HEALTHGATE_REDIS_URL", url, "is not a Redis URL") from None

@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from scheduler import constants
+
+#: Shown in place of a URL healthgate cannot read: its password could be anywhere in it.
+UNREADABLE_URL = "(a URL healthgate cannot read; not shown)"
+#: Query parameters that carry a password (``?password=`` works for PostgreSQL and Redis).
+_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pass"})
+#: The settings holding a URL: ``repr`` and ``str`` show them with the password masked.
+_URL_FIELDS = frozenset({"database_url", "broker_url", "redis_url", "linq_base_url"})
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***``, fit to print or log.
+
+    SQLAlchemy's URL parser reads any ``scheme://user:password@host...`` (Redis, AMQP and
+    Celery's ``filesystem://`` too). A URL it cannot read, or reads with an ``@`` left in
+    the host (an unescaped ``@`` in the password), is not shown at all. Celery's failover
+    form, several URLs joined by ``;``, is masked URL by URL, and a password given as a
+    query parameter (``?password=``) is masked too.
+    """
+    if ";" in url:
+        return ";".join(masked_url(part) for part in url.split(";"))
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return UNREADABLE_URL
+    if "@" in (parsed.host or ""):
+        return UNREADABLE_URL
+    secret_keys = _SECRET_QUERY_KEYS.intersection(k.lower() for k in parsed.query)
+    if secret_keys:
+        parsed = parsed.set(
+            query={k: "***" if k.lower() in secret_keys else v for k, v in parsed.query.items()}
+        )
+    return parsed.render_as_string(hide_password=True)
 
 
 class Settings(BaseSettings):
@@ -39,6 +75,8 @@ class Settings(BaseSettings):
     reconcile_after_seconds: float = Field(constants.RECONCILE_AFTER_SECONDS, gt=0)
     #: How often beat polls the providers for line health.
     poll_seconds: float = Field(constants.POLL_SECONDS, gt=0)
+    #: Finished messages' bodies and webhook bodies are purged this many days after.
+    retention_days: int = Field(constants.RETENTION_DAYS, gt=0, le=36_500)
 
     linq_api_key: SecretStr | None = None
     linq_base_url: str | None = None
@@ -51,6 +89,13 @@ class Settings(BaseSettings):
     #: Where the web process (webhooks, read-only JSON) listens.
     web_host: str = constants.WEB_HOST
     web_port: int = Field(constants.WEB_PORT, gt=0, lt=65536)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """What ``repr`` and ``str`` show: every URL with its password masked."""
+        for name, value in super().__repr_args__():
+            if name in _URL_FIELDS and isinstance(value, str):
+                value = masked_url(value)
+            yield name, value
 
     @property
     def database(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -10,10 +11,14 @@ from celery.signals import worker_process_shutdown
 
 from scheduler import constants
 from scheduler.client import Healthgate
+from scheduler.files import private_dir
 from scheduler.runtime import Runtime
-from scheduler.settings import Settings
+from scheduler.settings import Settings, masked_url
 from tasks.dispatch import register
 from tasks.poll import register_poll
+from tasks.retention import register_purge
+
+log = logging.getLogger(__name__)
 
 
 class RuntimeHolder:
@@ -48,9 +53,11 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
     app = Celery("healthgate", broker=settings.broker, set_as_current=False)
     app.conf.update(_config(settings))
+    log.info("healthgate tasks: broker %s", masked_url(settings.broker))
     holder = RuntimeHolder(settings)
     register(app, holder.get, settings)
     register_poll(app, holder.get)
+    register_purge(app, holder.get)
 
     @worker_process_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
@@ -60,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 def _config(settings: Settings) -> dict[str, Any]:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     config: dict[str, Any] = {
         "task_default_queue": constants.DEFAULT_QUEUE,
         "task_serializer": "json",
@@ -88,13 +95,21 @@ def _config(settings: Settings) -> dict[str, Any]:
                 # A poll still queued when the next is due is stale: drop it.
                 "options": {"expires": settings.poll_seconds},
             },
+            "healthgate-purge": {
+                "task": constants.PURGE_TASK,
+                "schedule": constants.PURGE_SECONDS,
+                # The next day's purge does the same work: a stale one is dropped.
+                "options": {"expires": constants.PURGE_SECONDS},
+            },
         },
         "beat_schedule_filename": str(settings.data_dir / constants.BEAT_SCHEDULE_FILE),
     }
     if settings.broker.startswith("filesystem"):
         folder = settings.broker_dir
-        (folder / "queue").mkdir(parents=True, exist_ok=True)
-        (folder / "control").mkdir(parents=True, exist_ok=True)
+        # Task messages are the ids of messages: the owner's only, like the rest.
+        private_dir(folder)
+        private_dir(folder / "queue")
+        private_dir(folder / "control")
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),

@@ -8,6 +8,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from scheduler.files import PRIVATE_DIR, PRIVATE_FILE, tighten_if_present
 from scheduler.providers.base import Outbound, Sent
 
 
@@ -20,14 +21,16 @@ class LogProvider:
     resending one key never both write it.
 
     The body is left out on purpose: the log is for counting and auditing sends,
-    and message content is personal data.
+    and message content is personal data. The recipients are in it, so it is its
+    owner's only (0600).
     """
 
     deduplicates = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        tighten_if_present(path)
         #: Keys read from the log so far, and how far into the file they were read.
         self._keys: set[str] = set()
         self._read_to = 0
@@ -42,7 +45,7 @@ class LogProvider:
             "idempotency_key": message.idempotency_key,
         }
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
         try:
             # Released by the kernel when the process dies, so a crash never wedges it.
             fcntl.flock(fd, fcntl.LOCK_EX)

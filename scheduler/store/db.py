@@ -8,10 +8,14 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from policies.errors import InvalidInput
 from scheduler import constants
-from scheduler.settings import Settings
+from scheduler.files import private_dir, private_file, tighten_if_present
+from scheduler.settings import Settings, masked_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -64,6 +68,30 @@ def has_schema(engine: Engine) -> bool:
 
 
 def engine_for(settings: Settings) -> Engine:
-    if settings.database.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return create_db_engine(settings.database)
+    """The engine of the settings' database; on SQLite its files are the owner's only."""
+    url = settings.database
+    try:
+        if url.startswith("sqlite"):
+            private_dir(settings.data_dir)
+            _private_sqlite(url)
+        return create_db_engine(url)
+    except (ArgumentError, ValueError):
+        # Their messages quote the URL, password and all.
+        raise InvalidInput(
+            "HEALTHGATE_DATABASE_URL", masked_url(url), "is not a database URL"
+        ) from None
+
+
+def _private_sqlite(url: str) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives its ``-wal``
+    and ``-shm`` files the database file's mode. Files an older version left open to
+    others are tightened."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.is_dir():
+        return  # SQLite names the missing folder when it opens it
+    private_file(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten_if_present(path.with_name(path.name + suffix))

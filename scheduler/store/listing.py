@@ -82,6 +82,8 @@ def events(
             "received_at": _iso(event.received_at),
             "outcome": event.outcome,
             "detail": event.detail,
+            # When retention emptied its payload (and a rejected event's detail).
+            "purged_at": _iso(event.purged_at),
             **({"payload": event.payload} if with_payload else {}),
         }
         for event in rows

@@ -197,6 +197,12 @@ WAITING_SQL = "state IN ('queued', 'throttled', 'deferred')"
 THROTTLED_SQL = "state = 'throttled'"
 #: The messages that were sent: the only ones the windows of caps and content count.
 DISPATCHED_SQL = "dispatched_at IS NOT NULL"
+#: Finished messages whose body is still kept: what the retention purge reads.
+FINISHED_UNPURGED_SQL = "purged_at IS NULL AND state IN ({})".format(
+    ", ".join(f"'{state.value}'" for state in FINAL_STATES)
+)
+#: Webhook events whose body is still kept.
+UNPURGED_SQL = "purged_at IS NULL"
 
 
 class Message(Base):
@@ -253,6 +259,14 @@ class Message(Base):
             postgresql_where=text(DISPATCHED_SQL),
             sqlite_where=text(DISPATCHED_SQL),
         ),
+        # Retention: finished messages whose body is kept, by when they finished. A
+        # purged message leaves it, so each purge batch reads only what it empties.
+        Index(
+            "ix_messages_finished_unpurged",
+            "updated_at",
+            postgresql_where=text(FINISHED_UNPURGED_SQL),
+            sqlite_where=text(FINISHED_UNPURGED_SQL),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -263,6 +277,7 @@ class Message(Base):
     #: The caller chose the line: never rerouted.
     pinned: Mapped[bool] = mapped_column(default=False)
     recipient: Mapped[str] = mapped_column(String(20))
+    #: Empty once purged (see ``purged_at``).
     body: Mapped[str] = mapped_column(Text)
     #: A digest of the normalised body, so near-identical bodies compare equal.
     body_hash: Mapped[str | None] = mapped_column(String(32))
@@ -280,7 +295,10 @@ class Message(Base):
     last_code: Mapped[str | None] = mapped_column(String(64))
     last_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+    #: When the state last changed; for a finished message, when it finished.
     updated_at: Mapped[datetime]
+    #: When retention emptied the body of this finished message (its decisions stay).
+    purged_at: Mapped[datetime | None]
 
 
 class DecisionRecord(Base):
@@ -308,7 +326,16 @@ class WebhookEvent(Base):
     and refused events are kept for inspection rather than dropped."""
 
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("ix_webhook_events_received_at", "received_at"),)
+    __table_args__ = (
+        Index("ix_webhook_events_received_at", "received_at"),
+        # Retention: events whose body is kept, oldest first.
+        Index(
+            "ix_webhook_events_unpurged",
+            "received_at",
+            postgresql_where=text(UNPURGED_SQL),
+            sqlite_where=text(UNPURGED_SQL),
+        ),
+    )
 
     #: The provider's event id (``webhook-id``), prefixed by the source.
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -317,5 +344,9 @@ class WebhookEvent(Base):
     received_at: Mapped[datetime]
     #: applied, ignored (older than what is known, or nothing to do) or rejected.
     outcome: Mapped[str] = mapped_column(String(16))
+    #: Why; a rejected event's detail quotes the refused value, so it is purged too.
     detail: Mapped[str | None] = mapped_column(Text)
+    #: The body as it came; empty once purged (see ``purged_at``).
     payload: Mapped[str] = mapped_column(Text)
+    #: When retention emptied the body (id, type, outcome and times stay).
+    purged_at: Mapped[datetime | None]

@@ -81,6 +81,8 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
         "idempotency_key": message.idempotency_key,
         "created_at": _iso(message.created_at),
         "sent_at": _iso(message.sent_at),
+        # When retention emptied its body; its decisions below are kept.
+        "purged_at": _iso(message.purged_at),
         # Why the line holds the message, in the provider's words, while it does.
         "line_health": _line_health(line) if held_by_line and line else None,
         "decisions": [_decision(d) for d in _with_enqueue(message, line, decisions)],

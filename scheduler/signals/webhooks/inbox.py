@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
 
 from policies.config import Policy
-from policies.errors import InvalidInput
+from policies.errors import InvalidInput, shown
 from policies.signals import not_ahead
 from scheduler.runtime import Runtime, utcnow
 from scheduler.signals import consent, health
@@ -231,11 +231,14 @@ def _verifier(secret: SecretStr) -> Webhook:
 
 
 def _refusal(error: InvalidInput) -> dict[str, Any]:
+    """The answer to a refused event: the value as it came when short and plain, else
+    as the message shows it (at most its first hundred characters)."""
     value = error.value
     plain = value is None or isinstance(value, str | int | float | bool)
+    text = shown(value)
     return {
         "error": str(error),
         "field": error.field,
-        "value": value if plain else repr(value),
+        "value": value if plain and text == repr(value) else text,
         "outcome": Outcome.REJECTED,
     }

@@ -6,12 +6,12 @@ from alembic import context
 from sqlalchemy import Engine
 
 from scheduler.settings import Settings
-from scheduler.store.db import create_db_engine
+from scheduler.store.db import engine_for
 from scheduler.store.models import Base
 
 engine = context.config.attributes.get("engine")
 if not isinstance(engine, Engine):
-    engine = create_db_engine(Settings().database)
+    engine = engine_for(Settings())
 
 with engine.connect() as connection:
     context.configure(

@@ -1,0 +1,21 @@
+"""Beat's daily purge: bodies past the retention period are emptied, decisions kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from celery import Celery
+
+from scheduler import constants
+from scheduler.client import Healthgate
+from scheduler.runtime import Runtime
+
+
+def register_purge(app: Celery, runtime: Callable[[], Runtime]) -> None:
+    """Register the purge task on ``app``; ``runtime`` gives this process's runtime."""
+
+    # Not shared: another app in the same process (tests) must not inherit this closure.
+    @app.task(name=constants.PURGE_TASK, ignore_result=True, shared=False)
+    def purge() -> dict[str, int]:
+        """Empty the bodies older than ``HEALTHGATE_RETENTION_DAYS``."""
+        return Healthgate(runtime=runtime()).purge()._asdict()
