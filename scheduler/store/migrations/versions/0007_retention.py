@@ -5,9 +5,9 @@ emptied; the row, its times and a message's decisions stay. Two partial indexes 
 the rows still to purge, oldest first, so each bounded purge batch reads only those.
 Adding nullable columns and indexes rewrites no table.
 
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-02 10:00:00.000000
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-01 01:10:00.000000
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
