@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from policies.config import Caps, Policy
 from policies.statuses import LineReputation
-from policies.usage import MINUTE, LineUsage, earliest_allowed
+from policies.usage import LineUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,7 @@ class Limits:
     sends_per_minute: int
     sends_per_day: int
     sends_per_recipient_per_minute: int
+    sends_per_recipient_per_day: int
     distinct_recipients_per_hour: int
     new_conversations_per_day: int
     #: Why the caps are below the policy's: "" at full pace.
@@ -73,6 +74,7 @@ def line_limits(
         sends_per_minute=scaled(caps.sends_per_minute, factor),
         sends_per_day=scaled(caps.sends_per_day, factor),
         sends_per_recipient_per_minute=scaled(caps.sends_per_recipient_per_minute, factor),
+        sends_per_recipient_per_day=scaled(caps.sends_per_recipient_per_day, factor),
         distinct_recipients_per_hour=scaled(caps.distinct_recipients_per_hour, factor),
         new_conversations_per_day=scaled(caps.new_conversations_per_day, factor),
         note=note,
@@ -108,14 +110,14 @@ def check(
             usage.day_allowed(limits.sends_per_day, now), "sends_per_day", limits.sends_per_day
         ),
         Verdict(
-            earliest_allowed(
-                usage.by_recipient.get(recipient, []),
-                limits.sends_per_recipient_per_minute,
-                MINUTE,
-                now,
-            ),
+            usage.recipient_minute_allowed(recipient, limits.sends_per_recipient_per_minute, now),
             "sends_per_recipient_per_minute",
             limits.sends_per_recipient_per_minute,
+        ),
+        Verdict(
+            usage.recipient_day_allowed(recipient, limits.sends_per_recipient_per_day, now),
+            "sends_per_recipient_per_day",
+            limits.sends_per_recipient_per_day,
         ),
         Verdict(
             usage.distinct_recipients_allowed(recipient, limits.distinct_recipients_per_hour, now),

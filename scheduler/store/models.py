@@ -224,6 +224,15 @@ class Message(Base):
         ),
         # Releases and opt-out drops: a chat's waiting messages.
         Index("ix_messages_chat_state", "chat_id", "state"),
+        # Per-recipient caps: a batch's chats' dispatches inside a window (the day's for
+        # the daily cap), read as a range rather than every message a chat ever had.
+        Index(
+            "ix_messages_chat_dispatched",
+            "chat_id",
+            "dispatched_at",
+            postgresql_where=text(DISPATCHED_SQL),
+            sqlite_where=text(DISPATCHED_SQL),
+        ),
         # Content variation: the same body sent by a line inside a window.
         Index(
             "ix_messages_line_body_dispatched",
