@@ -390,8 +390,9 @@ def test_dispatch_holds_a_recipient_at_the_cap_until_the_day_frees_up(
 ) -> None:
     hg = capped
     # Given Bob sent 3 messages on line A, ten minutes apart
-    first = [hg.enqueue(to=BOB, body=f"update {n}", line=LINE_A) for n in range(3)]
-    for _ in first:
+    first = []
+    for n in range(3):
+        first.append(hg.enqueue(to=BOB, body=f"update {n}", line=LINE_A))
         hg.drain()
         clock.tick(timedelta(minutes=10))
     assert [hg.explain(m)["state"] for m in first] == ["sent"] * 3
