@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from policies.errors import InvalidInput
 from policies.pace import Limits, Verdict
-from policies.usage import DAY, HOUR, MINUTE
+from policies.usage import DAY, HOUR
 from scheduler.limits import MemoryLimiter, RedisLimiter, Ticket
 from scheduler.limits.redis import HIT
 from scheduler.store.models import Chat, Message
