@@ -200,11 +200,17 @@ def _load_recipient_days(
     where the count is within ``headroom`` of the per-recipient daily cap.
 
     Two statements at most, whatever the batch: the counts, then the times of every
-    recipient near the cap at once. Both are range reads of ``ix_messages_chat_dispatched``.
+    recipient near the cap at once (one, the times, when the batch alone could reach
+    the cap). Both are range reads of ``ix_messages_chat_dispatched``.
     """
     if not chats:
         return
     day = Message.dispatched_at > now - DAY
+    if all(headroom >= limits[line].sends_per_recipient_per_day for line in usage):
+        # Every recipient is near a cap the batch alone could reach: no count can spare
+        # reading the times (at most the cap and the batch's sends per recipient).
+        _recipient_day_times(session, usage, chats, day, None)
+        return
     counted = session.execute(
         select(Message.chat_id, Message.line_id, Message.recipient, func.count())
         .where(Message.chat_id.in_(chats), day)
@@ -222,18 +228,27 @@ def _load_recipient_days(
     for (line_id, recipient), count in counts.items():
         if (line_id, recipient) not in near:
             usage[line_id].recipient_day_unloaded[recipient] = count
-    if not near:
-        return
+    if near:
+        wanted = {c for c, line, whom, _ in counted if c is not None and (line, whom) in near}
+        _recipient_day_times(session, usage, wanted, day, near)
+
+
+def _recipient_day_times(
+    session: Session,
+    usage: dict[int, LineUsage],
+    chats: Collection[int],
+    day: ColumnElement[bool],
+    near: Collection[tuple[int, str]] | None,
+) -> None:
+    """The last day's send times on ``chats``, oldest first, for the ``near`` pairs of
+    line and recipient (None: all of them)."""
     rows = session.execute(
         select(Message.line_id, Message.recipient, Message.dispatched_at)
-        .where(
-            Message.chat_id.in_({chat for chat, line, whom, _ in counted if (line, whom) in near}),
-            day,
-        )
+        .where(Message.chat_id.in_(chats), day)
         .order_by(Message.dispatched_at)
     )
     for line_id, recipient, at in rows:
-        if line_id is not None and (line_id, recipient) in near and at is not None:
+        if line_id in usage and at is not None and (near is None or (line_id, recipient) in near):
             usage[line_id].recipient_day.setdefault(recipient, []).append(at)
 
 
