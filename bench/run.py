@@ -125,7 +125,11 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
                 "ratio": round(points[-1]["us_per_decision"] / points[0]["us_per_decision"], 2),
             }
         if wanted("recovery"):
-            caps = {**CAPS, "sends_per_recipient_per_minute": 10_000_000}
+            caps = {
+                **CAPS,
+                "sends_per_recipient_per_minute": 10_000_000,
+                "sends_per_recipient_per_day": 10_000_000,
+            }
             settings = settings_for(root, "recovery", size, caps)
             results["recovery"] = bench_recovery(settings, size.chats, size.recovery, size.lines)
             _say("recovery", results["recovery"])

@@ -33,6 +33,7 @@ CAPS = {
     "new_conversations_per_day": 1_000_000,
     "distinct_recipients_per_hour": 1_000_000,
     "sends_per_recipient_per_minute": 5,
+    "sends_per_recipient_per_day": 20,
 }
 
 

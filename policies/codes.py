@@ -44,6 +44,7 @@ class Code(StrEnum):
     CAP_SENDS_PER_MINUTE = "cap_sends_per_minute"
     CAP_SENDS_PER_DAY = "cap_sends_per_day"
     CAP_SENDS_PER_RECIPIENT_PER_MINUTE = "cap_sends_per_recipient_per_minute"
+    CAP_SENDS_PER_RECIPIENT_PER_DAY = "cap_sends_per_recipient_per_day"
     CAP_DISTINCT_RECIPIENTS_PER_HOUR = "cap_distinct_recipients_per_hour"
     CAP_NEW_CONVERSATIONS_PER_DAY = "cap_new_conversations_per_day"
     #: A near-identical body to an AT_RISK chat inside the repeat window.
@@ -81,6 +82,7 @@ CAP_CODES: Mapping[str, Code] = {
     "sends_per_minute": Code.CAP_SENDS_PER_MINUTE,
     "sends_per_day": Code.CAP_SENDS_PER_DAY,
     "sends_per_recipient_per_minute": Code.CAP_SENDS_PER_RECIPIENT_PER_MINUTE,
+    "sends_per_recipient_per_day": Code.CAP_SENDS_PER_RECIPIENT_PER_DAY,
     "distinct_recipients_per_hour": Code.CAP_DISTINCT_RECIPIENTS_PER_HOUR,
     "new_conversations_per_day": Code.CAP_NEW_CONVERSATIONS_PER_DAY,
 }

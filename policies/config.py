@@ -79,6 +79,13 @@ class Caps(_Section):
     sends_per_day: PositiveInt = 3000
     #: A sixth of Linq's 30 a minute per pair: a person does not read faster than that.
     sends_per_recipient_per_minute: PositiveInt = 5
+    #: A person does not want more than a few dozen messages a day from one business,
+    #: and one who gets them blocks or reports the line, the signal providers score
+    #: hardest. 20 leaves a live conversation room while an application stuck in a loop
+    #: stops after four minutes at the per-recipient minute pace instead of sending
+    #: hundreds; it sits far under ``sends_per_day``. Raise it per line for one that
+    #: holds long conversations.
+    sends_per_recipient_per_day: PositiveInt = 20
 
 
 class CapsOverride(_Section):
@@ -89,6 +96,7 @@ class CapsOverride(_Section):
     distinct_recipients_per_hour: PositiveInt | None = None
     sends_per_day: PositiveInt | None = None
     sends_per_recipient_per_minute: PositiveInt | None = None
+    sends_per_recipient_per_day: PositiveInt | None = None
 
 
 class LineConfig(_Section):

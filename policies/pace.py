@@ -10,7 +10,7 @@ from typing import NamedTuple
 from policies.config import Caps, Policy
 from policies.decision import Pace, Queue
 from policies.statuses import LineReputation
-from policies.usage import DAY, HOUR, MINUTE, LineUsage, earliest_allowed
+from policies.usage import DAY, HOUR, MINUTE, LineUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class Limits:
     sends_per_minute: int
     sends_per_day: int
     sends_per_recipient_per_minute: int
+    sends_per_recipient_per_day: int
     distinct_recipients_per_hour: int
     new_conversations_per_day: int
     #: Why the caps are below the policy's: "" at full pace.
@@ -74,6 +75,7 @@ def line_limits(
         sends_per_minute=scaled(caps.sends_per_minute, factor),
         sends_per_day=scaled(caps.sends_per_day, factor),
         sends_per_recipient_per_minute=scaled(caps.sends_per_recipient_per_minute, factor),
+        sends_per_recipient_per_day=scaled(caps.sends_per_recipient_per_day, factor),
         distinct_recipients_per_hour=scaled(caps.distinct_recipients_per_hour, factor),
         new_conversations_per_day=scaled(caps.new_conversations_per_day, factor),
         note=note,
@@ -85,6 +87,7 @@ CAP_WINDOWS: dict[str, tuple[timedelta, Queue]] = {
     "sends_per_minute": (MINUTE, Queue.LINE),
     "sends_per_day": (DAY, Queue.LINE),
     "sends_per_recipient_per_minute": (MINUTE, Queue.CHAT),
+    "sends_per_recipient_per_day": (DAY, Queue.CHAT),
     "distinct_recipients_per_hour": (HOUR, Queue.LINE),
     "new_conversations_per_day": (DAY, Queue.LINE),
 }
@@ -125,14 +128,14 @@ def check(
             usage.day_allowed(limits.sends_per_day, now), "sends_per_day", limits.sends_per_day
         ),
         Verdict(
-            earliest_allowed(
-                usage.by_recipient.get(recipient, []),
-                limits.sends_per_recipient_per_minute,
-                MINUTE,
-                now,
-            ),
+            usage.recipient_minute_allowed(recipient, limits.sends_per_recipient_per_minute, now),
             "sends_per_recipient_per_minute",
             limits.sends_per_recipient_per_minute,
+        ),
+        Verdict(
+            usage.recipient_day_allowed(recipient, limits.sends_per_recipient_per_day, now),
+            "sends_per_recipient_per_day",
+            limits.sends_per_recipient_per_day,
         ),
         Verdict(
             usage.distinct_recipients_allowed(recipient, limits.distinct_recipients_per_hour, now),

@@ -78,6 +78,11 @@ class LineUsage:
     by_recipient: dict[str, list[datetime]] = field(default_factory=dict)
     #: Distinct recipients over the last hour not in ``by_recipient``.
     recipients_unloaded: int = 0
+    #: Dispatch times per recipient over the last day, oldest first (a loader reads them
+    #: for the batch's recipients near the per-recipient daily cap).
+    recipient_day: dict[str, list[datetime]] = field(default_factory=dict)
+    #: Per recipient, dispatches over the last day not in ``recipient_day``.
+    recipient_day_unloaded: dict[str, int] = field(default_factory=dict)
     #: Per body digest, the last dispatch time to each recipient over the last hour.
     by_body: dict[str, dict[str, datetime]] = field(default_factory=dict)
     #: Per body digest, distinct recipients over the last hour not in ``by_body`` (far
@@ -92,6 +97,7 @@ class LineUsage:
             self.by_body.setdefault(body_hash, {})[recipient] = at
         insort(self.recent, at)
         insort(self.by_recipient.setdefault(recipient, []), at)
+        insort(self.recipient_day.setdefault(recipient, []), at)
         self.day_count += 1
         if self.day is not None:
             insort(self.day, at)
@@ -121,6 +127,29 @@ class LineUsage:
                 "day_count reached the daily cap but the day's times were not loaded"
             )
         return earliest_allowed(self.day, limit, DAY, now)
+
+    def recipient_minute_allowed(self, recipient: str, limit: int, now: datetime) -> datetime:
+        """Earliest moment one more send to ``recipient`` fits under ``limit`` per minute."""
+        return earliest_allowed(self.by_recipient.get(recipient, []), limit, MINUTE, now)
+
+    def recipient_day_allowed(self, recipient: str, limit: int, now: datetime) -> datetime:
+        """Earliest moment one more send to ``recipient`` fits under ``limit`` per day."""
+        return earliest_allowed(
+            self.recipient_day.get(recipient, []),
+            limit,
+            DAY,
+            now,
+            self.recipient_day_unloaded.get(recipient, 0),
+        )
+
+    def sent_to_last_day(self, recipient: str, now: datetime) -> int:
+        """Dispatches to ``recipient`` over the last day."""
+        return _inside(
+            self.recipient_day.get(recipient, []),
+            DAY,
+            now,
+            self.recipient_day_unloaded.get(recipient, 0),
+        )
 
     def recipients_last_hour(self, now: datetime) -> int:
         """Distinct recipients over the last hour."""

@@ -823,7 +823,12 @@ def test_record_counts_a_dispatch_everywhere_the_gate_reads_it() -> None:
 
     # Then every counter holds it
     assert usage == LineUsage(
-        recent=[NOW], day_count=1, day=[NOW], new_chats=[NOW], by_recipient={BOB: [NOW]}
+        recent=[NOW],
+        day_count=1,
+        day=[NOW],
+        new_chats=[NOW],
+        by_recipient={BOB: [NOW]},
+        recipient_day={BOB: [NOW]},
     )
 
 

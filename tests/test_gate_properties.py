@@ -48,6 +48,7 @@ def policies(draw: st.DrawFn) -> Policy:
                 "distinct_recipients_per_hour": draw(small),
                 "sends_per_day": draw(st.integers(min_value=1, max_value=20)),
                 "sends_per_recipient_per_minute": draw(small),
+                "sends_per_recipient_per_day": draw(st.integers(min_value=1, max_value=12)),
             },
             "content": {
                 "at_risk_repeat_window_hours": draw(hours),
@@ -208,6 +209,7 @@ CAPS = (
     "sends_per_minute",
     "sends_per_day",
     "sends_per_recipient_per_minute",
+    "sends_per_recipient_per_day",
     "distinct_recipients_per_hour",
     "new_conversations_per_day",
 )
@@ -277,6 +279,10 @@ def test_sends_fed_back_into_usage_never_exceed_any_cap(
         assert (
             count_in([s[0] for s in before if s[1] == to], at, MINUTE)
             <= caps["sends_per_recipient_per_minute"]
+        )
+        assert (
+            count_in([s[0] for s in before if s[1] == to], at, DAY)
+            <= caps["sends_per_recipient_per_day"]
         )
         assert (
             len({s[1] for s in before if s[0] > at - HOUR})

@@ -11,6 +11,9 @@ import pytest
 from freezegun.api import FrozenDateTimeFactory
 from sqlalchemy import event, func, select
 
+from policies.codes import CAP_CODES
+from policies.decision import Queue
+from policies.pace import cap_pace
 from scheduler.client import Healthgate
 from scheduler.store.models import DecisionRecord, Message
 from tests.conftest import LINE_A, POLICY, START
@@ -37,8 +40,13 @@ def statements(hg: Healthgate) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", count)
 
 
+#: The per-minute cap alone binds within the hour (the daily one would stop at 20).
+MINUTE_ONLY = POLICY + "\n[caps]\nsends_per_recipient_per_day = 2000\n"
+
+
+@pytest.mark.parametrize("policy_text", [MINUTE_ONLY, POLICY], ids=["minute", "defaults"])
 def test_a_throttled_backlog_to_one_recipient_is_looked_at_once_a_turn(
-    hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory
+    hg: Healthgate, sends: Sends, clock: FrozenDateTimeFactory, policy_text: str
 ) -> None:
     hg.enqueue_many(
         {"to": BOB, "body": f"update {i}", "line": LINE_A, "idempotency_key": f"k{i}"}
@@ -62,9 +70,24 @@ def test_a_throttled_backlog_to_one_recipient_is_looked_at_once_a_turn(
     # One throttle when the backlog is first looked at, and a send and its answer each
     # (with room for a few looked at again when another took their turn); never the
     # backlog once a turn.
-    assert stored + repeats <= BACKLOG + 3 * sent + 50
-    # Statements follow the sends, not the backlog times the ticks.
-    assert len(seen) <= 20 * (360 + sent)
+    if policy_text == MINUTE_ONLY:
+        assert sent == 300  # 5 at once, then one every 12 s
+        assert stored + repeats <= BACKLOG + 2 * sent + 50
+    else:
+        # Held on the minute's cap, then on the day's: once a rule, never once a tick.
+        assert sent == 20
+        assert stored + repeats <= 2 * BACKLOG + 2 * sent
+    with hg.runtime.sessions() as session:
+        holds = session.execute(
+            select(func.count())
+            .select_from(DecisionRecord)
+            .where(DecisionRecord.action == "THROTTLE")
+            .group_by(DecisionRecord.message_id, DecisionRecord.code)
+        ).scalars()
+        assert max(holds) == 1
+    # Statements follow the ticks and the turns, not the backlog times the ticks (35,120
+    # statements for the minute's case when every tick looked at the whole backlog).
+    assert len(seen) <= 40 * 360
 
 
 @pytest.mark.parametrize(
@@ -90,3 +113,11 @@ def test_a_hold_taken_again_is_counted_on_its_record_not_stored_again(
     assert holds[0]["repeats"] == 1
     assert holds[0]["last_at"] == (START + timedelta(hours=1)).isoformat()
     assert holds[0]["not_before"] == (START + timedelta(hours=2)).isoformat()
+
+
+def test_every_cap_has_a_pace_and_a_queue() -> None:
+    for cap in CAP_CODES:
+        pace = cap_pace(cap, 4)
+        window = pace.interval * 4
+        assert window in (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1))
+        assert pace.queue is (Queue.CHAT if "per_recipient" in cap else Queue.LINE)

@@ -35,6 +35,7 @@ WIDE = Limits(
     sends_per_minute=100,
     sends_per_day=1000,
     sends_per_recipient_per_minute=100,
+    sends_per_recipient_per_day=100,
     distinct_recipients_per_hour=100,
     new_conversations_per_day=100,
 )

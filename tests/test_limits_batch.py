@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from policies.errors import InvalidInput
 from policies.pace import Limits, Verdict
-from policies.usage import DAY, HOUR, MINUTE
+from policies.usage import DAY, HOUR
 from scheduler.limits import MemoryLimiter, RedisLimiter, Ticket
 from scheduler.limits.redis import HIT
 from scheduler.store.models import Chat, Message
@@ -251,6 +251,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             sends_per_minute=draw(tight),
             sends_per_day=draw(st.one_of(st.integers(min_value=1, max_value=8), st.just(100))),
             sends_per_recipient_per_minute=draw(tight),
+            sends_per_recipient_per_day=draw(tight),
             distinct_recipients_per_hour=draw(tight),
             new_conversations_per_day=draw(tight),
         )
@@ -296,7 +297,7 @@ def redis_state(limiter: RedisLimiter) -> dict[str, object]:
         if kind.startswith("hit:"):
             state[name] = limiter.client.get(raw)
             continue
-        window = MINUTE if kind.startswith("to:") else windows[kind]
+        window = DAY if kind.startswith("to:") else windows[kind]
         since = (NOW - window - datetime(1970, 1, 1, tzinfo=NOW.tzinfo)) // timedelta(
             microseconds=1
         )

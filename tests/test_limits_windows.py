@@ -22,7 +22,7 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 LINE = "+14155550100"
 RECIPIENTS = [f"+1415555{2000 + i:04d}" for i in range(8)]
 #: Wide enough that every past send is taken.
-TAKES_ALL = Limits(10**6, 10**6, 10**6, 10**6, 10**6)
+TAKES_ALL = Limits(10**6, 10**6, 10**6, 10**6, 10**6, 10**6)
 
 #: A past send: recipient index, seconds before NOW (within a day), starts a conversation.
 past_sends = st.lists(

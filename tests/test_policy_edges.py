@@ -319,7 +319,7 @@ def test_a_ramp_of_one_second_starts_at_the_at_risk_pace() -> None:
 
 
 def test_no_cap_binds_when_every_cap_has_room() -> None:
-    limits = Limits(5, 100, 5, 10, 10)
+    limits = Limits(5, 100, 5, 50, 10, 10)
 
     assert check(LineUsage(), limits, BOB, True, NOW) == Verdict(NOW, "", 0)
 
@@ -328,7 +328,7 @@ def test_at_a_tie_the_line_s_pace_is_named_before_the_recipient_s() -> None:
     usage = LineUsage()
     usage.record(BOB, ago(seconds=10), new_chat=False)
 
-    verdict = check(usage, Limits(1, 100, 1, 10, 10), BOB, False, NOW)
+    verdict = check(usage, Limits(1, 100, 1, 50, 10, 10), BOB, False, NOW)
 
     assert (verdict.allowed_at, verdict.cap, verdict.limit) == (
         later(seconds=50),

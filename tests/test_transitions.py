@@ -141,6 +141,7 @@ ROOMY = {
     "distinct_recipients_per_hour": 1000,
     "sends_per_day": 10_000,
     "sends_per_recipient_per_minute": 30,
+    "sends_per_recipient_per_day": 100,
 }
 
 #: For each hold the gate can return: the chat (and how many seconds ago its unanswered
@@ -159,6 +160,10 @@ GATE_CASES: dict[Code, dict[str, Any]] = {
     Code.CAP_SENDS_PER_RECIPIENT_PER_MINUTE: {
         "sent": [(10, BOB, False)],
         "caps": {"sends_per_recipient_per_minute": 1},
+    },
+    Code.CAP_SENDS_PER_RECIPIENT_PER_DAY: {
+        "sent": [(7200, BOB, False)],
+        "caps": {"sends_per_recipient_per_day": 1},
     },
     Code.CAP_DISTINCT_RECIPIENTS_PER_HOUR: {
         "sent": [(600, OTHER, False)],

@@ -92,6 +92,7 @@ def test_headroom_from_counts_is_the_headroom_from_the_same_sends() -> None:
         sends_per_minute=10,
         sends_per_day=100,
         sends_per_recipient_per_minute=5,
+        sends_per_recipient_per_day=20,
         distinct_recipients_per_hour=20,
         new_conversations_per_day=8,
     )

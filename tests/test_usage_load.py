@@ -41,6 +41,7 @@ limits_strategy = st.builds(
     sends_per_minute=st.integers(1, 60),
     sends_per_day=st.integers(1, 60),
     sends_per_recipient_per_minute=st.integers(1, 4),
+    sends_per_recipient_per_day=st.integers(1, 12),
     distinct_recipients_per_hour=st.integers(1, 20),
     new_conversations_per_day=st.integers(1, 20),
 )

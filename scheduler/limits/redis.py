@@ -21,15 +21,17 @@ CAPS = (
     "sends_per_minute",
     "sends_per_day",
     "sends_per_recipient_per_minute",
+    "sends_per_recipient_per_day",
     "distinct_recipients_per_hour",
     "new_conversations_per_day",
 )
 
 # One call per line, for a batch of that line's sends in order. KEYS: 1 sends (zset:
 # attempt -> time), 2 new conversations (zset), 3 recipients (zset: recipient -> last
-# time), then per send: sends to its recipient (zset) and its attempt's marker. ARGV: now,
-# the minute, hour and day (all in microseconds), the number of distinct sets of limits
-# and each set's five limits in CAPS order (a line's sends mostly share one), then per
+# time), then per send: sends to its recipient over the last day (zset: the minute's and
+# the day's per-recipient caps both read it) and its attempt's marker. ARGV: now, the
+# minute, hour and day (all in microseconds), the number of distinct sets of limits
+# and each set's six limits in CAPS order (a line's sends mostly share one), then per
 # send: attempt key, recipient, new chat (0/1) and its set's number. Returns per send:
 # consumed (0/1), the earliest moment and the binding cap's number in CAPS (0 for none).
 # Time always comes from the caller: Redis's own clock is not the one the gate decided
@@ -38,7 +40,9 @@ HIT = """
 local now = tonumber(ARGV[1])
 local MINUTE, HOUR, DAY = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local count = (#KEYS - 3) / 2
-local sends = 5 + 5 * tonumber(ARGV[5])
+-- The length of CAPS: the limits of one set.
+local CAPS = 6
+local sends = 5 + CAPS * tonumber(ARGV[5])
 -- Lua prints numbers with 14 digits; microseconds need 16.
 local since = {
   [MINUTE] = string.format('(%.0f', now - MINUTE),
@@ -54,7 +58,7 @@ local cleaned = {}
 for i = 1, count do
   local to = KEYS[2 + 2 * i]
   if not cleaned[to] then
-    redis.call('ZREMRANGEBYSCORE', to, '-inf', now - MINUTE)
+    redis.call('ZREMRANGEBYSCORE', to, '-inf', now - DAY)
     cleaned[to] = true
   end
 end
@@ -77,7 +81,7 @@ local function hit(i)
   local to, marker = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local a = sends + 4 * (i - 1)
   local member, recipient, new_chat = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
-  local caps = 5 + 5 * (tonumber(ARGV[a + 4]) - 1)
+  local caps = 5 + CAPS * (tonumber(ARGV[a + 4]) - 1)
   if redis.call('EXISTS', marker) == 1 then
     return 1, now, 0
   end
@@ -85,18 +89,19 @@ local function hit(i)
     earliest(KEYS[1], tonumber(ARGV[caps + 1]), MINUTE),
     earliest(KEYS[1], tonumber(ARGV[caps + 2]), DAY),
     earliest(to, tonumber(ARGV[caps + 3]), MINUTE),
+    earliest(to, tonumber(ARGV[caps + 4]), DAY),
     now,
     now,
   }
   local last = redis.call('ZSCORE', KEYS[3], recipient)
   if not (last and tonumber(last) > now - HOUR) then
-    allowed[4] = earliest(KEYS[3], tonumber(ARGV[caps + 4]), HOUR)
+    allowed[5] = earliest(KEYS[3], tonumber(ARGV[caps + 5]), HOUR)
   end
   if new_chat then
-    allowed[5] = earliest(KEYS[2], tonumber(ARGV[caps + 5]), DAY)
+    allowed[6] = earliest(KEYS[2], tonumber(ARGV[caps + 6]), DAY)
   end
   local best, cap = now, 0
-  for c = 1, 5 do
+  for c = 1, CAPS do
     if allowed[c] > best then
       best, cap = allowed[c], c
     end
@@ -107,7 +112,7 @@ local function hit(i)
   redis.call('ZADD', KEYS[1], now, member)
   redis.call('ZADD', to, now, member)
   redis.call('ZADD', KEYS[3], now, recipient)
-  expiring[KEYS[1]], expiring[to], expiring[KEYS[3]] = DAY, MINUTE, HOUR
+  expiring[KEYS[1]], expiring[to], expiring[KEYS[3]] = DAY, DAY, HOUR
   if new_chat then
     redis.call('ZADD', KEYS[2], now, member)
     expiring[KEYS[2]] = DAY
@@ -241,7 +246,8 @@ class RedisLimiter(Limiter):
     ) -> dict[int, LineUsage]:
         """The caps' windows as the script counts them: one round trip for every line's
         counts and the batch recipients' sends, one more for the times of the windows
-        within ``headroom`` of a cap (never more times than the cap and the headroom)."""
+        within ``headroom`` of a cap (never more times than the cap and the headroom),
+        a recipient's day among them."""
         since = _Since.at(_micros(now))
         asked = [
             (line_id, f"{self.prefix}{{{number}}}:", sorted(recipients.get(line_id, ())))
@@ -256,6 +262,7 @@ class RedisLimiter(Limiter):
             for recipient in whom:
                 pipe.zscore(base + "recipients", recipient)
                 pipe.zrangebyscore(base + f"to:{recipient}", since.minute, "+inf", withscores=True)
+                pipe.zcount(base + f"to:{recipient}", since.day, "+inf")
         replies = iter(pipe.execute())
         timed = self.client.pipeline(transaction=False)
         wanted: list[tuple[LineUsage, str]] = []
@@ -263,12 +270,19 @@ class RedisLimiter(Limiter):
         for line_id, base, whom in asked:
             counts = [int(next(replies)) for _ in range(4)]
             entry = usage[line_id] = LineUsage(day_count=counts[1])
+            daily = limits[line_id].sends_per_recipient_per_day
             for recipient in whom:
-                last, recent = next(replies), next(replies)
+                last, recent, today = next(replies), next(replies), int(next(replies))
                 if recent:
                     entry.by_recipient[recipient] = [_moment(int(at)) for _, at in recent]
                 elif last is not None and int(last) > since.now - _HOUR:
                     entry.by_recipient[recipient] = [_moment(int(last))]
+                if today + headroom >= daily:
+                    to = f"to:{recipient}"
+                    timed.zrangebyscore(base + to, since.day, "+inf", withscores=True)
+                    wanted.append((entry, to))
+                elif today:
+                    entry.recipient_day_unloaded[recipient] = today
             for name, key, start, count, cap in zip(
                 ("recent", "day", "new_chats", "recipients"),
                 (base + "sends", base + "sends", base + "new", base + "recipients"),
@@ -325,7 +339,9 @@ def _count_only(entry: LineUsage, name: str, count: int) -> None:
 
 def _fill(entry: LineUsage, name: str, reply: list[tuple[bytes, float]]) -> None:
     """A window near its cap, from its members and their times."""
-    if name == "recipients":
+    if name.startswith("to:"):
+        entry.recipient_day[name.removeprefix("to:")] = [_moment(int(at)) for _, at in reply]
+    elif name == "recipients":
         for member, at in reply:
             entry.by_recipient.setdefault(member.decode(), [_moment(int(at))])
     else:

@@ -250,6 +250,15 @@ class Message(Base):
             postgresql_where=text(THROTTLED_SQL),
             sqlite_where=text(THROTTLED_SQL),
         ),
+        # Per-recipient caps: a batch's chats' dispatches inside a window (the day's for
+        # the daily cap), read as a range rather than every message a chat ever had.
+        Index(
+            "ix_messages_chat_dispatched",
+            "chat_id",
+            "dispatched_at",
+            postgresql_where=text(DISPATCHED_SQL),
+            sqlite_where=text(DISPATCHED_SQL),
+        ),
         # Content variation: the same body sent by a line inside a window.
         Index(
             "ix_messages_line_body_dispatched",

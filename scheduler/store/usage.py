@@ -105,7 +105,9 @@ def _load_windows(
         if near(reached.get(line_id, 0), caps.distinct_recipients_per_hour):
             last = _last_sends(session, now, Message.line_id == line_id)
             entry.by_recipient = {recipient: [at] for recipient, at in last.items()}
-    _load_recipients(session, usage, ids, recipients, digests, now)
+    chats = _chats(session, ids, recipients)
+    _load_recipients(session, usage, chats, digests, now)
+    _load_recipient_days(session, usage, chats, limits, now, headroom)
     for line_id in ids:
         entry = usage[line_id]
         # Read apart, the two may differ by what committed between them.
@@ -133,25 +135,32 @@ def _last_sends(
     return {recipient: at for recipient, at in rows if at is not None}
 
 
+def _chats(session: Session, ids: list[int], recipients: Collection[str]) -> list[int]:
+    """The chats of ``recipients`` on the lines ``ids``.
+
+    Read first, so their messages are then read by a list of ids: as one statement, the
+    planner may read the whole window's sends instead of the chats' own.
+    """
+    if not recipients or not ids:
+        return []
+    return list(
+        session.scalars(
+            select(Chat.id).where(Chat.recipient.in_(set(recipients)), Chat.line_id.in_(ids))
+        ).all()
+    )
+
+
 def _load_recipients(
     session: Session,
     usage: dict[int, LineUsage],
-    ids: list[int],
-    recipients: Collection[str],
+    chats: Collection[int],
     digests: Collection[str],
     now: datetime,
     bodies_only: bool = False,
 ) -> None:
-    """The last hour's sends to ``recipients``: each send of the last minute (the
+    """The last hour's sends on ``chats``: each send of the last minute (the
     per-recipient cap), else the last one (distinct recipients); and the last time each
-    of ``digests`` reached each of them (the same-body rule)."""
-    if not recipients:
-        return
-    # The chats first, then their messages by a list of ids: as one statement, the
-    # planner may read the whole hour's sends instead of the chats' own.
-    chats = session.scalars(
-        select(Chat.id).where(Chat.recipient.in_(set(recipients)), Chat.line_id.in_(ids))
-    ).all()
+    of ``digests`` reached each recipient (the same-body rule)."""
     if not chats:
         return
     rows = session.execute(
@@ -177,6 +186,70 @@ def _load_recipients(
         return
     for (line_id, recipient), times in found.items():
         usage[line_id].by_recipient[recipient] = times
+
+
+def _load_recipient_days(
+    session: Session,
+    usage: dict[int, LineUsage],
+    chats: Collection[int],
+    limits: Mapping[int, Limits],
+    now: datetime,
+    headroom: int,
+) -> None:
+    """The last day's sends on ``chats``, per line and recipient: a count, and the times
+    where the count is within ``headroom`` of the per-recipient daily cap.
+
+    Two statements at most, whatever the batch: the counts, then the times of every
+    recipient near the cap at once (one, the times, when the batch alone could reach
+    the cap). Both are range reads of ``ix_messages_chat_dispatched``.
+    """
+    if not chats:
+        return
+    day = Message.dispatched_at > now - DAY
+    if all(headroom >= limits[line].sends_per_recipient_per_day for line in usage):
+        # Every recipient is near a cap the batch alone could reach: no count can spare
+        # reading the times (at most the cap and the batch's sends per recipient).
+        _recipient_day_times(session, usage, chats, day, None)
+        return
+    counted = session.execute(
+        select(Message.chat_id, Message.line_id, Message.recipient, func.count())
+        .where(Message.chat_id.in_(chats), day)
+        .group_by(Message.chat_id, Message.line_id, Message.recipient)
+    ).all()
+    counts: dict[tuple[int, str], int] = {}
+    for _, line_id, recipient, count in counted:
+        if line_id in usage:
+            counts[line_id, recipient] = counts.get((line_id, recipient), 0) + count
+    near = {
+        pair
+        for pair, count in counts.items()
+        if count + headroom >= limits[pair[0]].sends_per_recipient_per_day
+    }
+    for (line_id, recipient), count in counts.items():
+        if (line_id, recipient) not in near:
+            usage[line_id].recipient_day_unloaded[recipient] = count
+    if near:
+        wanted = {c for c, line, whom, _ in counted if c is not None and (line, whom) in near}
+        _recipient_day_times(session, usage, wanted, day, near)
+
+
+def _recipient_day_times(
+    session: Session,
+    usage: dict[int, LineUsage],
+    chats: Collection[int],
+    day: ColumnElement[bool],
+    near: Collection[tuple[int, str]] | None,
+) -> None:
+    """The last day's send times on ``chats``, oldest first, for the ``near`` pairs of
+    line and recipient (None: all of them)."""
+    rows = session.execute(
+        select(Message.line_id, Message.recipient, Message.dispatched_at)
+        .where(Message.chat_id.in_(chats), day)
+        .order_by(Message.dispatched_at)
+    )
+    for line_id, recipient, at in rows:
+        if line_id in usage and at is not None and (near is None or (line_id, recipient) in near):
+            usage[line_id].recipient_day.setdefault(recipient, []).append(at)
 
 
 def load_bodies(
@@ -212,7 +285,8 @@ def load_bodies(
     if not ids:
         return
     if recipients is not None:
-        _load_recipients(session, usage, ids, recipients, digests, now, bodies_only=True)
+        chats = _chats(session, ids, recipients)
+        _load_recipients(session, usage, chats, digests, now, bodies_only=True)
     hour = Message.dispatched_at > now - HOUR
     rows = session.execute(
         select(Message.line_id, Message.body_hash, func.count(distinct(Message.recipient)))
