@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _webhook_routes(app, inbox)
     _ops_routes(app, runtime)
+    # Every other route goes on this router, before it is included: it takes the API
+    # token (``/metrics`` takes ``access.metrics_guard`` instead).
     reads = APIRouter(dependencies=[Depends(access.api_guard(settings))])
     _read_routes(reads, runtime)
     if settings.web_docs:
