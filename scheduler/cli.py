@@ -19,7 +19,7 @@ from rich.table import Table
 
 from policies.config import load_policy
 from policies.errors import HealthgateError, InvalidInput
-from scheduler import runner
+from scheduler import access, runner
 from scheduler.client import Healthgate
 from scheduler.settings import Settings, masked_url
 from scheduler.store import listing, reports
@@ -115,6 +115,8 @@ def run(
 ) -> None:
     """Start the main job: a Celery worker, beat and the web process, until interrupted."""
     settings = Settings()
+    if web:
+        _refuse_exposure(settings)
     with _client() as client:
         lines = len(client.runtime.policy.lines)
     limits = masked_url(settings.redis_url) if settings.redis_url else "the database"
@@ -134,13 +136,26 @@ def run(
 
 @app.command("web")
 def web_command() -> None:
-    """Serve Linq webhooks and read-only JSON (HEALTHGATE_WEB_HOST, HEALTHGATE_WEB_PORT)."""
+    """Serve Linq webhooks and read-only JSON (HEALTHGATE_WEB_HOST, HEALTHGATE_WEB_PORT).
+
+    Reads need HEALTHGATE_API_TOKEN, and beyond loopback the process will not start without it.
+    """
     import uvicorn
 
     settings = Settings()
+    _refuse_exposure(settings)
     uvicorn.run(
         "scheduler.web:create_app", factory=True, host=settings.web_host, port=settings.web_port
     )
+
+
+def _refuse_exposure(settings: Settings) -> None:
+    """Stop, with the setting named, before the web process would face the network unguarded."""
+    try:
+        access.check_exposure(settings)
+    except HealthgateError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -89,6 +89,10 @@ SEND_LOG_FILE = "sends.jsonl"
 WEB_HOST = "127.0.0.1"
 WEB_PORT = 8000
 
+#: The ``Host`` names the web process answers by default: its loopback names only, so a
+#: page of another site cannot reach it through a DNS name rebound to 127.0.0.1.
+WEB_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
 #: Rows a read-only listing returns when the caller names no limit, and at most.
 LIST_LIMIT = 100
 LIST_LIMIT_MAX = 1000
@@ -96,6 +100,10 @@ LIST_LIMIT_MAX = 1000
 #: Linq's webhook bodies are a few kilobytes; anything far larger is not one of them and
 #: is refused before it is verified or stored.
 WEBHOOK_MAX_BYTES = 1_000_000
+
+#: Seconds a webhook answered 503 (the database busy) asks the provider to wait before
+#: delivering it again: long enough for a big enqueue's write to end, short for a STOP.
+WEBHOOK_RETRY_AFTER_SECONDS = 5
 
 #: Every Redis key of the limiter starts with this, so a shared Redis (or the broker's
 #: database) can hold healthgate's counters next to other data and be cleaned by prefix.

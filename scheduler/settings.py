@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from ipaddress import IPv6Address
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -83,12 +84,37 @@ class Settings(BaseSettings):
     #: 360dialog's API; each line's key is named by ``api_key_env`` in the policy file.
     d360_base_url: str = constants.D360_BASE_URL
 
-    #: The Linq webhook signing secret (``whsec_...``); without it webhooks are refused.
+    #: The Linq webhook signing secrets (``whsec_...``), separated by spaces: a delivery
+    #: signed with any of them is accepted, so a secret is rotated without a gap.
+    #: Without one, webhooks are refused.
     linq_webhook_secret: SecretStr | None = None
 
     #: Where the web process (webhooks, read-only JSON) listens.
     web_host: str = constants.WEB_HOST
     web_port: int = Field(constants.WEB_PORT, gt=0, lt=65536)
+    #: The bearer token every read of the web process needs (``Authorization: Bearer``).
+    #: Without it reads are refused, and the web process will not listen beyond loopback.
+    api_token: SecretStr | None = None
+    #: A token that opens ``/metrics`` only (for a scraper); the API token opens it too.
+    metrics_token: SecretStr | None = None
+    #: The ``Host`` names the web process answers (others get 400: DNS rebinding), separated
+    #: by commas or spaces; ``*.example.com`` covers subdomains. A public deployment lists
+    #: the name its webhooks and readers use.
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = constants.WEB_ALLOWED_HOSTS
+    #: Interactive API docs (``/docs``, ``/redoc``, ``/openapi.json``), behind the token.
+    web_docs: bool = False
+    #: SQLite waits this long for the write lock before a write fails (then a webhook is
+    #: answered 503 with ``Retry-After``, and the provider delivers it again).
+    sqlite_busy_timeout_seconds: float = Field(constants.SQLITE_BUSY_TIMEOUT_SECONDS, gt=0)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """A list from the environment's ``a.example, b.example``; IPv6 literals bracketed."""
+        names = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(names, list | tuple):
+            return names
+        return tuple(_host_pattern(name) for name in names)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """What ``repr`` and ``str`` show: every URL with its password masked."""
@@ -122,3 +148,14 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no server is needed at all."""
         return self.database.startswith("sqlite") and self.broker == "filesystem://"
+
+
+def _host_pattern(name: object) -> object:
+    """``::1`` as the ``Host`` header carries it, ``[::1]``; any other name as it is."""
+    if not isinstance(name, str):
+        return name
+    try:
+        IPv6Address(name)
+    except ValueError:
+        return name.lower()
+    return f"[{name}]"

@@ -43,6 +43,7 @@ from tests.linq_events import SECRET, chat_health_event, message_event, signed
 from tests.services import unavailable
 from tests.test_e2e import environment, free_port, wait_until
 from tests.test_e2e_pacing import most_distinct_in_window, most_in_window
+from tests.web_client import BASE_URL
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -437,7 +438,7 @@ def test_no_duplicate_no_send_after_stop_nothing_lost_under_faults(
     cluster = Cluster(env, tmp_path)
     committed: dict[str, datetime] = {}
     try:
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url=BASE_URL) as client:
             for n in range(WORKERS):
                 cluster.start_worker(n)
             cluster.start_beat()

@@ -34,6 +34,7 @@ from tests.linq_events import (
     message_event,
     signed,
 )
+from tests.web_client import BASE_URL
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,7 +65,7 @@ json_values = st.recursive(
 def client(settings: Settings, hg: Healthgate) -> Iterator[TestClient]:
     app = create_app(settings.model_copy(update={"linq_webhook_secret": SecretStr(SECRET)}))
     # A server error must come back as a 500 to be seen, not as the test's own exception.
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, base_url=BASE_URL, raise_server_exceptions=False) as test_client:
         yield test_client
 
 

@@ -28,6 +28,7 @@ from tests.conftest import LINE_A, LINE_B, START
 from tests.fakes import PROVIDER_POLICY, FakeProvider, answer, fails, linq_ok
 from tests.linq_events import SECRET, line_event, message_event, signed
 from tests.test_polling import phone
+from tests.web_client import BASE_URL
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,7 +102,7 @@ def test_webhooks_log_no_body_or_recipient(
     ]
 
     # When signed, unsigned and bad deliveries arrive
-    with TestClient(web) as client:
+    with TestClient(web, base_url=BASE_URL) as client:
         for payload in deliveries:
             client.post("/webhooks/linq", content=b"", headers={})
             body, headers = signed(payload, START)

@@ -26,6 +26,7 @@ from scheduler.web import create_app
 from tests.conftest import LINE_A, LINE_B, POLICY, START
 from tests.fakes import FakeProvider, answer
 from tests.linq_events import SECRET, chat_health_event, line_event, message_event, signed
+from tests.web_client import BASE_URL
 
 BOB = "+14155550123"
 CAROL = "+14155550124"
@@ -37,7 +38,7 @@ LINQ_MODE = POLICY + '\n[opt_out]\nmode = "linq"\n'
 @pytest.fixture
 def post(settings: Settings, hg: Healthgate) -> Post:
     app = create_app(settings.model_copy(update={"linq_webhook_secret": SecretStr(SECRET)}))
-    client = TestClient(app)
+    client = TestClient(app, base_url=BASE_URL)
 
     def _post(payload: dict[str, Any] | bytes) -> httpx2.Response:
         body, headers = signed(payload, datetime.now(UTC))

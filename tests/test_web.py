@@ -25,6 +25,7 @@ from scheduler.web import create_app
 from tests.conftest import LINE_A, LINE_B, POLICY, START
 from tests.linq_events import SECRET, line_event, message_event, signed
 from tests.test_e2e import environment, free_port, wait_until, web_ok
+from tests.web_client import BASE_URL, TOKEN, reader, web_settings
 
 BOB = "+14155550123"
 CAROL = "+14155550124"
@@ -32,8 +33,7 @@ CAROL = "+14155550124"
 
 @pytest.fixture
 def client(settings: Settings, hg: Healthgate) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update={"linq_webhook_secret": SecretStr(SECRET)}))
-    with TestClient(app) as test_client:
+    with reader(create_app(web_settings(settings, web_docs=True))) as test_client:
         yield test_client
 
 
@@ -51,7 +51,7 @@ def test_healthz_is_ok_when_the_database_answers(client: TestClient) -> None:
 def test_healthz_is_503_when_the_database_does_not_answer(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, database_url="postgresql://postgres@127.0.0.1:1/nowhere")
 
-    response = TestClient(create_app(settings)).get("/healthz")
+    response = TestClient(create_app(settings), base_url=BASE_URL).get("/healthz")
 
     assert response.status_code == 503
     assert response.json()["status"] == "down"
@@ -212,6 +212,7 @@ def test_web_command_serves_the_factory_on_the_configured_address(
     monkeypatch.setattr("uvicorn.run", lambda app, **options: served.append((app, options)))
     monkeypatch.setenv("HEALTHGATE_WEB_HOST", "0.0.0.0")
     monkeypatch.setenv("HEALTHGATE_WEB_PORT", "8765")
+    monkeypatch.setenv("HEALTHGATE_API_TOKEN", TOKEN)
 
     result = CliRunner().invoke(cli_app, ["web"])
 

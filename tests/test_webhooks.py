@@ -33,6 +33,7 @@ from tests.linq_events import (
     signed,
 )
 from tests.test_e2e import wait_until
+from tests.web_client import BASE_URL
 
 BOB = "+14155550123"
 #: A time far in the future: a signal stamped then would win every comparison.
@@ -43,7 +44,7 @@ Post = Callable[..., httpx2.Response]
 @pytest.fixture
 def client(settings: Settings, hg: Healthgate) -> Iterator[TestClient]:
     app = create_app(settings.model_copy(update={"linq_webhook_secret": SecretStr(SECRET)}))
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url=BASE_URL) as test_client:
         yield test_client
 
 
@@ -258,7 +259,7 @@ def test_unsigned_request_is_401(hg: Healthgate, client: TestClient) -> None:
 def test_webhooks_are_refused_without_a_secret(settings: Settings, hg: Healthgate) -> None:
     body, headers = signed(message_event(LINE_A, BOB, START, text="STOP"), START)
 
-    with TestClient(create_app(settings)) as unconfigured:
+    with TestClient(create_app(settings), base_url=BASE_URL) as unconfigured:
         response = unconfigured.post("/webhooks/linq", content=body, headers=headers)
 
     assert response.status_code == 503

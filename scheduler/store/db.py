@@ -20,14 +20,16 @@ from scheduler.settings import Settings, masked_url
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine whose transactions serialize writers safely on SQLite too."""
+def create_db_engine(
+    url: str, busy_timeout: float = constants.SQLITE_BUSY_TIMEOUT_SECONDS
+) -> Engine:
+    """An engine whose transactions serialize writers safely on SQLite too.
+
+    On SQLite a writer waits ``busy_timeout`` seconds for the write lock, then fails.
+    """
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, future=True)
-    engine = create_engine(
-        url,
-        connect_args={"timeout": constants.SQLITE_BUSY_TIMEOUT_SECONDS, "isolation_level": None},
-    )
+    engine = create_engine(url, connect_args={"timeout": busy_timeout, "isolation_level": None})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -74,7 +76,7 @@ def engine_for(settings: Settings) -> Engine:
         if url.startswith("sqlite"):
             private_dir(settings.data_dir)
             _private_sqlite(url)
-        return create_db_engine(url)
+        return create_db_engine(url, settings.sqlite_busy_timeout_seconds)
     except (ArgumentError, ValueError):
         # Their messages quote the URL, password and all.
         raise InvalidInput(

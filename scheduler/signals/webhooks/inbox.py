@@ -11,13 +11,15 @@ from typing import Any, NamedTuple
 
 from pydantic import SecretStr
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
 
 from policies.config import Policy
 from policies.errors import InvalidInput, shown
 from policies.signals import not_ahead
+from scheduler import constants
 from scheduler.runtime import Runtime, utcnow
 from scheduler.signals import consent, health
 from scheduler.signals.webhooks.linq import (
@@ -57,6 +59,8 @@ class Receipt(NamedTuple):
 
     status_code: int
     body: dict[str, Any]
+    #: Seconds the provider should wait before delivering again (``Retry-After``).
+    retry_after: int | None = None
 
 
 class LinqInbox:
@@ -64,17 +68,17 @@ class LinqInbox:
 
     def __init__(self, runtime: Runtime, secret: SecretStr | None) -> None:
         self.runtime = runtime
-        self.verifier = _verifier(secret) if secret is not None else None
+        #: One per secret of the setting: while a secret is rotated both verify.
+        self.verifiers = _verifiers(secret) if secret is not None else []
 
     def receive(self, body: bytes, headers: Mapping[str, str]) -> Receipt:
         """Answer one delivery; only a verified body is read, and only once per event id."""
-        if self.verifier is None:
+        if not self.verifiers:
             return Receipt(503, {"error": f"{SECRET_SETTING} is not set: webhooks are refused"})
-        try:
-            self.verifier.verify(body, dict(headers), json_parse=False)
-        except (WebhookVerificationError, ValueError) as exc:
-            log.warning("linq webhook refused: signature not verified (%s)", exc)
-            return Receipt(401, {"error": f"webhook-signature: not verified ({exc})"})
+        refusal = _verify(self.verifiers, body, headers)
+        if refusal is not None:
+            log.warning("linq webhook refused: signature not verified (%s)", refusal)
+            return Receipt(401, {"error": f"webhook-signature: not verified ({refusal})"})
         webhook_id = {k.lower(): v for k, v in headers.items()}["webhook-id"]
         for attempt in range(2):
             try:
@@ -84,6 +88,17 @@ class LinqInbox:
                 # pass finds its record and answers as for any redelivery.
                 if attempt:
                     raise
+            except (DBAPIError, PoolTimeout) as exc:
+                if not _busy(exc):
+                    raise
+                # The transaction was rolled back whole: no record, so the provider's
+                # redelivery is read afresh, not answered as a duplicate.
+                log.warning("linq webhook not recorded: database busy (%s)", type(exc).__name__)
+                return Receipt(
+                    503,
+                    {"error": "database busy: nothing was recorded, deliver again"},
+                    retry_after=constants.WEBHOOK_RETRY_AFTER_SECONDS,
+                )
         raise AssertionError("unreachable")
 
     def _record(self, body: bytes, webhook_id: str, now: datetime) -> Receipt:
@@ -223,11 +238,44 @@ def _bounded(webhook_id: str) -> str:
     return "sha256:" + hashlib.sha256(webhook_id.encode("utf-8", "replace")).hexdigest()
 
 
-def _verifier(secret: SecretStr) -> Webhook:
-    try:
-        return Webhook(secret.get_secret_value())
-    except (EmptyWebhookSecretError, ValueError):
-        raise InvalidInput(SECRET_SETTING, "whsec_...", "is not a base64 secret") from None
+def _verifiers(secret: SecretStr) -> list[Webhook]:
+    """One verifier per secret of the setting (separated by spaces); at least one."""
+    secrets = secret.get_secret_value().split()
+    if not secrets:
+        raise InvalidInput(SECRET_SETTING, "", "holds no secret")
+    verifiers = []
+    for number, value in enumerate(secrets, 1):
+        try:
+            verifiers.append(Webhook(value))
+        except (EmptyWebhookSecretError, ValueError):
+            # The value is a secret: only its place in the list is named.
+            where = f"whsec_... (secret {number} of {len(secrets)})"
+            raise InvalidInput(SECRET_SETTING, where, "is not a base64 secret") from None
+    return verifiers
+
+
+def _verify(verifiers: list[Webhook], body: bytes, headers: Mapping[str, str]) -> str | None:
+    """None when the delivery verifies under any secret; else why it does not (the first's)."""
+    refusals = []
+    for verifier in verifiers:
+        try:
+            verifier.verify(body, dict(headers), json_parse=False)
+        except (WebhookVerificationError, ValueError) as exc:
+            refusals.append(str(exc))
+        else:
+            return None
+    return refusals[0]
+
+
+def _busy(exc: DBAPIError | PoolTimeout) -> bool:
+    """The database could not take the write now (locked, busy, unreachable): try later.
+
+    SQLite's "database is locked", PostgreSQL's lock and deadlock errors and a lost
+    connection are all ``OperationalError``; a pool with no free connection times out.
+    """
+    if isinstance(exc, PoolTimeout | OperationalError):
+        return True
+    return exc.connection_invalidated
 
 
 def _refusal(error: InvalidInput) -> dict[str, Any]:

@@ -187,6 +187,8 @@ def parse_event(body: bytes) -> LinqEvent:
         document = json.loads(body)
     except ValueError as exc:
         raise InvalidInput("body", _short(body), f"is not JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidInput("body", _short(body), "is nested too deeply to read") from None
     if not isinstance(document, dict):
         raise InvalidInput("body", _short(body), "must be a JSON object")
     envelope = _validate(_Envelope, document, "")
@@ -210,7 +212,7 @@ def event_id_of(body: bytes) -> str | None:
     """The body's ``event_id`` when it has one, even if the rest is malformed."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     value = document.get("event_id") if isinstance(document, dict) else None
     if not isinstance(value, str) or not 0 < len(value) <= 200 or "\x00" in value:
@@ -321,6 +323,8 @@ _M = TypeVar("_M", bound=BaseModel)
 def _validate(model: type[_M], value: object, prefix: str) -> _M:
     try:
         return model.model_validate(value)
+    except RecursionError:
+        raise InvalidInput(prefix or "body", None, "is nested too deeply to read") from None
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
