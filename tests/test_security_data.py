@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 import pydantic.v1  # noqa: F401  FastAPI imports it lazily, which fails once freezegun fakes date
 import pytest
-from fastapi.testclient import TestClient
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
 from hypothesis import given
@@ -38,6 +37,7 @@ from tasks.application import create_app as create_celery_app
 from tests.conftest import LINE_A, POLICY, START
 from tests.linq_events import SECRET, line_event, message_event, signed
 from tests.services import REDIS_URL
+from tests.web_client import reader, web_settings
 
 PASSWORD = "hunter2-Sup3rSecret"
 BOB = "+14155550123"
@@ -243,10 +243,10 @@ def test_web_errors_show_a_long_value_cut(settings: Settings, hg: Healthgate) ->
     # message id of 60,000 (an HTTP client sends no longer URL)
     handle = "+1" + "5" * 399_998
     body, headers = signed(message_event(LINE_A, handle, START, text="hi"), START)
-    web = create_app(settings.model_copy(update={"linq_webhook_secret": SecretStr(SECRET)}))
+    web = create_app(web_settings(settings))
 
     # When both reach it
-    with TestClient(web) as client:
+    with reader(web) as client:
         refused = client.post("/webhooks/linq", content=body, headers=headers)
         missing = client.get("/messages/" + "m" * 60_000)
         events = client.get("/events").json()
