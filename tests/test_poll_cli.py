@@ -78,7 +78,8 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: str) -> Run:
     monkeypatch.setenv("HEALTHGATE_D360_BASE_URL", server)
     monkeypatch.setenv("HEALTHGATE_D360_KEY_SUPPORT", KEY)
     (tmp_path / "healthgate.toml").write_text(
-        f'[[lines]]\nnumber = "{LINE}"\nprovider = "360dialog"\napi_key_env = "HEALTHGATE_D360_KEY_SUPPORT"\n'
+        f'[[lines]]\nnumber = "{LINE}"\nprovider = "360dialog"\n'
+        'api_key_env = "HEALTHGATE_D360_KEY_SUPPORT"\n'
     )
     runner = CliRunner()
 
