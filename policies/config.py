@@ -44,7 +44,6 @@ _PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
 _LONG_KEY = re.compile(
     rf"(?:^|[{{,])[ \t]*\[*[ \t]*{_PART}(?:[ \t]*\.[ \t]*{_PART}){{{MAX_DEPTH}}}", re.MULTILINE
 )
-# Strict: TOML has real numbers, so `true` or "20" for a threshold is a mistake, not 1 or 20.
 #: The highest value of each cap, per line. A cap above it no longer protects a line (it
 #: is above what any provider healthgate speaks to takes from one number), so a larger
 #: value is a typo or a way round the cap; the README explains each.
@@ -59,6 +58,7 @@ CAP_MAXIMA: Mapping[str, int] = {
     # Twice Linq's 30 a minute per pair; WhatsApp allows about 10.
     "sends_per_recipient_per_minute": 60,
 }
+# Strict: TOML has real numbers, so `true` or "20" for a threshold is a mistake, not 1 or 20.
 SendsPerMinute = Annotated[int, Field(gt=0, le=CAP_MAXIMA["sends_per_minute"], strict=True)]
 NewPerDay = Annotated[int, Field(gt=0, le=CAP_MAXIMA["new_conversations_per_day"], strict=True)]
 DistinctPerHour = Annotated[
