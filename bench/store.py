@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import Engine
 
+from policies.config import CAP_MAXIMA
 from policies.content import body_digest
 from scheduler.client import Healthgate
 from scheduler.settings import Settings
@@ -25,13 +26,11 @@ BODIES = tuple(
 #: A realistic spread of chat health, by chat number modulo 20.
 HEALTH_BY_SLOT = ["HEALTHY"] * 14 + ["AT_RISK"] * 3 + ["CRITICAL"] * 2 + ["OPTED_OUT"]
 
-# Caps in force in every scenario: high enough that the benchmark measures healthgate,
-# low enough per recipient that some messages are throttled by a cap.
+# Caps in force in every scenario: the highest a policy may set, so that the benchmark
+# measures healthgate (no run comes near them), and low enough per recipient that some
+# messages are throttled by a cap.
 CAPS = {
-    "sends_per_minute": 1_000_000,
-    "sends_per_day": 10_000_000,
-    "new_conversations_per_day": 1_000_000,
-    "distinct_recipients_per_hour": 1_000_000,
+    **CAP_MAXIMA,
     "sends_per_recipient_per_minute": 5,
     "sends_per_recipient_per_day": 20,
 }
@@ -53,7 +52,8 @@ def write_policy(path: Path, lines: int, caps: dict[str, int] | None = None) -> 
         f'[[lines]]\nnumber = "{number}"\nprovider = "log"\n\n' for number in LINE_NUMBERS[:lines]
     )
     text += "[caps]\n" + "".join(f"{k} = {v}\n" for k, v in (caps or CAPS).items())
-    text += "[content]\nsame_body_max_recipients_per_hour = 1000000\n"
+    most = CAP_MAXIMA["distinct_recipients_per_hour"]
+    text += f"[content]\nsame_body_max_recipients_per_hour = {most}\n"
     path.write_text(text)
     return path
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,18 +22,87 @@ from pydantic import (
 )
 
 from policies.e164 import to_e164
-from policies.errors import InvalidInput, PolicyFileError, shown
+from policies.errors import InvalidInput, PolicyFileError, cut, shown
 
 Provider = Literal["log", "linq", "360dialog"]
 #: What a shell accepts as a variable name: the file names the variable, not the key.
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Every ``api_key_env`` starts with this, so the policy file can only name variables set
+#: for 360dialog keys: not the Linq key, the webhook secret or the database password,
+#: which would otherwise be sent to 360dialog in the ``D360-API-KEY`` header.
+D360_KEY_ENV_PREFIX = "HEALTHGATE_D360_KEY_"
+#: The largest policy file read: a thousand lines declared take about 100 KiB.
+MAX_FILE_BYTES = 1024 * 1024
+#: The deepest a value may nest (a line's caps are 4 deep): deeper is a mistake, and a
+#: value nested thousands deep would exhaust the stack of any code that walks it.
+MAX_DEPTH = 16
+#: A key of more than MAX_DEPTH dotted parts where keys stand (a line's start, a header's
+#: bracket, an inline table's brace or comma). tomllib reads such a key in time quadratic
+#: in its parts (20,000 take 12 s), so it is refused before parsing; it would nest too
+#: deep anyway.
+_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+_LONG_KEY = re.compile(
+    rf"(?:^|[{{,])[ \t]*\[*[ \t]*{_PART}(?:[ \t]*\.[ \t]*{_PART}){{{MAX_DEPTH}}}", re.MULTILINE
+)
+#: The highest value of each cap, per line. A cap above it no longer protects a line (it
+#: is above what any provider healthgate speaks to takes from one number), so a larger
+#: value is a typo or a way round the cap; the README explains each.
+CAP_MAXIMA: Mapping[str, int] = {
+    # 1,000 a second: WhatsApp Cloud API's highest throughput for one number.
+    "sends_per_minute": 60_000,
+    # WhatsApp's highest tier with a limit: 100,000 new conversations a day.
+    "new_conversations_per_day": 100_000,
+    "distinct_recipients_per_hour": 100_000,
+    # Ten times the busiest tier's new conversations; Linq publishes about 7,000.
+    "sends_per_day": 1_000_000,
+    # Twice Linq's 30 a minute per pair; WhatsApp allows about 10.
+    "sends_per_recipient_per_minute": 60,
+    # A day at the highest per-minute pace to one person: past it nobody is reading.
+    "sends_per_recipient_per_day": 86_400,
+}
 # Strict: TOML has real numbers, so `true` or "20" for a threshold is a mistake, not 1 or 20.
-PositiveInt = Annotated[int, Field(gt=0, strict=True)]
-#: The longest window, hold or ramp a policy may name: a year. Longer is a typo, and an
-#: unbounded one (``inf``, ``1e12``) loads but overflows the gate's date arithmetic later.
-MAX_HOURS = 24 * 366
+SendsPerMinute = Annotated[int, Field(gt=0, le=CAP_MAXIMA["sends_per_minute"], strict=True)]
+NewPerDay = Annotated[int, Field(gt=0, le=CAP_MAXIMA["new_conversations_per_day"], strict=True)]
+DistinctPerHour = Annotated[
+    int, Field(gt=0, le=CAP_MAXIMA["distinct_recipients_per_hour"], strict=True)
+]
+SendsPerDay = Annotated[int, Field(gt=0, le=CAP_MAXIMA["sends_per_day"], strict=True)]
+PerRecipientPerMinute = Annotated[
+    int, Field(gt=0, le=CAP_MAXIMA["sends_per_recipient_per_minute"], strict=True)
+]
+PerRecipientPerDay = Annotated[
+    int, Field(gt=0, le=CAP_MAXIMA["sends_per_recipient_per_day"], strict=True)
+]
+
+#: The longest window, hold or ramp a policy may name: 30 days. A message held longer is
+#: stale, and an unbounded one (``inf``, ``1e12``) loads but overflows the gate's date
+#: arithmetic later.
+MAX_HOURS = 30 * 24
 Hours = Annotated[float, Field(gt=0, le=MAX_HOURS, strict=True)]
-Seconds = Annotated[float, Field(gt=0, le=MAX_HOURS * 3600, strict=True)]
+#: The longest backoff between two attempts: a day.
+MAX_RETRY_SECONDS = 86_400
+Seconds = Annotated[float, Field(gt=0, le=MAX_RETRY_SECONDS, strict=True)]
+#: A flagged line is probed at least daily: longer, a line nobody fixes sends nothing.
+MAX_PROBE_MINUTES = 24 * 60
+#: Attempts of one message: a thousand at the default backoff's hour outlast any hold.
+MAX_ATTEMPTS = 1_000
+#: Unanswered messages an AT_RISK chat may have: more is no throttle at all.
+MAX_UNANSWERED = 20
+#: Clock tolerance of a signal: an hour covers any skew; a day would let a signal dated
+#: tomorrow lock the state it reports for a day.
+MAX_TOLERANCE_SECONDS = 3600
+
+
+def _keyword(word: str) -> str:
+    if not word.strip():
+        raise ValueError("is empty or only whitespace: it would match messages with no text")
+    if word != word.strip():
+        raise ValueError("has spaces around it, which the linq and strict modes never match")
+    return word
+
+
+#: An opt-out or opt-in keyword as the recipient types it.
+Keyword = Annotated[str, Field(strict=True), AfterValidator(_keyword)]
 
 
 class _Section(BaseModel):
@@ -70,33 +140,33 @@ class Caps(_Section):
     """
 
     #: Pace: 20 a minute spreads a day's 3,000 over hours instead of a burst.
-    sends_per_minute: PositiveInt = 20
+    sends_per_minute: SendsPerMinute = 20
     #: Brand-new conversations are what the provider watches most closely.
-    new_conversations_per_day: PositiveInt = 100
+    new_conversations_per_day: NewPerDay = 100
     #: Many distinct recipients in a short window looks like a blast.
-    distinct_recipients_per_hour: PositiveInt = 60
+    distinct_recipients_per_hour: DistinctPerHour = 60
     #: Under half of Linq's ~7,000 a day, leaving room for replies and retries.
-    sends_per_day: PositiveInt = 3000
+    sends_per_day: SendsPerDay = 3000
     #: A sixth of Linq's 30 a minute per pair: a person does not read faster than that.
-    sends_per_recipient_per_minute: PositiveInt = 5
+    sends_per_recipient_per_minute: PerRecipientPerMinute = 5
     #: A person does not want more than a few dozen messages a day from one business,
     #: and one who gets them blocks or reports the line, the signal providers score
     #: hardest. 20 leaves a live conversation room while an application stuck in a loop
     #: stops after four minutes at the per-recipient minute pace instead of sending
     #: hundreds; it sits far under ``sends_per_day``. Raise it per line for one that
     #: holds long conversations.
-    sends_per_recipient_per_day: PositiveInt = 20
+    sends_per_recipient_per_day: PerRecipientPerDay = 20
 
 
 class CapsOverride(_Section):
     """Per-line caps: any key left out takes the value of ``[caps]``."""
 
-    sends_per_minute: PositiveInt | None = None
-    new_conversations_per_day: PositiveInt | None = None
-    distinct_recipients_per_hour: PositiveInt | None = None
-    sends_per_day: PositiveInt | None = None
-    sends_per_recipient_per_minute: PositiveInt | None = None
-    sends_per_recipient_per_day: PositiveInt | None = None
+    sends_per_minute: SendsPerMinute | None = None
+    new_conversations_per_day: NewPerDay | None = None
+    distinct_recipients_per_hour: DistinctPerHour | None = None
+    sends_per_day: SendsPerDay | None = None
+    sends_per_recipient_per_minute: PerRecipientPerMinute | None = None
+    sends_per_recipient_per_day: PerRecipientPerDay | None = None
 
 
 class LineConfig(_Section):
@@ -121,6 +191,14 @@ class LineConfig(_Section):
             raise ValueError("only 360dialog lines take an API key variable")
         if not _ENV_NAME.fullmatch(value):
             raise ValueError("is not an environment variable name (put the key in the environment)")
+        if not value.startswith(D360_KEY_ENV_PREFIX) or value == D360_KEY_ENV_PREFIX:
+            # A name under HEALTHGATE_ is no secret and may be shown; anything else may be
+            # a key pasted in by mistake.
+            got = f" (got {shown(value)})" if value.startswith("HEALTHGATE_") else ""
+            raise ValueError(
+                f"must name a variable {D360_KEY_ENV_PREFIX}<something>{got}: only those "
+                "are sent to 360dialog"
+            )
         return value
 
     @field_validator("number", mode="before")
@@ -136,7 +214,7 @@ class ChatPolicy(_Section):
     """What the gate does with AT_RISK and CRITICAL chats."""
 
     #: Outbound messages an AT_RISK chat may have unanswered inside the window.
-    at_risk_max_unanswered: PositiveInt = 1
+    at_risk_max_unanswered: Annotated[int, Field(gt=0, le=MAX_UNANSWERED, strict=True)] = 1
     at_risk_window_hours: Hours = 24
     #: How long a deferred message may be held before it expires.
     critical_max_hold_hours: Hours = 72
@@ -165,7 +243,7 @@ class LinePolicy(_Section):
     #: sends one message as a probe this long after the answer: accepted, the flag is
     #: lifted; refused, the line waits as long again. Linq's phone number list carries
     #: no runtime status, so without a probe such a line would wait for a person.
-    probe_after_minutes: Annotated[float, Field(gt=0, le=MAX_HOURS * 60, strict=True)] = 30
+    probe_after_minutes: Annotated[float, Field(gt=0, le=MAX_PROBE_MINUTES, strict=True)] = 30
 
     @property
     def recovery_ramp(self) -> timedelta:
@@ -184,7 +262,7 @@ class ContentPolicy(_Section):
     #: Distinct recipients one line may send the same (near-identical) body to in an hour:
     #: a third of the default ``distinct_recipients_per_hour``, so one template cannot
     #: fill a line's hour (identical text to many people is the classic spam signal).
-    same_body_max_recipients_per_hour: PositiveInt = 20
+    same_body_max_recipients_per_hour: DistinctPerHour = 20
 
     @property
     def at_risk_repeat_window(self) -> timedelta:
@@ -194,8 +272,23 @@ class ContentPolicy(_Section):
 class OptOutPolicy(_Section):
     mode: OptOutMode = OptOutMode.EXACT
     scope: OptOutScope = OptOutScope.ACCOUNT
-    opt_out_keywords: tuple[str, ...] = ("STOP", "UNSUBSCRIBE", "OPTOUT", "CANCEL", "END", "QUIT")
-    opt_in_keywords: tuple[str, ...] = ("OPTIN",)
+    opt_out_keywords: tuple[Keyword, ...] = (
+        "STOP",
+        "UNSUBSCRIBE",
+        "OPTOUT",
+        "CANCEL",
+        "END",
+        "QUIT",
+    )
+    #: May be empty: then no keyword clears an opt-out.
+    opt_in_keywords: tuple[Keyword, ...] = ("OPTIN",)
+
+    @field_validator("opt_out_keywords")
+    @classmethod
+    def _some_opt_out(cls, words: tuple[str, ...]) -> tuple[str, ...]:
+        if not words:
+            raise ValueError("needs at least one keyword (got []): none turns opt-outs off")
+        return words
 
 
 class SignalPolicy(_Section):
@@ -204,7 +297,9 @@ class SignalPolicy(_Section):
     #: A signal's time may be at most this far ahead of when healthgate receives it.
     #: Later is bad input: a time from the future would win every comparison and lock
     #: the state it reports. Five minutes is Standard Webhooks' own clock tolerance.
-    time_tolerance_seconds: Annotated[float, Field(ge=0, le=86_400, strict=True)] = 300
+    time_tolerance_seconds: Annotated[float, Field(ge=0, le=MAX_TOLERANCE_SECONDS, strict=True)] = (
+        300
+    )
 
     @property
     def time_tolerance(self) -> timedelta:
@@ -214,7 +309,7 @@ class SignalPolicy(_Section):
 class DispatchPolicy(_Section):
     """Retries after a provider's transient failure."""
 
-    max_attempts: PositiveInt = 5
+    max_attempts: Annotated[int, Field(gt=0, le=MAX_ATTEMPTS, strict=True)] = 5
     retry_base_seconds: Seconds = 30
     retry_max_seconds: Seconds = 3600
 
@@ -267,47 +362,88 @@ class _DeclaredTwice(ValueError):
 def _key(loc: tuple[int | str, ...]) -> str:
     key = ""
     for part in loc:
+        if isinstance(part, str):
+            part = cut(part)  # a key can be pasted junk too
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
     return key
 
 
+def _too_deep(data: object) -> tuple[int | str, ...] | None:
+    """The key of the first value nested past :data:`MAX_DEPTH`, walked without recursion."""
+    stack: list[tuple[tuple[int | str, ...], object]] = [((), data)]
+    while stack:
+        loc, value = stack.pop()
+        if len(loc) > MAX_DEPTH:
+            return loc
+        stack.extend(((*loc, key), item) for key, item in _children(value))
+    return None
+
+
+def _children(value: object) -> Iterator[tuple[int | str, object]]:
+    if isinstance(value, Mapping):
+        yield from ((str(key), item) for key, item in value.items())
+    elif isinstance(value, list | tuple):
+        yield from enumerate(value)
+
+
 def parse_policy(data: Mapping[str, Any], path: str) -> Policy:
     """Validate parsed TOML, raising :class:`PolicyFileError` for the first bad key."""
+    deep = _too_deep(data)
+    if deep is not None:
+        raise PolicyFileError(path, _key(deep), f"nests tables or arrays over {MAX_DEPTH} deep")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = tuple(error["loc"])
-        problem = error["msg"].removeprefix("Value error, ")
-        cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, _DeclaredTwice):
-            loc += (cause.index, "number")
-        if error["type"] == "extra_forbidden":
-            problem = "unknown key"
-        elif loc[-1:] == ("api_key_env",):
-            pass  # a key pasted in by mistake must not end up in logs
-        elif isinstance(error.get("input"), str | int | float | bool):
-            problem = f"{problem} (got {shown(error['input'])})"
-        raise PolicyFileError(path, _key(loc) or "(top level)", problem) from None
+        raise _named(exc, path) from None
+
+
+def _named(exc: ValidationError, path: str) -> PolicyFileError:
+    """The first error of a validation, as the file, the key and the problem."""
+    error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    problem = error["msg"].removeprefix("Value error, ")
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, _DeclaredTwice):
+        loc += (cause.index, "number")
+    if error["type"] == "extra_forbidden":
+        problem = "unknown key"
+    elif loc[-1:] == ("api_key_env",):
+        pass  # a key pasted in by mistake must not end up in logs
+    elif isinstance(error.get("input"), str | int | float | bool):
+        problem = f"{problem} (got {shown(error['input'])})"
+    return PolicyFileError(path, _key(loc) or "(top level)", problem)
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read and validate a TOML policy file."""
+    """Read and validate a TOML policy file; every way it can fail is a PolicyFileError."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise PolicyFileError(
             name, "", "no such file (create one with `healthgate init`)"
         ) from None
     except OSError as exc:
         raise PolicyFileError(name, "", f"cannot be read ({exc.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise PolicyFileError(name, "", f"is larger than {MAX_FILE_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyFileError(
             name, "", f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start})"
         ) from None
+    long_key = _LONG_KEY.search(text)
+    if long_key:
+        line = text.count("\n", 0, long_key.end()) + 1
+        raise PolicyFileError(name, "", f"line {line}: a key of over {MAX_DEPTH} dotted parts")
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyFileError(name, "", f"is not valid TOML ({exc})") from None
+    except ValueError as exc:  # TOMLDecodeError, and an integer past Python's digit limit
+        raise PolicyFileError(name, "", f"is not valid TOML ({cut(str(exc))})") from None
+    except RecursionError:  # tomllib reads nested arrays and inline tables recursively
+        raise PolicyFileError(
+            name, "", "is not valid TOML (arrays or inline tables nested too deeply)"
+        ) from None
     return parse_policy(data, name)

@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import reprlib
+
 #: How much of an offending value a message shows: enough to recognise it, never a whole
 #: body (a refused 1 MB webhook must not come back, nor sit in the logs, in full).
 SHOWN_CHARACTERS = 100
+
+# A container is shown a few levels and items deep: a value nested a million deep can
+# neither flood a log nor exhaust the stack.
+_repr = reprlib.Repr()
+_repr.maxlevel = 3
+_repr.maxstring = _repr.maxother = _repr.maxlong = SHOWN_CHARACTERS
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 10
 
 
 def shown(value: object) -> str:
     """``repr(value)`` for a message: its first ``SHOWN_CHARACTERS`` characters, and the
     value's whole length when it is longer (``'aaa…'… (1,100,000 characters)``)."""
+    if isinstance(value, str | bytes):
+        text = repr(value[: SHOWN_CHARACTERS + 1])
+        unit = "characters" if isinstance(value, str) else "bytes"
+        if len(value) <= SHOWN_CHARACTERS and len(text) <= SHOWN_CHARACTERS:
+            return text
+        return f"{text[:SHOWN_CHARACTERS]}… ({len(value):,} {unit})"
     try:
-        text = repr(value)
+        return cut(_repr.repr(value))
     except ValueError:  # an int past Python's digit limit has no repr
         return f"(an {type(value).__name__} too large to show)"
+
+
+def cut(text: str) -> str:
+    """``text`` in at most ``SHOWN_CHARACTERS`` characters, and its length when longer."""
     if len(text) <= SHOWN_CHARACTERS:
         return text
-    if isinstance(value, bytes):
-        size = f"{len(value):,} bytes"
-    elif isinstance(value, str):
-        size = f"{len(value):,} characters"
-    else:
-        size = f"{len(text):,} characters shown as text"
-    return f"{text[:SHOWN_CHARACTERS]}… ({size})"
+    return f"{text[:SHOWN_CHARACTERS]}… ({len(text):,} characters)"
 
 
 class HealthgateError(Exception):

@@ -23,7 +23,7 @@ from tests.conftest import LINE_A, LINE_B
 
 LINQ_URL = "http://linq.test"
 D360_URL = "http://d360.test"
-D360_KEY_ENV = "D360_KEY_B"
+D360_KEY_ENV = "HEALTHGATE_D360_KEY_B"
 D360_KEY = "key-of-line-b"
 
 #: Line A on Linq, line B a WhatsApp number on 360dialog.

@@ -76,9 +76,10 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: str) -> Run:
     for name in ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "DATA_DIR", "POLICY_FILE"):
         monkeypatch.delenv(f"HEALTHGATE_{name}", raising=False)
     monkeypatch.setenv("HEALTHGATE_D360_BASE_URL", server)
-    monkeypatch.setenv("D360_KEY_SUPPORT", KEY)
+    monkeypatch.setenv("HEALTHGATE_D360_KEY_SUPPORT", KEY)
     (tmp_path / "healthgate.toml").write_text(
-        f'[[lines]]\nnumber = "{LINE}"\nprovider = "360dialog"\napi_key_env = "D360_KEY_SUPPORT"\n'
+        f'[[lines]]\nnumber = "{LINE}"\nprovider = "360dialog"\n'
+        'api_key_env = "HEALTHGATE_D360_KEY_SUPPORT"\n'
     )
     runner = CliRunner()
 

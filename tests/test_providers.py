@@ -332,7 +332,7 @@ def test_d360_line_without_its_key_in_the_environment_holds_without_calling() ->
         provider.send(outbound())
 
     assert caught.value.failure is Failure.LINE_BLOCKED
-    assert "D360_KEY_B" in caught.value.detail
+    assert "HEALTHGATE_D360_KEY_B" in caught.value.detail
     assert fake.requests == []
 
 
@@ -394,7 +394,7 @@ def test_provider_crash_retries_instead_of_leaving_the_message_sending(
             "a 360dialog line needs the environment variable of its API key",
         ),
         (
-            'provider = "linq"\napi_key_env = "D360_KEY"',
+            'provider = "linq"\napi_key_env = "HEALTHGATE_D360_KEY_A"',
             "only 360dialog lines take an API key variable",
         ),
         (
@@ -426,7 +426,7 @@ def test_api_key_env_names_the_variable_of_a_360dialog_line() -> None:
     config = policy.line_config(D360)
 
     assert config is not None
-    assert config.api_key_env == "D360_KEY_B"
+    assert config.api_key_env == "HEALTHGATE_D360_KEY_B"
 
 
 @pytest.mark.parametrize("body", [None, {"messages": []}, {"messages": ["x"]}, "ok"])

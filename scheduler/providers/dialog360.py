@@ -1,7 +1,7 @@
 """360dialog (WhatsApp Cloud API): sends with ``POST /messages``, health from ``/health_status``.
 
 Each WhatsApp number has its own ``D360-API-KEY``; the policy file names the environment
-variable that holds it (``[[lines]] api_key_env``).
+variable that holds it (``[[lines]] api_key_env``, always ``HEALTHGATE_D360_KEY_...``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from policies.config import Policy
+from policies.config import D360_KEY_ENV_PREFIX, Policy
 from policies.errors import HealthgateError
 from policies.outcome import Failure
 from scheduler.providers.base import Outbound, SendFailed, Sent
@@ -63,6 +63,8 @@ def env_keys(policy: Callable[[], Policy], environ: Mapping[str, str] = os.envir
         name = config.api_key_env if config else None
         if not name:
             raise HealthgateError(f"line {line}: api_key_env is not set in the policy file")
+        if not name.startswith(D360_KEY_ENV_PREFIX):  # a policy built in code, not loaded
+            raise HealthgateError(f"line {line}: api_key_env must start {D360_KEY_ENV_PREFIX}")
         value = environ.get(name)
         if not value:
             raise HealthgateError(
