@@ -48,7 +48,8 @@ sends_per_minute = 5
 sends_per_day = 100
 new_conversations_per_day = 100
 distinct_recipients_per_hour = 100
-sends_per_recipient_per_minute = 100
+sends_per_recipient_per_minute = 60
+sends_per_recipient_per_day = 100
 
 [content]
 same_body_max_recipients_per_hour = 1000
