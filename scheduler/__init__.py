@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from policies.errors import HealthgateError, InvalidInput, PolicyFileError
+from policies.errors import HealthgateError, IdempotencyConflict, InvalidInput, PolicyFileError
 from scheduler.client import Healthgate
 from scheduler.intake.messages import NewMessage
 from scheduler.settings import Settings
@@ -18,6 +18,7 @@ from scheduler.settings import Settings
 __all__ = [
     "Healthgate",
     "HealthgateError",
+    "IdempotencyConflict",
     "InvalidInput",
     "NewMessage",
     "PolicyFileError",
