@@ -33,6 +33,12 @@ ENQUEUE_PART = 125
 #: ``ENQUEUE_PART`` parts that PostgreSQL pipelines.
 ENQUEUE_COMMIT = 1000
 
+#: On SQLite an ``enqueue_many`` call pauses this long between its transactions. SQLite
+#: queues no writers: one waiting for the lock polls it, at last every 100 ms, and
+#: would miss the moment between two parts and wait for the whole call. A pause as long
+#: as the poll lets it in after one part, for a tenth of a second a thousand messages.
+SQLITE_WRITER_PAUSE_SECONDS = 0.1
+
 #: Messages claimed by one tick at most, so a huge backlog is fed to workers in slices.
 CLAIM_LIMIT = 1000
 

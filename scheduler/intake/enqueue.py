@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from scheduler.constants import ENQUEUE_COMMIT
+from scheduler.constants import ENQUEUE_COMMIT, SQLITE_WRITER_PAUSE_SECONDS
 from scheduler.intake.messages import NewMessage, Valid, validated
 from scheduler.intake.outbox import Call, store_all
 from scheduler.intake.repeats import check_all_stored, check_call, line_numbers
@@ -45,7 +46,11 @@ def enqueue_many(
     check_call(items)
     call = Call(NewRecipients(runtime.policy, now), {})
     ids: list[str] = []
+    sqlite = runtime.engine.dialect.name == "sqlite"
     for start in range(0, len(items), ENQUEUE_COMMIT):
+        if start and sqlite:
+            # Let a writer waiting for the lock (a STOP) in between two parts.
+            time.sleep(SQLITE_WRITER_PAUSE_SECONDS)
         part = items[start : start + ENQUEUE_COMMIT]
         ids += _commit(runtime, part, call, now, everything=items if not start else None)
     return ids
