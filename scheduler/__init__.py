@@ -60,7 +60,7 @@ def enqueue(
 
 
 def enqueue_many(messages: Iterable[NewMessage | Mapping[str, Any]]) -> list[str]:
-    """Enqueue many messages in one transaction; returns their ids in order."""
+    """Enqueue many messages; returns their ids in order. See :meth:`Healthgate.enqueue_many`."""
     return _client().enqueue_many(messages)
 
 
