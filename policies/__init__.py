@@ -2,7 +2,7 @@
 
 from policies.config import Policy, load_policy, parse_policy
 from policies.decision import Decision
-from policies.errors import HealthgateError, InvalidInput, PolicyFileError
+from policies.errors import HealthgateError, IdempotencyConflict, InvalidInput, PolicyFileError
 from policies.gate import ChatFacts, LineFacts, MessageFacts, decide
 from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
 from policies.usage import LineUsage
@@ -13,6 +13,7 @@ __all__ = [
     "ChatHealth",
     "Decision",
     "HealthgateError",
+    "IdempotencyConflict",
     "InvalidInput",
     "LineFacts",
     "LineReputation",

@@ -56,6 +56,30 @@ class InvalidInput(HealthgateError, ValueError):
         super().__init__(f"{field}={shown(value)}: {problem}")
 
 
+#: How much of a value a conflict shows: enough to tell two apart, never a whole body.
+_SHOWN_CHARS = 100
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+class IdempotencyConflict(HealthgateError):
+    """An idempotency key already names a message with different content; nothing was
+    stored. A key names one message: a new message needs a new key (Stripe's rule)."""
+
+    def __init__(self, key: str, field: str, first: object, given: object, where: str) -> None:
+        self.key = key
+        self.field = field
+        self.first = first
+        self.given = given
+        super().__init__(
+            f"idempotency_key={_shown(key)}: {field} differs from {where} with this key "
+            f"({_shown(first)} there, {_shown(given)} here); a new message needs a new key"
+        )
+
+
 class PolicyFileError(HealthgateError):
     """The policy file cannot be used; the message names the file and the key."""
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from policies.errors import HealthgateError, InvalidInput, PolicyFileError
+from policies.errors import HealthgateError, IdempotencyConflict, InvalidInput, PolicyFileError
 from scheduler.client import Healthgate
 from scheduler.intake.messages import NewMessage
 from scheduler.settings import Settings
@@ -18,6 +18,7 @@ from scheduler.settings import Settings
 __all__ = [
     "Healthgate",
     "HealthgateError",
+    "IdempotencyConflict",
     "InvalidInput",
     "NewMessage",
     "PolicyFileError",
@@ -59,7 +60,7 @@ def enqueue(
 
 
 def enqueue_many(messages: Iterable[NewMessage | Mapping[str, Any]]) -> list[str]:
-    """Enqueue many messages in one transaction; returns their ids in order."""
+    """Enqueue many messages; returns their ids in order. See :meth:`Healthgate.enqueue_many`."""
     return _client().enqueue_many(messages)
 
 

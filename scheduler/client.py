@@ -57,12 +57,20 @@ class Healthgate:
         send_at: datetime | None = None,
         expires_at: datetime | None = None,
     ) -> str:
-        """Enqueue one message and return its id (the existing id for a known key)."""
+        """Enqueue one message and return its id (the existing id for a known key with
+        the same content; ``IdempotencyConflict`` for other content, storing nothing)."""
         message = NewMessage(to, body, line, chat_id, idempotency_key, send_at, expires_at)
         return enqueue_many(self.runtime, [message])[0]
 
     def enqueue_many(self, messages: Iterable[NewMessage | Mapping[str, Any]]) -> list[str]:
-        """Enqueue many messages in one transaction: all are stored, or none."""
+        """Enqueue many messages and return their ids, in order.
+
+        The call is checked whole first: a bad message (``InvalidInput``) or a key held
+        with other content (``IdempotencyConflict``), and none is stored. It is then
+        committed a part at a time (``ENQUEUE_COMMIT`` messages): a call that fails part
+        way has stored the parts before, and calling again with the same keys returns
+        their ids and stores the rest.
+        """
         return enqueue_many(self.runtime, messages)
 
     def set_chat_health(

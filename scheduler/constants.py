@@ -27,6 +27,19 @@ DISPATCH_BATCH = 50
 #: own statements: at 1,000 messages a call, 125 was the fastest of 84 to 334.
 ENQUEUE_PART = 125
 
+#: Messages of an ``enqueue_many`` call committed together. On SQLite a transaction
+#: holds the one write lock: a part of 1,000 unrouted messages holds it about 0.3 s on a
+#: small machine, so a STOP arriving meanwhile waits that long, far within the busy
+#: timeout, where one transaction of 15,000 held it for the whole call. Eight of the
+#: ``ENQUEUE_PART`` parts that PostgreSQL pipelines.
+ENQUEUE_COMMIT = 1000
+
+#: On SQLite an ``enqueue_many`` call pauses this long between its transactions. SQLite
+#: queues no writers: one waiting for the lock polls it, at last every 100 ms, and
+#: would miss the moment between two parts and wait for the whole call. A pause as long
+#: as the poll lets it in after one part, for a tenth of a second a thousand messages.
+SQLITE_WRITER_PAUSE_SECONDS = 0.1
+
 #: Messages claimed by one tick at most, so a huge backlog is fed to workers in slices.
 CLAIM_LIMIT = 1000
 

@@ -1,5 +1,5 @@
 """healthgate's errors, importable from the scheduler package too."""
 
-from policies.errors import HealthgateError, InvalidInput, PolicyFileError
+from policies.errors import HealthgateError, IdempotencyConflict, InvalidInput, PolicyFileError
 
-__all__ = ["HealthgateError", "InvalidInput", "PolicyFileError"]
+__all__ = ["HealthgateError", "IdempotencyConflict", "InvalidInput", "PolicyFileError"]

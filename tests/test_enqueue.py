@@ -34,7 +34,7 @@ def test_enqueue_returns_id_and_stores_a_queued_message(hg: Healthgate) -> None:
 
 def test_same_idempotency_key_returns_same_id_and_one_message(hg: Healthgate) -> None:
     first = hg.enqueue(to="+14155550123", body="hello", idempotency_key="order-1")
-    second = hg.enqueue(to="+14155550123", body="hello again", idempotency_key="order-1")
+    second = hg.enqueue(to="+14155550123", body="hello", idempotency_key="order-1")
 
     assert first == second
     assert count_messages(hg) == 1

@@ -1,4 +1,5 @@
-"""Enqueue with anything in any field: a message id, or InvalidInput naming the field."""
+"""Enqueue with anything in any field: a message id, or InvalidInput naming the field (or
+IdempotencyConflict, naming the key and the field, for a key reused with other content)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from policies.errors import InvalidInput
+from policies.errors import IdempotencyConflict, InvalidInput
 from scheduler.client import Healthgate
 from scheduler.store.models import DecisionRecord, Message
 from tests.conftest import LINE_A, LINE_B, START, examples
@@ -86,7 +87,7 @@ def test_any_arguments_give_an_id_or_invalid_input_naming_the_field_and_nothing_
     # When anything is enqueued
     try:
         message_id = hg.enqueue(**kwargs)
-    except InvalidInput as exc:
+    except (InvalidInput, IdempotencyConflict) as exc:
         refused = exc
     else:
         # Then it is stored, under the id returned
@@ -94,9 +95,11 @@ def test_any_arguments_give_an_id_or_invalid_input_naming_the_field_and_nothing_
         assert hg.explain(message_id)["decisions"]
         return
 
-    # Or it is refused naming the field and the value, and nothing is stored
+    # Or it is refused naming the field and the value (a key drawn again with other
+    # content: the key, then the field), and nothing is stored
     assert refused.field in FIELDS, refused
-    assert str(refused).startswith(f"{refused.field}=")
+    named = "idempotency_key" if isinstance(refused, IdempotencyConflict) else refused.field
+    assert str(refused).startswith(f"{named}=")
     assert stored(hg) == before
 
 
@@ -112,7 +115,7 @@ def test_a_batch_with_any_bad_message_stores_none_of_them(
 
     try:
         ids = hg.enqueue_many(batch)
-    except InvalidInput as exc:
+    except (InvalidInput, IdempotencyConflict) as exc:
         refused = exc
     else:
         assert len(ids) == len(batch)

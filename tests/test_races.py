@@ -19,9 +19,11 @@ import pytest
 import sqlalchemy
 from sqlalchemy import text
 
+from policies.errors import IdempotencyConflict
 from scheduler.client import Healthgate
 from scheduler.dispatch import claim_due, dispatch_claimed
 from scheduler.dispatch import gating as dispatch
+from scheduler.intake import enqueue as intake
 from scheduler.providers.log import read_send_log
 from scheduler.runtime import utcnow
 from scheduler.settings import Settings
@@ -191,3 +193,46 @@ def test_claimer_finding_the_lease_expired_waits_for_the_dispatch_holding_it(
     assert claims == [[]]
     assert dispatcher.explain(message_id)["state"] == "sent"
     assert [s["message_id"] for s in read_send_log(pg_settings.send_log_path)] == [message_id]
+
+
+def test_two_enqueues_of_one_key_with_other_content_at_once_one_wins_one_is_refused(
+    pg_settings: Settings,
+    two_clients: tuple[Healthgate, Healthgate],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given one enqueue that wrote its message and is held before it commits
+    first, second = two_clients
+    gate, held = Gate(), threading.Lock()
+    store = intake.store_all
+
+    def store_then_hold(*args: Any) -> list[str]:
+        ids = store(*args)
+        if held.acquire(blocking=False):  # the first caller only
+            gate.hold()
+        return ids
+
+    monkeypatch.setattr(intake, "store_all", store_then_hold)
+    winner = Worker(lambda: first.enqueue(to=BOB, body="first", idempotency_key="order-1"))
+    winner.start()
+    assert gate.inside.wait(30), "the first enqueue never wrote"
+
+    # When a second one with the same key and another body writes meanwhile (and waits
+    # for the first on the key's unique index), then the first commits
+    loser = Worker(lambda: second.enqueue(to=BOB, body="second", idempotency_key="order-1"))
+    loser.start()
+    wait_until(lambda: waiting_on_a_lock(pg_settings), 20, "the second to wait for the key")
+    gate.go.set()
+    winner.join(30)
+    loser.join(30)
+
+    # Then the first is stored, and the second is refused, naming the body
+    assert winner.error is None
+    assert isinstance(loser.error, IdempotencyConflict)
+    assert loser.error.field == "body"
+    assert [m["body"] for m in messages(first)] == ["first"]
+
+
+def messages(client: Healthgate) -> list[dict[str, Any]]:
+    with client.runtime.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, body FROM messages ORDER BY id")).mappings()
+        return [dict(row) for row in rows]

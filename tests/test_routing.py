@@ -108,8 +108,10 @@ def test_line_at_its_new_conversations_cap_takes_no_new_recipient(hg: Healthgate
 
 @pytest.mark.parametrize("policy_text", [CAPPED_A])
 def test_new_recipient_over_a_cap_at_dispatch_moves_to_a_line_with_room(hg: Healthgate) -> None:
-    # Given two new recipients routed to line A together (both fit when enqueued)
-    first, second = hg.enqueue_many([{"to": BOB, "body": "hi"}, {"to": CAROL, "body": "hi"}])
+    # Given two new recipients routed to line A by two calls (each fits when enqueued:
+    # one call would spread them, counting what it gave A)
+    first = hg.enqueue(to=BOB, body="hi")
+    second = hg.enqueue(to=CAROL, body="hi")
     assert (hg.explain(first)["line"], hg.explain(second)["line"]) == (LINE_A, LINE_A)
 
     # When they are dispatched and the first uses A's only new conversation

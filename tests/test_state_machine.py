@@ -30,8 +30,9 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
-from policies.errors import InvalidInput
+from policies.errors import IdempotencyConflict, InvalidInput
 from scheduler.client import Healthgate
+from scheduler.intake.messages import NewMessage
 from scheduler.providers.log import read_send_log
 from scheduler.runtime import utcnow
 from scheduler.settings import Settings
@@ -188,6 +189,8 @@ class SendPipeline(RuleBasedStateMachine):
         self.hg.sync_lines()
         self.ids: set[str] = set()
         self.by_key: dict[str, str] = {}
+        #: What each key was first given with: (to, body, line, send_at).
+        self.content: dict[str, tuple[str, str, str | None, datetime | None]] = {}
         self.final: dict[str, str] = {}
         self.seen_sends = 0
         #: Each message's send_at and expires_at: it may go out only between them.
@@ -228,17 +231,19 @@ class SendPipeline(RuleBasedStateMachine):
         expires_at = None
         if expires_in is not None:
             expires_at = (send_at or now) + timedelta(seconds=expires_in)
-        message_id = self.hg.enqueue(
-            to=to,
-            body=body,
-            line=line,
-            idempotency_key=key,
-            send_at=send_at,
-            expires_at=expires_at,
-        )
+        message = NewMessage(to, body, line, None, key, send_at, expires_at)
+        first = self.content.get(key) if key is not None else None
+        if first is not None and not _same_request(first, (to, body, line, send_at)):
+            # A key reused for other content is refused, and nothing is stored.
+            with pytest.raises(IdempotencyConflict):
+                self.hg.enqueue_many([message])
+            return
+        message_id = self.hg.enqueue_many([message])[0]
         if key is not None:
-            # The same key always gives back the first message, never a second one.
+            # The same key and content always give back the first message, never a
+            # second one.
             assert self.by_key.setdefault(key, message_id) == message_id
+            self.content.setdefault(key, (to, body, line, send_at))
         self.ids.add(message_id)
         self.window.setdefault(message_id, (send_at, expires_at))
 
@@ -411,3 +416,13 @@ def test_random_traffic_keeps_its_promises_on_postgresql(
 ) -> None:
     url: str = request.getfixturevalue("postgres_database")
     run(Store(None, url), 5)
+
+
+def _same_request(
+    first: tuple[str, str, str | None, datetime | None],
+    again: tuple[str, str, str | None, datetime | None],
+) -> bool:
+    """Whether a repeat asks for the first message of its key: the same recipient, body
+    and send_at, and the same line when it names one."""
+    (to, body, line, send_at), (to2, body2, line2, send_at2) = first, again
+    return (to, body, send_at) == (to2, body2, send_at2) and line2 in (None, line)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from policies.config import OptOutScope, Policy
 from policies.errors import InvalidInput
 from scheduler.intake.messages import NewRow, Valid
+from scheduler.intake.repeats import KEY_COLUMNS, check_stored
 from scheduler.store.bulk import rows_by_key
 from scheduler.store.lines import declared_lines
 from scheduler.store.models import Chat, Line, Message, OptOut
@@ -58,7 +59,7 @@ class Written(NamedTuple):
 class Asked(NamedTuple):
     """A part's look-ups, asked and not yet read (see ``rows_by_key``)."""
 
-    #: Stored messages with the part's idempotency keys.
+    #: Stored messages with the part's idempotency keys (``KEY_COLUMNS``).
     known: Callable[[], list[Any]]
     #: The part's recipients who opted out of the whole account.
     opted_out: Callable[[], list[Any]]
@@ -80,7 +81,7 @@ def ask(
         if item.line is not None and item.line in declared
     }
     return Asked(
-        rows_by_key(connection, _MESSAGES, ("idempotency_key",), keys, ("idempotency_key", "id")),
+        rows_by_key(connection, _MESSAGES, ("idempotency_key",), keys, KEY_COLUMNS),
         rows_by_key(connection, _OPT_OUTS, ("recipient",), recipients, ("recipient",)),
         rows_by_key(
             connection,
@@ -123,10 +124,19 @@ def answer(
     asked: Asked,
     declared: Mapping[str, Line],
     written: Written,
+    line_numbers: Mapping[int, str],
 ) -> Reads:
-    """Read what ``ask`` asked, with what earlier parts wrote; refuse a line that is not
-    declared and a chat id that another chat holds, naming the message's field."""
-    known = {key: message_id for key, message_id, _ in asked.known()} | written.keys
+    """Read what ``ask`` asked, with what earlier parts wrote; refuse a key stored with
+    other content, a line that is not declared and a chat id that another chat holds,
+    naming the message's field."""
+    keyed = {item.idempotency_key: item for item in reversed(items) if item.idempotency_key}
+    known: dict[str, str] = {}
+    for row in asked.known():
+        # Compared again here: a concurrent call may have stored the key since the
+        # call's first check.
+        check_stored(keyed[row.idempotency_key], row, line_numbers)
+        known[row.idempotency_key] = row.id
+    known |= written.keys
     opted_out = {recipient for recipient, _ in asked.opted_out()}
     stored: dict[tuple[int, str], ChatRow | KnownChat] = {}
     numbered: dict[tuple[int, str], int] = {}

@@ -20,12 +20,11 @@ from policies.errors import InvalidInput
 from policies.statuses import Action
 from scheduler.constants import ENQUEUE_PART
 from scheduler.intake.lookups import KnownChat, Reads, Written, answer, ask
-from scheduler.intake.messages import NewMessage, NewRow, Valid, validated
+from scheduler.intake.messages import NewRow, Valid
 from scheduler.store import transitions
-from scheduler.store.bulk import columns_of, insert_columns, pipelined
-from scheduler.store.lines import get_line
+from scheduler.store.bulk import columns_of, insert_columns, pipelined, rows_by_key
 from scheduler.store.models import Chat, Line, Message
-from scheduler.store.router import chat_for, lines_for_new_recipient, sticky_chat
+from scheduler.store.router import NewRecipients, sticky_chats
 
 _MESSAGES = cast(Table, Message.__table__)
 _CHATS = cast(Table, Chat.__table__)
@@ -49,51 +48,65 @@ def new_message_ids(count: int) -> list[str]:
     ]
 
 
+class Call(NamedTuple):
+    """What the transactions of one enqueue call share."""
+
+    #: The lines of the call's new recipients: usage read once, assignments counted.
+    router: NewRecipients
+    #: Every line's number by id, to compare a repeat with a stored message.
+    line_numbers: dict[int, str]
+
+
 def store_all(
     session: Session,
-    given: Sequence[NewMessage | Mapping[str, Any]],
+    items: Sequence[Valid],
     declared: Mapping[str, Line],
+    call: Call,
     policy: Policy,
     now: datetime,
 ) -> list[str]:
-    """Validate and store ``given`` a part at a time, in the caller's transaction.
+    """Store the validated ``items`` a part at a time, in the caller's transaction.
 
-    A part is validated, its look-ups asked, their answers read, its rows built and
-    written. On PostgreSQL, with several parts, what is sent to the server is not
-    waited for at once: while it writes one part and answers the look-ups of the part
-    after next, the part after next is validated and the next part's rows are built.
-    A bad message in a later part aborts the transaction, so none is stored all the
-    same.
+    A part's look-ups are asked, their answers read, its rows built and written. On
+    PostgreSQL, with several parts, what is sent to the server is not waited for at
+    once: while it writes one part and answers the look-ups of the part after next,
+    the next part's rows are built. An error in a later part aborts the transaction, so
+    none of ``items`` is stored all the same.
     """
-    count = len(given)
-    starts = range(0, count, ENQUEUE_PART)
+    parts = [items[start : start + ENQUEUE_PART] for start in range(0, len(items), ENQUEUE_PART)]
 
-    def part(k: int) -> list[Valid]:
-        if k >= len(starts):
-            return []
-        chunk = given[starts[k] : starts[k] + ENQUEUE_PART]
-        return [validated(item, i, count, now) for i, item in enumerate(chunk, starts[k])]
+    def part(k: int) -> Sequence[Valid]:
+        return parts[k] if k < len(parts) else []
 
     connection = session.connection()
     ids: list[str] = []
     written = Written({}, {})
+    numbers = call.line_numbers
     items = part(0)
-    first = answer(session, items, ask(session, items, declared, policy), declared, written)
-    rows = _rows(session, items, first, policy, now)
+    first = answer(
+        session, items, ask(session, items, declared, policy), declared, written, numbers
+    )
+    rows = _rows(session, items, first, declared, call, written, policy, now)
     upcoming = part(1)
     asked = ask(session, upcoming, declared, policy)
-    for k in range(len(starts)):
-        with pipelined(connection) if len(starts) > 1 else nullcontext():
+    for k in range(len(parts)):
+        with pipelined(connection) if len(parts) > 1 else nullcontext():
             _write(connection, rows, now)
             written.add(rows.messages, rows.chats)
             ids += rows.ids
             after = part(k + 2)
             following = ask(session, after, declared, policy)
-            reads = answer(session, upcoming, asked, declared, written)
-            built = _rows(session, upcoming, reads, policy, now) if reads.settled else None
+            reads = answer(session, upcoming, asked, declared, written, numbers)
+            built = (
+                _rows(session, upcoming, reads, declared, call, written, policy, now)
+                if reads.settled
+                else None
+            )
         # Rows whose building queries the store (to route a message without a line,
         # say) are built once the pipeline has ended: queries cannot wait inside it.
-        rows = built if built is not None else _rows(session, upcoming, reads, policy, now)
+        if built is None:
+            built = _rows(session, upcoming, reads, declared, call, written, policy, now)
+        rows = built
         upcoming, asked = after, following
     return ids
 
@@ -111,26 +124,30 @@ class _Rows(NamedTuple):
 
 
 def _rows(
-    session: Session, items: Sequence[Valid], reads: Reads, policy: Policy, now: datetime
+    session: Session,
+    items: Sequence[Valid],
+    reads: Reads,
+    declared: Mapping[str, Line],
+    call: Call,
+    written: Written,
+    policy: Policy,
+    now: datetime,
 ) -> _Rows:
     """The rows that store the messages of ``items`` whose keys are new, and their ids
     (a known key's id for the others)."""
     known, opted_out = reads.known, reads.opted_out
     pinned, chats, chats_written = _pinned_chats(session, reads, now)
+    routed = _route_all(session, items, reads, declared, call.router, written, now)
     ids: list[str] = []
     messages: list[NewRow] = []
     decisions: list[transitions.DecisionRow] = []
     fresh = iter(new_message_ids(len(items)))
-    for item in items:
+    for index, item in enumerate(items):
         if item.idempotency_key and item.idempotency_key in known:
             ids.append(known[item.idempotency_key])
             continue
-        found_chat: tuple[Line | None, int | None, bool] | None = pinned.get((item.line, item.to))
-        if found_chat is None:
-            field = f"{item.where}line"
-            line, chat = _route(session, item, field, policy, now)
-            found_chat = (line, chat.id if chat else None, chat is not None and _opted_out(chat))
-        line, chat_id, chat_opted_out = found_chat
+        place: _Place = pinned[(item.line, item.to)] if item.line else routed[index]
+        line, chat_id, chat_opted_out = place
         message, decision = _new_row(
             next(fresh), item, line, chat_id, policy, now, chat_opted_out or item.to in opted_out
         )
@@ -164,10 +181,6 @@ def _write(connection: Connection, rows: _Rows, now: datetime) -> None:
 
 #: The columns of a new chat's row, in ``KnownChat``'s order.
 _CHAT_COLUMNS = ("id", "line_id", "recipient", "provider_chat_id")
-
-
-def _opted_out(chat: Chat) -> bool:
-    return chat.opted_out_at is not None
 
 
 def _pinned_chats(
@@ -264,24 +277,127 @@ def _new_row(
     return message, decision
 
 
-def _route(
-    session: Session, item: Valid, field: str, policy: Policy, now: datetime
-) -> tuple[Line | None, Chat | None]:
-    if item.line is not None:
-        line = get_line(session, item.line, field)
-        return line, chat_for(session, line, item.to, now, item.chat_id)
-    if item.chat_id is not None:
-        chat = session.scalars(
-            select(Chat).where(Chat.provider_chat_id == item.chat_id)
-        ).one_or_none()
-        if chat is not None:
-            if chat.recipient != item.to:
-                raise InvalidInput("chat_id", item.chat_id, f"is a chat with {chat.recipient}")
-            return session.get_one(Line, chat.line_id), chat
-    existing = sticky_chat(session, item.to)
-    if existing is not None:
-        return session.get_one(Line, existing.line_id), existing
-    candidates = lines_for_new_recipient(session, policy, now)
-    if not candidates:
-        return None, None
-    return candidates[0], chat_for(session, candidates[0], item.to, now, item.chat_id)
+#: Where a message goes: its line (None: no line may take it now), its chat's id and
+#: whether that chat is opted out.
+_Place = tuple[Line | None, int | None, bool]
+
+
+def _route_all(
+    session: Session,
+    items: Sequence[Valid],
+    reads: Reads,
+    declared: Mapping[str, Line],
+    router: NewRecipients,
+    written: Written,
+    now: datetime,
+) -> dict[int, _Place]:
+    """Where each message of ``items`` that names no line goes, by its index: the chat
+    its chat id names, else the recipient's conversation, else a line the router
+    chooses. A handful of reads for the whole part, however many messages it holds."""
+    routed = [
+        (index, item)
+        for index, item in enumerate(items)
+        if item.line is None and item.idempotency_key not in reads.known
+    ]
+    if not routed:
+        return {}
+    named = {item.chat_id for _, item in routed if item.chat_id is not None}
+    by_chat_id = (
+        {
+            row.provider_chat_id: row
+            for row in session.execute(
+                select(
+                    Chat.provider_chat_id, Chat.id, Chat.line_id, Chat.recipient, Chat.opted_out_at
+                ).where(Chat.provider_chat_id.in_(named))
+            )
+        }
+        if named
+        else {}
+    )
+    sticky = sticky_chats(session, {item.to for _, item in routed})
+    by_id = {line.id: line for line in declared.values()}
+
+    def line_of(line_id: int) -> Line:
+        return by_id.get(line_id) or session.get_one(Line, line_id)
+
+    places: dict[int, _Place] = {}
+    pending: list[tuple[int, Valid, Line]] = []
+    for index, item in routed:
+        row = by_chat_id.get(item.chat_id) if item.chat_id is not None else None
+        if row is not None:
+            if row.recipient != item.to:
+                field = f"{item.where}chat_id"
+                raise InvalidInput(field, item.chat_id, f"is a chat with {row.recipient}")
+            places[index] = (line_of(row.line_id), row.id, row.opted_out_at is not None)
+            continue
+        found = sticky.get(item.to)
+        if found is not None:
+            places[index] = (line_of(found.line_id), found.id, found.opted_out_at is not None)
+            continue
+        line = router.line_for(session, item.to, declared.values())
+        if line is None:
+            places[index] = (None, None, False)
+        else:
+            pending.append((index, item, line))
+    chats = _chats_of(
+        session, [(line.id, item.to, item.chat_id) for _, item, line in pending], written, now
+    )
+    for index, item, line in pending:
+        chat_id, opted_out = chats[(line.id, item.to)]
+        places[index] = (line, chat_id, opted_out)
+    return places
+
+
+def _chats_of(
+    session: Session,
+    wanted: Sequence[tuple[int, str, str | None]],
+    written: Written,
+    now: datetime,
+) -> dict[tuple[int, str], tuple[int, bool]]:
+    """The chat's id and opt-out of each (line id, recipient, provider chat id) of
+    ``wanted``: stored, made earlier in the call, or created here in one statement (with
+    the provider chat id, which a stored chat that lacked one is given)."""
+    given: dict[tuple[int, str], str | None] = {}
+    for line_id, recipient, chat_id in wanted:
+        if chat_id is not None or (line_id, recipient) not in given:
+            given[(line_id, recipient)] = chat_id
+    if not given:
+        return {}
+    stored = rows_by_key(
+        session.connection(),
+        _CHATS,
+        ("line_id", "recipient"),
+        [pair for pair in given if pair not in written.chats],
+        ("id", "line_id", "recipient", "provider_chat_id", "opted_out_at"),
+    )()
+    found: dict[tuple[int, str], Any] = {(row.line_id, row.recipient): row for row in stored}
+    found |= {pair: written.chats[pair] for pair in given if pair in written.chats}
+    for pair, chat_id in given.items():
+        existing = found.get(pair)
+        if existing is not None and chat_id and existing.provider_chat_id is None:
+            session.execute(
+                update(Chat).where(Chat.id == existing.id).values(provider_chat_id=chat_id)
+            )
+    new = [
+        (line_id, recipient, given[(line_id, recipient)])
+        for line_id, recipient in given
+        if (line_id, recipient) not in found
+    ]
+    created = (
+        insert_columns(
+            session.connection(),
+            _CHATS,
+            columns_of(_CHAT_COLUMNS[1:], new),
+            {"health": "HEALTHY", "created_at": now},
+            ("id", "line_id", "recipient"),
+        )
+        if new
+        else []
+    )
+    chats = {pair: (row.id, row.opted_out_at is not None) for pair, row in found.items()}
+    for row in created:
+        chats[(row.line_id, row.recipient)] = (row.id, False)
+        written.chats[(row.line_id, row.recipient)] = KnownChat(
+            row.id, row.line_id, row.recipient, given[(row.line_id, row.recipient)], None
+        )
+    return chats

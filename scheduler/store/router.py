@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -32,36 +32,113 @@ class Choice(NamedTuple):
     headroom: float
 
 
-def sticky_chat(session: Session, recipient: str) -> Chat | None:
-    """The recipient's conversation on an enabled line (the most recently started one).
+class Sticky(NamedTuple):
+    """A recipient's conversation, as :func:`sticky_chats` reads it."""
+
+    id: int
+    line_id: int
+    opted_out_at: datetime | None
+
+
+def sticky_chats(session: Session, recipients: Collection[str]) -> dict[str, Sticky]:
+    """Each recipient's conversation on an enabled line (the most recently started one),
+    in one read for all of them.
 
     Only chats something was said on count, by us or by the recipient (the line they
     wrote to is theirs): a chat created for a message that was then rerouted is no
     conversation to stick to.
     """
+    if not recipients:
+        return {}
     started = func.coalesce(Chat.first_sent_at, Chat.first_inbound_at)
-    return session.scalars(
-        select(Chat)
+    rows = session.execute(
+        select(Chat.recipient, Chat.id, Chat.line_id, Chat.opted_out_at, started)
         .join(Line, Line.id == Chat.line_id)
-        .where(Chat.recipient == recipient, Line.enabled.is_(True), started.is_not(None))
-        .order_by(started.desc(), Chat.id.desc())
-        .limit(1)
-    ).one_or_none()
-
-
-def rank_lines(session: Session, policy: Policy, now: datetime) -> list[Choice]:
-    """Lines that may take a new recipient, best first.
-
-    HEALTHY lines only, or AT_RISK ones when the policy allows it and no HEALTHY line
-    exists; never CRITICAL or FLAGGED. Lines with room under every cap now come first,
-    the most headroom first; lines at a cap follow, the one that frees up first first.
-    """
-    candidates = eligible_lines(
-        session.scalars(select(Line).where(Line.enabled.is_(True)).order_by(Line.id)), policy
+        .where(Chat.recipient.in_(set(recipients)), Line.enabled.is_(True), started.is_not(None))
+        .order_by(started, Chat.id)
     )
-    limits = {line.id: limits_for(line_facts(line), policy, now) for line in candidates}
-    usage = load_usage(session, candidates, limits, now, headroom=1)
-    return rank(candidates, usage, policy, now)
+    # Oldest first: the last row of a recipient is the one kept.
+    return {row[0]: Sticky(row[1], row[2], row[3]) for row in rows}
+
+
+class NewRecipients:
+    """Lines for the new recipients of one enqueue call: each line's usage read once a
+    call, and what the call assigns counted in memory, so one call spreads its new
+    recipients over equally healthy lines by headroom, as dispatch would.
+
+    A line with room under every cap now comes before one at a cap (the one that frees
+    up first first); among those with room, the line with the most headroom once the
+    recipients the call gave it are counted (each takes one send, one recipient and one
+    new conversation of its caps). A recipient the call gave a line keeps it. Which lines
+    may take a new recipient is asked anew for each transaction of the call.
+    """
+
+    def __init__(self, policy: Policy, now: datetime) -> None:
+        self.policy = policy
+        self.now = now
+        #: The lines read so far, by id.
+        self.lines: dict[int, _Standing] = {}
+        #: New recipients given to each line by this call.
+        self.assigned: dict[int, int] = {}
+        #: The line each recipient was given by this call.
+        self.chosen: dict[str, int] = {}
+
+    def line_for(self, session: Session, recipient: str, declared: Iterable[Line]) -> Line | None:
+        """The line for ``recipient``, counted as given; None when no line may take one.
+
+        ``declared``: the enabled lines as the current transaction reads them.
+        """
+        candidates = eligible_lines(sorted(declared, key=lambda line: line.id), self.policy)
+        if not candidates:
+            return None
+        by_id = {line.id: line for line in candidates}
+        kept = self.chosen.get(recipient)
+        if kept in by_id:
+            return by_id[kept]
+        missing = [line for line in candidates if line.id not in self.lines]
+        if missing:
+            self._read(session, missing)
+        best = min(
+            candidates,
+            key=lambda line: (
+                self.lines[line.id].allowed_at,
+                self.lines[line.id].used(self.assigned.get(line.id, 0)),
+                line.id,
+            ),
+        )
+        self.assigned[best.id] = self.assigned.get(best.id, 0) + 1
+        self.chosen[recipient] = best.id
+        return best
+
+    def _read(self, session: Session, lines: Sequence[Line]) -> None:
+        now = self.now
+        limits = {line.id: limits_for(line_facts(line), self.policy, now) for line in lines}
+        usage = load_usage(session, lines, limits, now, headroom=1)
+        for line in lines:
+            caps, entry = limits[line.id], usage[line.id]
+            self.lines[line.id] = _Standing(
+                check(entry, caps, _NEW_RECIPIENT, True, now).allowed_at,
+                (
+                    (entry.sent_last_minute(now), caps.sends_per_minute),
+                    (entry.day_count, caps.sends_per_day),
+                    (entry.recipients_last_hour(now), caps.distinct_recipients_per_hour),
+                    (entry.new_chats_last_day(now), caps.new_conversations_per_day),
+                ),
+            )
+
+
+class _Standing(NamedTuple):
+    """A line as :class:`NewRecipients` read it."""
+
+    #: When every cap has room for a new conversation.
+    allowed_at: datetime
+    #: (count, cap) of each cap a new recipient uses.
+    caps: tuple[tuple[int, int], ...]
+
+    def used(self, assigned: int) -> float:
+        """The largest share of a cap used, counting ``assigned`` more new recipients:
+        past 1 when they overfill it, so lines keep taking turns."""
+        return max((count + assigned) / cap for count, cap in self.caps)
 
 
 def eligible_lines(lines: Iterable[Line], policy: Policy) -> list[Line]:
@@ -82,7 +159,13 @@ def eligible_lines(lines: Iterable[Line], policy: Policy) -> list[Line]:
 def rank(
     candidates: Sequence[Line], usage: Mapping[int, LineUsage], policy: Policy, now: datetime
 ) -> list[Choice]:
-    """``candidates`` best first, from their usage (as :func:`rank_lines` orders them)."""
+    """``candidates`` best first, from their usage.
+
+    HEALTHY lines only, or AT_RISK ones when the policy allows it and no HEALTHY line
+    exists (see :func:`eligible_lines`); never CRITICAL or FLAGGED. Lines with room
+    under every cap now come first, the most headroom first; lines at a cap follow, the
+    one that frees up first first.
+    """
     limits = {line.id: limits_for(line_facts(line), policy, now) for line in candidates}
     choices = [
         Choice(
@@ -93,11 +176,6 @@ def rank(
         for line in candidates
     ]
     return sorted(choices, key=lambda c: (c.allowed_at, -c.headroom, c.line.id))
-
-
-def lines_for_new_recipient(session: Session, policy: Policy, now: datetime) -> list[Line]:
-    """The lines of :func:`rank_lines`, best first."""
-    return [choice.line for choice in rank_lines(session, policy, now)]
 
 
 def chat_for(
