@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from enum import StrEnum
@@ -98,6 +99,12 @@ def _keyword(word: str) -> str:
         raise ValueError("is empty or only whitespace: it would match messages with no text")
     if word != word.strip():
         raise ValueError("has spaces around it, which the linq and strict modes never match")
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in word):
+        # A zero-width space, a NUL or a byte-order mark: a word no recipient types,
+        # which would leave the list looking full while nothing matches.
+        raise ValueError("holds an invisible or control character: nobody can type it")
+    if not any(ch.isalnum() for ch in word):
+        raise ValueError("has no letter or digit: it is not a word a recipient types")
     return word
 
 
@@ -288,6 +295,17 @@ class OptOutPolicy(_Section):
     def _some_opt_out(cls, words: tuple[str, ...]) -> tuple[str, ...]:
         if not words:
             raise ValueError("needs at least one keyword (got []): none turns opt-outs off")
+        return words
+
+    @field_validator("opt_in_keywords")
+    @classmethod
+    def _not_both(cls, words: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        opt_out = {word.casefold() for word in info.data.get("opt_out_keywords", ())}
+        both = [word for word in words if word.casefold() in opt_out]
+        if both:
+            raise ValueError(
+                f"{both[0]!r} is an opt-out keyword too: a recipient saying it means one thing"
+            )
         return words
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import reprlib
+from datetime import datetime
 
 #: How much of an offending value a message shows: enough to recognise it, never a whole
 #: body (a refused 1 MB webhook must not come back, nor sit in the logs, in full).
@@ -56,13 +57,9 @@ class InvalidInput(HealthgateError, ValueError):
         super().__init__(f"{field}={shown(value)}: {problem}")
 
 
-#: How much of a value a conflict shows: enough to tell two apart, never a whole body.
-_SHOWN_CHARS = 100
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+def _compared(value: object) -> str:
+    """A value of a conflict as the caller wrote it: times in ISO 8601."""
+    return shown(value.isoformat() if isinstance(value, datetime) else value)
 
 
 class IdempotencyConflict(HealthgateError):
@@ -75,8 +72,8 @@ class IdempotencyConflict(HealthgateError):
         self.first = first
         self.given = given
         super().__init__(
-            f"idempotency_key={_shown(key)}: {field} differs from {where} with this key "
-            f"({_shown(first)} there, {_shown(given)} here); a new message needs a new key"
+            f"idempotency_key={shown(key)}: {field} differs from {where} with this key "
+            f"({_compared(first)} there, {_compared(given)} here); a new message needs a new key"
         )
 
 

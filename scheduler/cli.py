@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -165,7 +166,7 @@ def events(
     as_json: bool = typer.Option(False, "--json", help="Include each event's payload."),
 ) -> None:
     """Webhook events received, newest first, with what became of each and why."""
-    with _client() as client, client.runtime.sessions() as session:
+    with _client() as client, client.runtime.reads() as session:
         if outcome not in (None, "applied", "ignored", "rejected"):
             raise InvalidInput("outcome", outcome, "is not one of applied, ignored, rejected")
         data = listing.events(session, outcome, limit, with_payload=as_json)
@@ -362,6 +363,11 @@ def db_upgrade() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # healthgate's own processes (and the worker and beat ``run`` starts) make every file
+    # the owner's only, including those others' code makes in the data directory: the
+    # beat schedule and the folder broker's messages. Inside an application's process
+    # healthgate leaves the umask alone (see ``scheduler.files``).
+    os.umask(0o077)
     app()
 
 

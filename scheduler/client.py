@@ -139,11 +139,11 @@ class Healthgate:
         return purge(self.runtime.sessions, before, now)
 
     def status(self) -> dict[str, Any]:
-        with self.runtime.sessions() as session:
+        with self.runtime.reads() as session:
             return reports.status(session, utcnow())
 
     def explain(self, message_id: str) -> dict[str, Any]:
-        with self.runtime.sessions() as session:
+        with self.runtime.reads() as session:
             return reports.explain(session, message_id)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -16,7 +17,7 @@ from policies.errors import InvalidInput, PolicyFileError
 from scheduler.limits import DatabaseLimiter, Limiter, RedisLimiter
 from scheduler.providers import Provider, Providers
 from scheduler.settings import Settings, masked_url
-from scheduler.store.db import engine_for, session_factory
+from scheduler.store.db import engine_for, read_sessions, session_factory
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,11 @@ class Runtime:
     @property
     def policy(self) -> Policy:
         return self.policies.current()
+
+    @cached_property
+    def reads(self) -> sessionmaker[Session]:
+        """Sessions that only read (see ``store.db.read_sessions``)."""
+        return read_sessions(self.engine)
 
     def close(self) -> None:
         self.providers.close()

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -70,6 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(InvalidInput)
     async def _invalid(_request: Request, exc: InvalidInput) -> JSONResponse:
         return JSONResponse({"error": str(exc), "field": exc.field}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _unreadable(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer quotes each refused value whole; ours shows 100 characters.
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"] if part not in ("query", "path"))
+        bad = InvalidInput(field, error.get("input"), error["msg"])
+        return JSONResponse({"error": str(bad), "field": field}, status_code=422)
 
     app.add_exception_handler(access.Unauthorized, access.unauthorized)
 
@@ -157,7 +166,7 @@ def _read_routes(app: APIRouter, runtime: Runtime) -> None:
     @app.get("/lines", tags=["read"])
     def lines() -> list[dict[str, Any]]:
         """Every line with its reputation, runtime status and sends in the last 24 h."""
-        with runtime.sessions() as session:
+        with runtime.reads() as session:
             found: list[dict[str, Any]] = reports.status(session, utcnow())["lines"]
         return found
 
@@ -166,20 +175,20 @@ def _read_routes(app: APIRouter, runtime: Runtime) -> None:
         health: ChatHealth | None = None, line: str | None = None, limit: int = Limit
     ) -> list[dict[str, Any]]:
         """Chats, newest first, optionally of one health and one line."""
-        with runtime.sessions() as session:
+        with runtime.reads() as session:
             return listing.chats(session, health, line, limit)
 
     @app.get("/messages", tags=["read"])
     def messages(state: MessageState | None = None, limit: int = Limit) -> list[dict[str, Any]]:
         """Messages, newest first, optionally in one state (bodies are not shown)."""
-        with runtime.sessions() as session:
+        with runtime.reads() as session:
             return listing.messages(session, state.value if state else None, limit)
 
     @app.get("/messages/{message_id}", tags=["read"])
     def message(message_id: str) -> JSONResponse:
         """Every decision taken on one message: why it was or was not sent."""
         try:
-            with runtime.sessions() as session:
+            with runtime.reads() as session:
                 return JSONResponse(reports.explain(session, message_id))
         except InvalidInput as exc:
             return JSONResponse({"error": str(exc), "field": exc.field}, status_code=404)
@@ -187,5 +196,5 @@ def _read_routes(app: APIRouter, runtime: Runtime) -> None:
     @app.get("/events", tags=["read"])
     def events(outcome: Outcome | None = None, limit: int = Limit) -> list[dict[str, Any]]:
         """Webhook events received, newest first (rejected ones say why)."""
-        with runtime.sessions() as session:
+        with runtime.reads() as session:
             return listing.events(session, outcome.value if outcome else None, limit)

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -310,6 +312,40 @@ def test_the_embedded_default_keeps_its_files_to_its_owner(
         assert os.umask(0o022) == 0o022
     finally:
         client.close()
+
+
+PROBE = """
+import os, sys
+from scheduler import cli
+
+@cli.app.command("probe")
+def probe() -> None:
+    with open(os.environ["PROBE"], "w"):  # as Celery's beat or kombu's folder broker do
+        pass
+
+sys.argv = ["healthgate", "probe"]
+cli.main()
+"""
+
+
+def test_files_others_make_under_healthgate_commands_are_the_owners_only(
+    tmp_path: Path,
+) -> None:
+    # Given a shell's common umask (022), When a healthgate command's process (or one it
+    # starts: the worker, beat) makes a file with a plain open()
+    probe = tmp_path / "made-by-a-library"
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**os.environ, "PROBE": str(probe)},
+        preexec_fn=lambda: os.umask(0o022),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    # Then it is the owner's only
+    assert done.returncode == 0, done.stderr
+    assert mode(probe) == 0o600
 
 
 def test_files_an_older_version_left_open_are_tightened(

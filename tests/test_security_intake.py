@@ -39,14 +39,18 @@ SEND_AT = st.sampled_from(
 )
 
 
+EXPIRES_AT = st.sampled_from([None, LATER + timedelta(days=1), LATER + timedelta(days=2)])
+
+
 class Request(NamedTuple):
     to: str
     body: str
     line: str | None
     send_at: datetime | None
+    expires_at: datetime | None
 
 
-REQUESTS = st.builds(Request, TO, BODY, LINE, SEND_AT)
+REQUESTS = st.builds(Request, TO, BODY, LINE, SEND_AT, EXPIRES_AT)
 
 
 def differing_field(first: Request, again: Request) -> str | None:
@@ -60,6 +64,8 @@ def differing_field(first: Request, again: Request) -> str | None:
         return "line"
     if first.send_at != again.send_at:
         return "send_at"
+    if first.expires_at != again.expires_at:
+        return "expires_at"
     return None
 
 
@@ -89,12 +95,16 @@ def test_a_key_reused_for_other_content_is_refused_and_a_repeat_returns_the_firs
 ) -> None:
     # Given a message stored with a key
     key = f"order-{next(_keys)}"
-    first_id = hg.enqueue(first.to, first.body, first.line, None, key, first.send_at)
+    first_id = hg.enqueue(
+        first.to, first.body, first.line, None, key, first.send_at, first.expires_at
+    )
     before = snapshot(hg)
 
     # When the key comes again with these fields
     def repeat() -> str:
-        return hg.enqueue(again.to, again.body, again.line, None, key, again.send_at)
+        return hg.enqueue(
+            again.to, again.body, again.line, None, key, again.send_at, again.expires_at
+        )
 
     field = differing_field(first, again)
     if field is None:

@@ -76,6 +76,37 @@ def test_an_empty_or_blank_keyword_is_refused_naming_it(
     )
 
 
+@pytest.mark.parametrize(
+    ("word", "problem"),
+    [
+        ("\u200b", "holds an invisible or control character: nobody can type it"),
+        ("\ufeff", "holds an invisible or control character: nobody can type it"),
+        ("\u0000", "holds an invisible or control character: nobody can type it"),
+        ("ST\u200bOP", "holds an invisible or control character: nobody can type it"),
+        ("...", "has no letter or digit: it is not a word a recipient types"),
+    ],
+)
+def test_a_keyword_nobody_can_type_is_refused(tmp_path: Path, word: str, problem: str) -> None:
+    # Given an opt-out list whose only keyword no recipient can type: opt-outs would be
+    # off while the list looks full
+    text = LINE_FILE + f"[opt_out]\nopt_out_keywords = [{json.dumps(word)}]\n"
+
+    # When it is loaded, Then it is refused naming the keyword
+    error = refused(tmp_path, text)
+    assert (error.key, error.problem) == (
+        "opt_out.opt_out_keywords[0]",
+        f"{problem} (got {word!r})",
+    )
+
+
+def test_a_keyword_in_both_lists_is_refused(tmp_path: Path) -> None:
+    text = LINE_FILE + '[opt_out]\nopt_out_keywords = ["STOP"]\nopt_in_keywords = ["stop"]\n'
+
+    error = refused(tmp_path, text)
+    assert error.key == "opt_out.opt_in_keywords"
+    assert error.problem.startswith("'stop' is an opt-out keyword too")
+
+
 @pytest.mark.parametrize("word", [" STOP", "STOP ", "OPTIN\n"])
 def test_a_keyword_with_spaces_around_it_is_refused(tmp_path: Path, word: str) -> None:
     # Given a keyword the linq and strict modes could never match (they trim the text)

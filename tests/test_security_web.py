@@ -434,6 +434,47 @@ def test_healthz_is_ok_while_the_write_lock_is_held(
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/messages?state=", "state"),
+        ("/messages?limit=", "limit"),
+        ("/chats?health=", "health"),
+        ("/events?outcome=", "outcome"),
+    ],
+)
+def test_a_refused_parameter_is_shown_cut(settings: Settings, path: str, field: str) -> None:
+    with reader(create_app(web_settings(settings))) as client:
+        response = client.get(path + "A" * 5_000)
+
+    assert response.status_code == 422
+    assert response.json()["field"] == field
+    assert len(response.text) < 400
+    assert "… (5,000 characters)" in response.json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/lines", "/chats", "/messages", "/events"])
+def test_reads_answer_while_the_write_lock_is_held(
+    locked_store: Settings, busy_hg: Healthgate, path: str
+) -> None:
+    # Given a message, and another writer (a big enqueue, a purge) holding the lock
+    message_id = busy_hg.enqueue(to=BOB, body="hi", line=LINE_A)
+    with reader(create_app(web_settings(locked_store))) as client:
+        holder = hold_write_lock(locked_store)
+        try:
+            # When a reader asks, Then it is answered: a read takes no write lock
+            listed = client.get(path)
+            explained = client.get(f"/messages/{message_id}")
+            status = busy_hg.status()
+        finally:
+            holder.rollback()
+            holder.close()
+
+    assert listed.status_code == 200, listed.text
+    assert explained.status_code == 200, explained.text
+    assert status["lines"]
+
+
 def test_webhook_with_the_database_unreachable_is_503_with_retry_after(
     tmp_path: Path, clock: Any
 ) -> None:

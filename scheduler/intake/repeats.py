@@ -18,7 +18,16 @@ from scheduler.store.models import Line, Message
 _MESSAGES = cast(Table, Message.__table__)
 
 #: What a stored message's look-up by key reads: enough to compare it with a repeat.
-KEY_COLUMNS = ("idempotency_key", "id", "recipient", "body", "pinned", "line_id", "send_at")
+KEY_COLUMNS = (
+    "idempotency_key",
+    "id",
+    "recipient",
+    "body",
+    "pinned",
+    "line_id",
+    "send_at",
+    "expires_at",
+)
 
 #: Keys a pre-check reads a statement: well under SQLite's limit of bound values.
 _KEYS_A_READ = 1000
@@ -35,18 +44,22 @@ def check_call(items: Sequence[Valid]) -> None:
             continue
         where = f"{earlier.where.rstrip('.')} of this call"
         named = (earlier.line is not None, earlier.line)
-        _compare(item, earlier.to, earlier.body, named, earlier.send_at, where)
+        times = (earlier.send_at, earlier.expires_at)
+        _compare(item, earlier.to, earlier.body, named, times, where)
 
 
 def check_stored(item: Valid, row: Any, line_numbers: Mapping[int, str]) -> None:
     """Refuse ``item`` when ``row`` (``KEY_COLUMNS`` of the stored message with its key)
     holds other content."""
     line = line_numbers.get(row.line_id) if row.pinned else None
-    send_at = row.send_at
-    if send_at is not None and send_at.tzinfo is None:
-        # Read by the driver itself (PostgreSQL's look-ups), not through the model's type.
-        send_at = send_at.replace(tzinfo=UTC)
-    _compare(item, row.recipient, row.body, (bool(row.pinned), line), send_at, "the message")
+    times = (_aware(row.send_at), _aware(row.expires_at))
+    _compare(item, row.recipient, row.body, (bool(row.pinned), line), times, "the message")
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """A stored time read by the driver itself (PostgreSQL's look-ups), not through the
+    model's type, as the aware UTC time it is."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def _compare(
@@ -54,14 +67,15 @@ def _compare(
     to: str,
     body: str,
     line: tuple[bool, str | None],
-    send_at: datetime | None,
+    times: tuple[datetime | None, datetime | None],
     where: str,
 ) -> None:
     """The first field of ``item`` that differs from the first message's, as an error.
 
     A line counts only when the repeat names one: the first message must have named the
     same one. ``send_at`` counts as given: a repeat without it asks for now, which a
-    message waiting for a later time is not (times compare as instants).
+    message waiting for a later time is not (times compare as instants); so does
+    ``expires_at``: a repeat without one asks that the message never expire.
     """
     key = item.idempotency_key
     assert key is not None
@@ -73,8 +87,10 @@ def _compare(
         differs = ("body", body, item.body)
     elif item.line is not None and (not named or item.line != number):
         differs = ("line", number, item.line)
-    elif item.send_at != send_at:
-        differs = ("send_at", send_at, item.send_at)
+    elif item.send_at != times[0]:
+        differs = ("send_at", times[0], item.send_at)
+    elif item.expires_at != times[1]:
+        differs = ("expires_at", times[1], item.expires_at)
     if differs is not None:
         field, first, given = differs
         raise IdempotencyConflict(key, f"{item.where}{field}", first, given, where)

@@ -44,13 +44,26 @@ def create_db_engine(
     def _begin_immediate(connection: Any) -> None:
         # Take the write lock when the transaction starts, not at its first write:
         # a claim then reads exactly what it updates, like FOR UPDATE on PostgreSQL.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A reader (``read_sessions``) takes none: WAL lets it read beside the writer.
+        reading = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+#: An execution option: the transaction only reads, so SQLite need not lock writers out.
+READ_ONLY = "healthgate_read_only"
+
+
+def read_sessions(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that only read: on SQLite they never wait for, nor hold, the write lock
+    (the JSON reads, ``status``, ``explain``), so a long write cannot turn them into
+    errors, nor they make a STOP wait."""
+    return sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
 
 def alembic_config(engine: Engine) -> Config:
