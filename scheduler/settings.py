@@ -16,10 +16,13 @@ from scheduler import constants
 
 #: Shown in place of a URL healthgate cannot read: its password could be anywhere in it.
 UNREADABLE_URL = "(a URL healthgate cannot read; not shown)"
-#: Query parameters that carry a password (``?password=`` works for PostgreSQL and Redis).
-_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pass"})
+#: Words of a query parameter (its name or its value) that carry a secret: ``password``,
+#: ``sslpassword``, ``options=-c password=...``, a token or a key.
+_SECRET_WORDS = ("pass", "secret", "token", "key")
 #: The settings holding a URL: ``repr`` and ``str`` show them with the password masked.
-_URL_FIELDS = frozenset({"database_url", "broker_url", "redis_url", "linq_base_url"})
+_URL_FIELDS = frozenset(
+    {"database_url", "broker_url", "redis_url", "linq_base_url", "d360_base_url"}
+)
 
 
 def masked_url(url: str) -> str:
@@ -39,12 +42,23 @@ def masked_url(url: str) -> str:
         return UNREADABLE_URL
     if "@" in (parsed.host or ""):
         return UNREADABLE_URL
-    secret_keys = _SECRET_QUERY_KEYS.intersection(k.lower() for k in parsed.query)
-    if secret_keys:
+    if any(_secret_query(k, v) for k, v in parsed.query.items()):
         parsed = parsed.set(
-            query={k: "***" if k.lower() in secret_keys else v for k, v in parsed.query.items()}
+            query={k: "***" if _secret_query(k, v) else v for k, v in parsed.query.items()}
         )
+    if parsed.drivername.startswith("redis") and parsed.username and parsed.password is None:
+        # ``redis://secret@host``: older clients read a lone user part as the password.
+        parsed = parsed.set(username="***")
     return parsed.render_as_string(hide_password=True)
+
+
+def _secret_query(key: str, value: str | tuple[str, ...]) -> bool:
+    """A query parameter that holds a secret: ``password``, ``sslpassword``, a token, or
+    ``options`` that set one (``-c password=...``)."""
+    values = value if isinstance(value, tuple) else (value,)
+    return any(word in key.lower() for word in _SECRET_WORDS) or any(
+        word in v.lower() for v in values for word in _SECRET_WORDS
+    )
 
 
 class Settings(BaseSettings):

@@ -117,7 +117,9 @@ def test_run_banner_masks_every_url(
     assert "redis://limits:***@127.0.0.1:6379" in output
 
 
-@pytest.mark.parametrize("field", ["database_url", "broker_url", "redis_url", "linq_base_url"])
+@pytest.mark.parametrize(
+    "field", ["database_url", "broker_url", "redis_url", "linq_base_url", "d360_base_url"]
+)
 def test_repr_and_str_of_settings_mask_the_password(field: str) -> None:
     settings = Settings(**{field: f"redis://user:{PASSWORD}@db.internal:6379/0"})
 
@@ -184,6 +186,19 @@ def test_a_url_that_cannot_be_read_is_an_error_that_does_not_quote_it(
         (
             f"sentinel://:{PASSWORD}@s1:26379;sentinel://:{PASSWORD}@s2:26379",
             "sentinel://:***@s1:26379;sentinel://:***@s2:26379",
+        ),
+        (
+            f"postgresql://app:x@db/hg?sslpassword={PASSWORD}",
+            "postgresql://app:***@db/hg?sslpassword=%2A%2A%2A",
+        ),
+        (
+            f"postgresql://app@db/hg?options=-c%20password%3D{PASSWORD}",
+            "postgresql://app@db/hg?options=%2A%2A%2A",
+        ),
+        (f"redis://{PASSWORD}@cache:6379/0", "redis://%2A%2A%2A@cache:6379/0"),
+        (
+            "postgresql://postgres@db/hg?sslmode=require",
+            "postgresql://postgres@db/hg?sslmode=require",
         ),
         ("sqlite:///.healthgate/healthgate.db", "sqlite:///.healthgate/healthgate.db"),
         ("filesystem://", "filesystem://"),
