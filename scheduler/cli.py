@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from policies.config import load_policy
@@ -23,6 +24,7 @@ from policies.errors import HealthgateError, InvalidInput
 from scheduler import access, runner
 from scheduler.client import Healthgate
 from scheduler.settings import Settings, masked_url
+from scheduler.signals.webhooks.inbox import check_secrets
 from scheduler.store import listing, reports
 
 app = typer.Typer(
@@ -55,7 +57,7 @@ def _client(migrate: bool = True) -> Iterator[Healthgate]:
         finally:
             client.close()
     except HealthgateError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -151,11 +153,13 @@ def web_command() -> None:
 
 
 def _refuse_exposure(settings: Settings) -> None:
-    """Stop, with the setting named, before the web process would face the network unguarded."""
+    """Stop, with the setting named, before the web process would face the network
+    unguarded, or start with a webhook secret no delivery could verify under."""
     try:
         access.check_exposure(settings)
+        check_secrets(settings.linq_webhook_secret)
     except HealthgateError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -220,7 +224,7 @@ def poll(as_json: bool = typer.Option(False, "--json")) -> None:
         summary = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()))
         out.print(f"polled: {summary or 'no provider lines'}")
         for problem in report.errors:
-            err.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     if report.errors:
         raise typer.Exit(1)
 
@@ -319,7 +323,7 @@ def policy_check(
     try:
         policy = load_policy(path)
     except HealthgateError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     out.print(f"ok ({len(policy.lines)} line(s))")
 

@@ -492,3 +492,30 @@ def test_webhook_with_the_database_unreachable_is_503_with_retry_after(
     response = client.post("/webhooks/linq", content=body, headers=headers)
 
     assert (response.status_code, response.headers.get("Retry-After")) == (503, "5")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "whsec_GOODBUTNOTB64!!!",
+        "whsec_GOODBUTNOTB64!!!SECRETVALUE",
+        "   ",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw notbase64SECRETVAL%%",
+    ],
+)
+def test_the_web_command_refuses_a_secret_no_delivery_could_verify_in_one_line(
+    tmp_path: Path, secret: str
+) -> None:
+    # Given a webhook secret that is not strictly base64 (or blank)
+    env = {
+        "HEALTHGATE_DATA_DIR": str(tmp_path / "data"),
+        "HEALTHGATE_POLICY_FILE": str(tmp_path / "healthgate.toml"),
+        "HEALTHGATE_LINQ_WEBHOOK_SECRET": secret,
+    }
+
+    # When the web process is started, Then it stops with one line, exit 2, no secret shown
+    result = CliRunner().invoke(cli_app, ["web"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "HEALTHGATE_LINQ_WEBHOOK_SECRET" in result.output
+    assert "Traceback" not in result.output
+    assert "SECRETVAL" not in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -238,6 +239,13 @@ def _bounded(webhook_id: str) -> str:
     return "sha256:" + hashlib.sha256(webhook_id.encode("utf-8", "replace")).hexdigest()
 
 
+def check_secrets(secret: SecretStr | None) -> None:
+    """Refuse (``InvalidInput`` naming the setting, never a secret) a setting that holds a
+    secret no delivery could verify under; None is no secret: webhooks are refused."""
+    if secret is not None:
+        _verifiers(secret)
+
+
 def _verifiers(secret: SecretStr) -> list[Webhook]:
     """One verifier per secret of the setting (separated by spaces); at least one."""
     secrets = secret.get_secret_value().split()
@@ -246,6 +254,9 @@ def _verifiers(secret: SecretStr) -> list[Webhook]:
     verifiers = []
     for number, value in enumerate(secrets, 1):
         try:
+            # Strictly base64: a lenient decoder skips stray characters, so a mistyped
+            # secret would start and then refuse every delivery.
+            base64.b64decode(value.removeprefix("whsec_"), validate=True)
             verifiers.append(Webhook(value))
         except (EmptyWebhookSecretError, ValueError):
             # The value is a secret: only its place in the list is named.
