@@ -74,7 +74,7 @@ def _time(value: str | None, field: str) -> datetime | None:
 
 
 #: ``30d``, ``12h``, ``90m``, ``45s``: a whole number and its unit.
-_DURATION = re.compile(r"(\d{1,9})([dhms])")
+_DURATION = re.compile(r"([0-9]{1,9})([dhms])")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 #: Past this, ``now - age`` would leave the calendar; no retention is meant that long.
 _LONGEST = timedelta(days=36_500)
@@ -85,6 +85,8 @@ def _duration(value: str, field: str) -> timedelta:
     if found is None:
         raise InvalidInput(field, value, "is not a duration such as 30d, 12h, 90m or 45s")
     age = timedelta(**{_UNITS[found[2]]: int(found[1])})
+    if not age:
+        raise InvalidInput(field, value, "is zero: say how old, such as 30d")
     if age > _LONGEST:
         raise InvalidInput(field, value, "is longer than 100 years")
     return age

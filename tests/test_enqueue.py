@@ -191,3 +191,15 @@ def test_an_enqueue_on_a_named_line_is_explained_from_the_message_itself(hg: Hea
     assert enqueued["action"] == "ENQUEUE"
     assert (enqueued["line"], enqueued["not_before"]) == (LINE_A, send_at.isoformat())
     assert enqueued["at"] == START.isoformat()
+
+
+def test_a_body_too_long_is_named_with_its_first_hundred_characters_and_length(
+    hg: Healthgate,
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        hg.enqueue(to="+14155550123", body="B" * 20_000, line=LINE_A)
+
+    assert raised.value.field == "body"
+    assert str(raised.value) == (
+        f"body='{'B' * 99}… (20,000 characters): is longer than 10000 characters"
+    )

@@ -562,7 +562,12 @@ def test_the_purge_command_purges_and_prints_counts(embedded_cli: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["30", "30x", "d", "-1d", "1.5d", "thirty days", "9999999999d", "36501d"]
+    "value",
+    # ... and digits of other scripts (Arabic-Indic, full width), which \d would take
+    [
+        *("30", "30x", "d", "-1d", "1.5d", "thirty days", "9999999999d", "36501d", "0d"),
+        *("\u0663\u0660d", "\uff13\uff10d"),
+    ],
 )
 def test_the_purge_command_refuses_a_bad_duration_and_changes_nothing(
     embedded_cli: Path, value: str

@@ -102,9 +102,7 @@ def validated(item: NewMessage | Mapping[str, Any], index: int, count: int, now:
         raise InvalidInput(f"{field}body", body, "must be non-empty text")
     storable_text(body, f"{field}body")
     if len(body) > MAX_BODY_CHARS:
-        raise InvalidInput(
-            f"{field}body", body[:20] + "...", f"is longer than {MAX_BODY_CHARS} characters"
-        )
+        raise InvalidInput(f"{field}body", body, f"is longer than {MAX_BODY_CHARS} characters")
     _check_text(key, f"{field}idempotency_key", MAX_KEY_CHARS)
     _check_text(chat_id, f"{field}chat_id", 64)
     if send_at is not None:
