@@ -1,0 +1,103 @@
+"""Messages: enqueue, drain, explain, purge."""
+
+from __future__ import annotations
+
+import typer
+
+from scheduler.cli.base import (
+    app,
+    open_client,
+    out,
+    parse_duration,
+    parse_time,
+    print_json,
+)
+from scheduler.store import reports
+
+
+@app.command()
+def enqueue(
+    to: str = typer.Option(..., help="Recipient, E.164."),
+    body: str = typer.Option(..., help="Message text."),
+    line: str | None = typer.Option(None, help="Sending line, E.164 (default: routed)."),
+    chat_id: str | None = typer.Option(None, help="The provider's chat id, if known."),
+    key: str | None = typer.Option(None, "--idempotency-key", help="Deduplication key."),
+    send_at: str | None = typer.Option(None, help="Not before this ISO 8601 time."),
+    expires_at: str | None = typer.Option(None, help="Drop if not sent by this ISO 8601 time."),
+) -> None:
+    """Enqueue one message and print its id."""
+    with open_client() as client:
+        message_id = client.enqueue(
+            to,
+            body,
+            line,
+            chat_id,
+            key,
+            parse_time(send_at, "send_at"),
+            parse_time(expires_at, "expires_at"),
+        )
+    out.print(message_id, highlight=False)
+
+
+@app.command()
+def drain(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Dispatch everything due now in this process, then exit."""
+    with open_client() as client:
+        report = client.drain()
+    if as_json:
+        print_json(report.counts)
+    else:
+        summary = ", ".join(f"{k.lower()} {v}" for k, v in sorted(report.counts.items()))
+        out.print(f"drained: {summary or 'nothing due'}")
+
+
+@app.command()
+def explain(message_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every decision taken on a message, with time and reason."""
+    with open_client() as client:
+        data = client.explain(message_id)
+    if as_json:
+        print_json(data)
+        return
+    out.print(
+        f"{data['id']} to {data['to']} on {data['line'] or '(no line yet)'}: "
+        f"[bold]{data['state']}[/bold]",
+        highlight=False,
+    )
+    held = data.get("line_health")
+    if held:
+        out.print(
+            f"  held by its line: reputation {held['reputation']} "
+            f"(since {held['reputation_updated_at'] or '-'}), status {held['status']}",
+            highlight=False,
+        )
+        for reason in reports.reasons(held["detail"]):
+            out.print(f"    {reason}", highlight=False, soft_wrap=True)
+    for d in data["decisions"]:
+        until = f" (until {d['not_before']})" if d["not_before"] else ""
+        again = f"; taken {d['repeats']} more time(s), last {d['last_at']}" if d["repeats"] else ""
+        out.print(
+            f"  {d['at']}  {d['action']:<8} {d['code']}: {d['reason']}{until}{again}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@app.command()
+def purge(
+    older_than: str | None = typer.Option(
+        None, help="Age past which to purge, e.g. 30d or 12h (default: HEALTHGATE_RETENTION_DAYS)."
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Empty the bodies of finished messages and of webhook events older than that now;
+    decisions, states and times are kept."""
+    with open_client() as client:
+        age = None if older_than is None else parse_duration(older_than, "--older-than")
+        purged = client.purge(age)
+    if as_json:
+        print_json(purged._asdict())
+    else:
+        out.print(
+            f"purged: {purged.messages} message bodies, {purged.webhook_events} webhook bodies"
+        )

@@ -1,0 +1,97 @@
+"""Setting up and running: init, run, web, db upgrade."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import typer
+from rich.markup import escape
+
+from policies.errors import HealthgateError
+from scheduler import access, runner
+from scheduler.cli.base import (
+    app,
+    db_app,
+    err,
+    open_client,
+    out,
+)
+from scheduler.settings import Settings, masked_url
+from scheduler.signals.webhooks.inbox import check_secrets
+
+
+@app.command()
+def init(
+    force: bool = typer.Option(False, help="Overwrite an existing policy file."),
+) -> None:
+    """Write a commented starter policy file and create the database."""
+    settings = Settings()
+    path = settings.policy_file
+    if path.exists() and not force:
+        err.print(f"[yellow]{path} exists; kept it (use --force to overwrite)[/yellow]")
+    else:
+        path.write_text(files("policies").joinpath("starter.toml").read_text(encoding="utf-8"))
+        out.print(f"wrote {path}")
+    with open_client(migrate=False) as client:
+        client.migrate()
+    out.print(f"database ready: {masked_url(settings.database)}", highlight=False)
+
+
+@app.command()
+def run(
+    concurrency: int = typer.Option(2, min=1, help="Worker processes."),
+    web: bool = typer.Option(True, "--web/--no-web", help="Start the web process too."),
+) -> None:
+    """Start the main job: a Celery worker, beat and the web process, until interrupted."""
+    settings = Settings()
+    if web:
+        refuse_exposure(settings)
+    with open_client() as client:
+        lines = len(client.runtime.policy.lines)
+    limits = masked_url(settings.redis_url) if settings.redis_url else "the database"
+    out.print(
+        f"healthgate: {lines} line(s), database {masked_url(settings.database)}, "
+        f"broker {masked_url(settings.broker)}, caps counted in {limits}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    processes = runner.commands(settings, concurrency)
+    if web:
+        out.print(f"web: http://{settings.web_host}:{settings.web_port}", highlight=False)
+    else:
+        del processes["web"]
+    raise typer.Exit(runner.supervise(processes))
+
+
+@app.command("web")
+def web_command() -> None:
+    """Serve Linq webhooks and read-only JSON (HEALTHGATE_WEB_HOST, HEALTHGATE_WEB_PORT).
+
+    Reads need HEALTHGATE_API_TOKEN, and beyond loopback the process will not start without it.
+    """
+    import uvicorn
+
+    settings = Settings()
+    refuse_exposure(settings)
+    uvicorn.run(
+        "scheduler.web:create_app", factory=True, host=settings.web_host, port=settings.web_port
+    )
+
+
+def refuse_exposure(settings: Settings) -> None:
+    """Stop, with the setting named, before the web process would face the network
+    unguarded, or start with a webhook secret no delivery could verify under."""
+    try:
+        access.check_exposure(settings)
+        check_secrets(settings.linq_webhook_secret)
+    except HealthgateError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema to the newest migration."""
+    with open_client(migrate=False) as client:
+        client.migrate()
+    out.print("schema up to date")
