@@ -8,7 +8,20 @@ import pytest
 import redis
 import sqlalchemy
 
-REDIS_URL = os.environ.get("HEALTHGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_url() -> str:
+    """The test Redis database: 15 by default, and one of its own per pytest-xdist worker
+    (``gw0`` keeps it, ``gw1`` takes the one below...), since tests empty it."""
+    url = os.environ.get("HEALTHGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    base, _, number = url.rpartition("/")
+    return f"{base}/{int(number or 0) - int(worker[2:])}"
+
+
+REDIS_URL = _redis_url()
 POSTGRES_URL = os.environ.get(
     "HEALTHGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
