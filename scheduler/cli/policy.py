@@ -52,7 +52,9 @@ def policy_show(
         print_json({"fingerprint": mark, "policy": normal})
         return
     # The file names environment variables, never keys: nothing here is a secret.
-    out.print(f"# fingerprint {mark}\n{as_toml(normal)}", markup=False, highlight=False)
+    out.print(
+        f"# fingerprint {mark}\n{as_toml(normal)}", markup=False, highlight=False, soft_wrap=True
+    )
 
 
 def as_toml(normal: dict[str, Any]) -> str:
