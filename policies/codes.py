@@ -73,6 +73,8 @@ class Code(StrEnum):
     RELEASE_REPLY = "release_reply"
     #: Released because its line can send, or take new recipients, again.
     RELEASE_LINE = "release_line"
+    #: Released because the policy changed a rule it was held under.
+    RELEASE_POLICY = "release_policy"
     #: A send whose answer was never recorded (its worker died mid-call).
     SEND_UNCONFIRMED = "send_unconfirmed"
 

@@ -125,3 +125,11 @@ LIMITS_KEY_PREFIX = "healthgate:limits:"
 #: A send stays in Redis this long after it happened: the longest cap window (a day).
 #: Each key expires when its own window has passed, so idle lines leave nothing behind.
 LIMITS_DAY_SECONDS = 86_400
+
+#: A worker not seen for this many ticks is shown stale: idle, or gone. Workers record
+#: themselves at most once a tick, and only while they run tasks, so one tick late is
+#: normal; five is not.
+WORKER_STALE_TICKS = 5
+
+#: The name of the row holding the policy last applied to held messages.
+POLICY_APPLIED = "applied"

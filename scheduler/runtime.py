@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from policies.changes import described, diff, fingerprint, normalised
 from policies.config import Policy, load_policy
 from policies.errors import InvalidInput, PolicyFileError
 from scheduler.limits import DatabaseLimiter, Limiter, RedisLimiter
@@ -27,36 +29,67 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Loaded(NamedTuple):
+    """A policy as loaded: its normal form, fingerprint and the file's modification time."""
+
+    policy: Policy
+    normal: dict[str, Any]
+    fingerprint: str
+    #: The file's modification time (ns) when it was read: which of two files is newer.
+    mtime_ns: int
+
+
 @dataclass
 class PolicySource:
     """The policy file, reloaded when it changes so tuning needs no restart.
 
     A file that no longer validates is reported and the last good policy is kept:
-    a typo must not stop dispatch.
+    a typo must not stop dispatch. Each reload is logged with what changed and the new
+    policy's fingerprint.
     """
 
     path: Path
-    _policy: Policy | None = field(default=None, init=False)
+    _loaded: Loaded | None = field(default=None, init=False)
     _stamp: tuple[int, int] | None = field(default=None, init=False)
 
     def current(self) -> Policy:
+        return self.loaded().policy
+
+    def loaded(self) -> Loaded:
+        """The policy in force, with its fingerprint (the file read again if it changed)."""
         try:
             stat = os.stat(self.path)
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
         except OSError:
             stamp = None
-        if self._policy is not None and stamp == self._stamp:
-            return self._policy
+        if self._loaded is not None and stamp == self._stamp:
+            return self._loaded
         try:
             policy = load_policy(self.path)
         except PolicyFileError as exc:
-            if self._policy is None:
+            if self._loaded is None:
                 raise
-            log.error("policy file not reloaded, keeping the previous one: %s", exc)
+            log.error(
+                "policy file not reloaded, keeping the previous one: %s (fingerprint %s kept)",
+                exc,
+                self._loaded.fingerprint,
+            )
             self._stamp = stamp
-            return self._policy
-        self._policy, self._stamp = policy, stamp
-        return policy
+            return self._loaded
+        normal = normalised(policy)
+        loaded = Loaded(policy, normal, fingerprint(normal), stamp[0] if stamp else 0)
+        previous, self._loaded, self._stamp = self._loaded, loaded, stamp
+        if previous is None:
+            log.info("policy loaded from %s: fingerprint %s", self.path, loaded.fingerprint)
+        else:
+            log.info(
+                "policy reloaded from %s: fingerprint %s (was %s); changed: %s",
+                self.path,
+                loaded.fingerprint,
+                previous.fingerprint,
+                described(diff(previous.normal, normal)),
+            )
+        return loaded
 
 
 @dataclass

@@ -91,7 +91,10 @@ def postgres_database() -> Iterator[str]:
     admin.dispose()
 
 
-TABLES = "decisions, messages, consent_facts, opt_outs, chats, lines, webhook_events"
+TABLES = (
+    "decisions, messages, consent_facts, opt_outs, chats, lines, webhook_events, "
+    "policy_state, workers"
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -6,10 +6,10 @@ import logging
 import os
 import sys
 
-from scheduler.cli import messages, policy, setup, signals, status
+from scheduler.cli import messages, policy, setup, signals, status, workers
 from scheduler.cli.base import app
 
-__all__ = ["app", "main", "messages", "policy", "setup", "signals", "status"]
+__all__ = ["app", "main", "messages", "policy", "setup", "signals", "status", "workers"]
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ app = typer.Typer(
     # A crash report must not print local variables: they can hold keys and message bodies.
     pretty_exceptions_show_locals=False,
 )
-policy_app = typer.Typer(help="Check the policy file.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check and show the policy file.", no_args_is_help=True)
 health_app = typer.Typer(help="Set health by hand.", no_args_is_help=True)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")

@@ -1,20 +1,34 @@
-"""The policy file."""
+"""The policy file: check it, and show the policy in force."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import tomli_w
 import typer
 from rich.markup import escape
 
-from policies.config import load_policy
+from policies.changes import fingerprint, normalised
+from policies.config import Policy, load_policy
 from policies.errors import HealthgateError
 from scheduler.cli.base import (
     err,
     out,
     policy_app,
+    print_json,
 )
 from scheduler.settings import Settings
+
+
+def _load(file: Path | None) -> Policy:
+    """The policy of ``file`` (default: the settings' file); a bad one exits 2, named."""
+    path = file or Settings().policy_file
+    try:
+        return load_policy(path)
+    except HealthgateError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @policy_app.command("check")
@@ -22,10 +36,38 @@ def policy_check(
     file: Path | None = typer.Argument(None, help="Default: the settings' file."),
 ) -> None:
     """Validate a policy file: prints ok, or the file, the key and what is wrong."""
-    path = file or Settings().policy_file
-    try:
-        policy = load_policy(path)
-    except HealthgateError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    policy = _load(file)
     out.print(f"ok ({len(policy.lines)} line(s))")
+
+
+@policy_app.command("show")
+def policy_show(
+    file: Path | None = typer.Argument(None, help="Default: the settings' file."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The policy in force, every default filled in, and its fingerprint."""
+    normal = normalised(_load(file))
+    mark = fingerprint(normal)
+    if as_json:
+        print_json({"fingerprint": mark, "policy": normal})
+        return
+    # The file names environment variables, never keys: nothing here is a secret.
+    out.print(
+        f"# fingerprint {mark}\n{as_toml(normal)}", markup=False, highlight=False, soft_wrap=True
+    )
+
+
+def as_toml(normal: dict[str, Any]) -> str:
+    """A normal form as a policy file that loads back to the same policy."""
+    lines = [{"number": number, **_present(config)} for number, config in normal["lines"].items()]
+    sections = {key: _present(value) for key, value in normal.items() if key != "lines"}
+    return tomli_w.dumps({"lines": lines, **sections})
+
+
+def _present(table: dict[str, Any]) -> dict[str, Any]:
+    """``table`` without the keys left unset (TOML has no null)."""
+    return {
+        key: _present(value) if isinstance(value, dict) else value
+        for key, value in table.items()
+        if value is not None
+    }

@@ -359,3 +359,33 @@ class WebhookEvent(Base):
     payload: Mapped[str] = mapped_column(Text)
     #: When retention emptied the body (id, type, outcome and times stay).
     purged_at: Mapped[datetime | None]
+
+
+class PolicyState(Base):
+    """The policy last applied to held messages, so a change releases them once, by
+    whichever worker sees it first."""
+
+    __tablename__ = "policy_state"
+
+    #: One row a kind of state: ``applied``.
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(16))
+    #: The policy's normal form (``policies.changes.normalised``): the next change is
+    #: worked out against it, whichever worker's file it came from.
+    policy: Mapped[dict[str, Any]]
+    #: The policy file's modification time (ns): a worker applies only a newer file, so
+    #: one that has not yet reloaded never undoes a change.
+    file_mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    applied_at: Mapped[datetime]
+    applied_by: Mapped[str] = mapped_column(String(255))
+
+
+class WorkerSeen(Base):
+    """Each worker process, the policy it runs, and when it was last seen."""
+
+    __tablename__ = "workers"
+
+    #: Celery's worker name and the process id (``celery@host/1234``).
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(16))
+    last_seen: Mapped[datetime]
