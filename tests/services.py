@@ -9,7 +9,6 @@ import redis
 import sqlalchemy
 
 
-
 def _redis_url() -> str:
     """The test Redis database: 15 by default, and one of its own per pytest-xdist worker
     (``gw0`` keeps it, ``gw1`` takes the one below...), since tests empty it."""
