@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
 
+from scheduler import metrics
 from scheduler.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,19 @@ def web(settings: Settings) -> list[str]:
     ]
 
 
-def supervise(processes: Mapping[str, Sequence[str]]) -> int:
+def environment(settings: Settings) -> dict[str, str]:
+    """The children's environment: this one, with the folder where every process leaves
+    its ``/metrics`` counts, emptied of an earlier run's (they would add up otherwise)."""
+    folder = metrics.prepare(metrics.directory(settings))
+    return {**os.environ, metrics.MULTIPROC_ENV: str(folder.resolve())}
+
+
+def supervise(processes: Mapping[str, Sequence[str]], env: Mapping[str, str] | None = None) -> int:
     """Run every process until one exits or a signal arrives; stop the rest; return a code."""
-    children = {name: subprocess.Popen(list(argv)) for name, argv in processes.items()}
+    children = {
+        name: subprocess.Popen(list(argv), env=None if env is None else dict(env))
+        for name, argv in processes.items()
+    }
     stopping = False
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

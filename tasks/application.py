@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_shutdown
 
-from scheduler import constants
+from scheduler import constants, metrics
 from scheduler.client import Healthgate
 from scheduler.files import private_dir
 from scheduler.runtime import Runtime
@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     @worker_process_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
         holder.close()
+        # A prefork child leaves its counts in the multiprocess folder; its live gauges go.
+        metrics.process_exited(os.getpid())
 
     return app
 

@@ -60,7 +60,7 @@ def run(
         out.print(f"web: http://{settings.web_host}:{settings.web_port}", highlight=False)
     else:
         del processes["web"]
-    raise typer.Exit(runner.supervise(processes))
+    raise typer.Exit(runner.supervise(processes, runner.environment(settings)))
 
 
 @app.command("web")

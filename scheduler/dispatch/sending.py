@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from policies.codes import Code
 from policies.outcome import Failure, after_failure
 from policies.statuses import Action
-from scheduler import constants
+from scheduler import constants, metrics
 from scheduler.dispatch.answers import BatchAnswers
 from scheduler.dispatch.report import Report
 from scheduler.providers import Outbound, SendFailed, Sent
@@ -32,6 +32,8 @@ class Send(NamedTuple):
     provider: str
     line_id: int
     outbound: Outbound
+    #: When the message was enqueued: its send's latency is measured from here.
+    enqueued_at: datetime
 
     @classmethod
     def of(cls, message: Message, line: Line, chat: Chat) -> Send:
@@ -44,7 +46,7 @@ class Send(NamedTuple):
             idempotency_key=message.id,
             provider_chat_id=chat.provider_chat_id,
         )
-        return cls(line.provider, line.id, outbound)
+        return cls(line.provider, line.id, outbound, message.created_at)
 
 
 class Accepted(NamedTuple):
@@ -90,8 +92,9 @@ def _call(runtime: Runtime, send: Send, report: Report, answers: BatchAnswers) -
         record_failure(runtime, outbound, earlier, report)
         return None
     try:
-        return runtime.providers.get(send.provider).send(outbound)
+        sent = runtime.providers.get(send.provider).send(outbound)
     except SendFailed as failure:
+        _count_error(send, failure)
         answers.note(send.line_id, outbound, failure)
         record_failure(runtime, outbound, failure, report)
     except Exception as exc:
@@ -99,8 +102,18 @@ def _call(runtime: Runtime, send: Send, report: Report, answers: BatchAnswers) -
         # SENDING for ever: retry it with the same idempotency key.
         log.exception("provider %s failed on %s", send.provider, outbound.message_id)
         crashed = SendFailed(Failure.TRANSIENT, f"provider error: {type(exc).__name__}")
+        _count_error(send, crashed)
         record_failure(runtime, outbound, crashed, report)
+    else:
+        metrics.SENDS.labels(line=outbound.line, provider=send.provider).inc()
+        return sent
     return None
+
+
+def _count_error(send: Send, failure: SendFailed) -> None:
+    metrics.PROVIDER_ERRORS.labels(
+        line=send.outbound.line, provider=send.provider, failure=failure.failure.value
+    ).inc()
 
 
 def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) -> None:
@@ -163,6 +176,8 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
             ],
         )
     report.add(Action.SENT, len(moving))
+    for a in moving:
+        metrics.SEND_LATENCY.observe(max(0.0, (now - a.send.enqueued_at).total_seconds()))
     for a in accepted:
         if a.send.outbound.message_id not in sending:
             # Someone else settled the message meanwhile (a reconciler); the send stands.

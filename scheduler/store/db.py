@@ -13,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from policies.errors import InvalidInput
-from scheduler import constants
+from scheduler import constants, metrics
 from scheduler.files import private_dir, private_file, tighten_if_present
 from scheduler.settings import Settings, masked_url
 
@@ -28,8 +28,11 @@ def create_db_engine(
     On SQLite a writer waits ``busy_timeout`` seconds for the write lock, then fails.
     """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, future=True)
+        engine = create_engine(url, pool_pre_ping=True, future=True)
+        metrics.watch(engine)
+        return engine
     engine = create_engine(url, connect_args={"timeout": busy_timeout, "isolation_level": None})
+    metrics.watch(engine)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -125,6 +125,12 @@ class Line(Base):
     created_at: Mapped[datetime]
 
 
+#: Messages not finished, as SQL: ``/metrics`` counts them by state and line.
+OPEN_SQL = "state IN ('queued', 'throttled', 'deferred', 'claimed', 'sending', 'needs_review')"
+#: Chats not HEALTHY, as SQL: ``/metrics`` counts them by line.
+UNHEALTHY_CHAT_SQL = "health <> 'HEALTHY' OR opted_out_at IS NOT NULL"
+
+
 class Chat(Base):
     """The conversation between one line and one recipient."""
 
@@ -132,6 +138,16 @@ class Chat(Base):
     __table_args__ = (
         UniqueConstraint("line_id", "recipient", name="uq_chats_line_recipient"),
         Index("ix_chats_recipient", "recipient"),
+        # ``/metrics``: each line's chats that are not HEALTHY, counted without reading
+        # the healthy ones, which are nearly all of them.
+        Index(
+            "ix_chats_unhealthy_line",
+            "line_id",
+            "health",
+            "opted_out_at",
+            postgresql_where=text(UNHEALTHY_CHAT_SQL),
+            sqlite_where=text(UNHEALTHY_CHAT_SQL),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -267,6 +283,15 @@ class Message(Base):
             "dispatched_at",
             postgresql_where=text(DISPATCHED_SQL),
             sqlite_where=text(DISPATCHED_SQL),
+        ),
+        # ``/metrics``: the queue's depth by state and line, read from this index alone
+        # (finished messages, nearly all of the table, are not in it).
+        Index(
+            "ix_messages_open_state_line",
+            "state",
+            "line_id",
+            postgresql_where=text(OPEN_SQL),
+            sqlite_where=text(OPEN_SQL),
         ),
         # Retention: finished messages whose body is kept, by when they finished. A
         # purged message leaves it, so each purge batch reads only what it empties.

@@ -20,6 +20,7 @@ from policies.codes import Code
 from policies.decision import Decision
 from policies.errors import HealthgateError
 from policies.statuses import Action
+from scheduler import metrics
 from scheduler.store.bulk import columns_of, insert_columns, update_rows
 from scheduler.store.models import (
     WAITING_STATES,
@@ -242,9 +243,10 @@ def read_decisions(session: Session, message_id: str) -> list[DecisionRow]:
 
 
 def write_decisions(connection: Connection, rows: Sequence[DecisionRow]) -> None:
-    """Insert ``rows`` in one statement."""
+    """Insert ``rows`` in one statement; each is counted in ``/metrics`` at commit."""
     if rows:
         insert_columns(connection, _DECISIONS, columns_of(DecisionRow._fields, rows), {})
+        metrics.count_decisions(connection, ((r.action, r.code, r.line) for r in rows))
 
 
 #: The latest record of one code on one message, counted once more.
@@ -283,6 +285,8 @@ def count_repeats(connection: Connection, rows: Sequence[DecisionRow]) -> None:
                 for row in rows
             ],
         )
+        # Taken again, so counted again: ``/metrics`` counts decisions, not records.
+        metrics.count_decisions(connection, ((r.action, r.code, r.line) for r in rows))
 
 
 def apply(

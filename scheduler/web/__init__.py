@@ -22,6 +22,7 @@ from scheduler.client import Healthgate
 from scheduler.runtime import Runtime
 from scheduler.settings import Settings
 from scheduler.signals.webhooks.inbox import LinqInbox
+from scheduler.web.metrics import metrics_routes
 from scheduler.web.ops import docs_routes, ops_routes
 from scheduler.web.reads import read_routes
 from scheduler.web.webhooks import webhook_routes
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     webhook_routes(app, inbox)
     ops_routes(app, runtime)
+    metrics_routes(app, runtime, settings)
     # Every other route goes on this router, before it is included: it takes the API
     # token (``/metrics`` takes ``access.metrics_guard`` instead).
     reads = APIRouter(dependencies=[Depends(access.api_guard(settings))])

@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookV
 from policies.config import Policy
 from policies.errors import InvalidInput, shown
 from policies.signals import not_ahead
-from scheduler import constants
+from scheduler import constants, metrics
 from scheduler.runtime import Runtime, utcnow
 from scheduler.signals import consent, health
 from scheduler.signals.webhooks.linq import (
@@ -74,6 +74,11 @@ class LinqInbox:
 
     def receive(self, body: bytes, headers: Mapping[str, str]) -> Receipt:
         """Answer one delivery; only a verified body is read, and only once per event id."""
+        receipt = self._receive(body, headers)
+        metrics.WEBHOOKS.labels(source=SOURCE, outcome=_outcome(receipt)).inc()
+        return receipt
+
+    def _receive(self, body: bytes, headers: Mapping[str, str]) -> Receipt:
         if not self.verifiers:
             return Receipt(503, {"error": f"{SECRET_SETTING} is not set: webhooks are refused"})
         refusal = _verify(self.verifiers, body, headers)
@@ -143,6 +148,16 @@ class LinqInbox:
         if error is not None:
             return Receipt(400 if error.field == "body" else 422, _refusal(error))
         return Receipt(200, {"outcome": outcome, "detail": row.detail})
+
+
+def _outcome(receipt: Receipt) -> str:
+    """The outcome of a delivery as counted: an event's, or why none was read."""
+    recorded = receipt.body.get("outcome")
+    if recorded is not None:
+        return str(recorded)
+    # Refused before the body was read: not signed with our secret, or no secret or a
+    # busy database (the provider delivers again).
+    return "unverified" if receipt.status_code == 401 else "unavailable"
 
 
 def apply(
