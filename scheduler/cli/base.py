@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -42,6 +42,26 @@ class LineState(StrEnum):
     ACTIVE = LineStatus.ACTIVE.value
     #: Status: the provider has flagged the line.
     FLAGGED = LineStatus.FLAGGED.value
+
+
+def choice(kind: type[StrEnum]) -> Callable[[str], str]:
+    """The parser of an argument that takes one of ``kind``: a value in any case is that
+    value; anything else is passed on as written, for the command to refuse in one line
+    naming the field (and showing at most the first 100 characters of the value)."""
+
+    def parse(value: str) -> str:
+        for member in kind:
+            if value.casefold() == member.value.casefold():
+                return member.value
+        return value
+
+    return parse
+
+
+def choices(kind: type[StrEnum]) -> str:
+    """``HEALTHY, AT_RISK or CRITICAL``: the values an argument takes, for its help."""
+    *first, last = (member.value for member in kind)
+    return f"{', '.join(first)} or {last}" if first else last
 
 
 class EventOutcome(StrEnum):

@@ -6,12 +6,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from policies.errors import InvalidInput
 from policies.statuses import ChatHealth
 from scheduler.cli.base import (
     EventOutcome,
     LineState,
     app,
     cells,
+    choice,
+    choices,
     err,
     health_app,
     open_client,
@@ -24,8 +27,11 @@ from scheduler.store import listing
 
 @app.command()
 def events(
-    outcome: EventOutcome | None = typer.Option(
-        None, case_sensitive=False, help="Only the events with this outcome."
+    outcome: str | None = typer.Option(
+        None,
+        parser=choice(EventOutcome),
+        metavar="OUTCOME",
+        help=f"Only the events with this outcome: {choices(EventOutcome)}, in any case.",
     ),
     limit: int = typer.Option(20, min=1, max=1000, help="At most this many events."),
     as_json: bool = typer.Option(
@@ -34,8 +40,9 @@ def events(
 ) -> None:
     """Webhook events received, newest first, with what became of each and why."""
     with open_client() as client, client.runtime.reads() as session:
-        wanted = None if outcome is None else outcome.value
-        data = listing.events(session, wanted, limit, with_payload=as_json)
+        if outcome is not None and outcome not in set(EventOutcome):
+            raise InvalidInput("outcome", outcome, "is not one of applied, ignored, rejected")
+        data = listing.events(session, outcome, limit, with_payload=as_json)
     if as_json:
         print_json(data)
         return
@@ -82,24 +89,30 @@ def inbound(
 def health_chat(
     line: str = typer.Argument(..., help="The chat's line, E.164."),
     recipient: str = typer.Argument(..., help="The chat's recipient, E.164."),
-    status: ChatHealth = typer.Argument(..., case_sensitive=False, help="The chat's health."),
+    status: str = typer.Argument(
+        ...,
+        parser=choice(ChatHealth),
+        metavar="STATUS",
+        help=f"The chat's health: {choices(ChatHealth)}, in any case.",
+    ),
 ) -> None:
     """Set a chat's health: HEALTHY, AT_RISK, CRITICAL or OPTED_OUT."""
     with open_client() as client:
-        client.set_chat_health(line, recipient, status.value)
-    out.print(f"chat {line} → {recipient}: {status.value}", markup=False, highlight=False)
+        client.set_chat_health(line, recipient, status)
+    out.print(f"chat {line} → {recipient}: {status}", markup=False, highlight=False)
 
 
 @health_app.command("line")
 def health_line(
     line: str = typer.Argument(..., help="The line, E.164."),
-    status: LineState = typer.Argument(
+    status: str = typer.Argument(
         ...,
-        case_sensitive=False,
-        help="A reputation, or a status at the provider (OPTED_OUT is a chat's: see health chat).",
+        parser=choice(LineState),
+        metavar="STATUS",
+        help=f"A reputation, or a status at the provider: {choices(LineState)}, in any case.",
     ),
 ) -> None:
     """Set a line's reputation (HEALTHY, AT_RISK, CRITICAL) or status (ACTIVE, FLAGGED)."""
     with open_client() as client:
-        client.set_line_health(line, status.value)
-    out.print(f"line {line}: {status.value}", markup=False, highlight=False)
+        client.set_line_health(line, status)
+    out.print(f"line {line}: {status}", markup=False, highlight=False)
