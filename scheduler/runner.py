@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
+from typing import IO
 
 from scheduler import metrics
 from scheduler.settings import Settings
@@ -52,12 +54,51 @@ def environment(settings: Settings) -> dict[str, str]:
     return {**os.environ, metrics.MULTIPROC_ENV: str(folder.resolve())}
 
 
-def supervise(processes: Mapping[str, Sequence[str]], env: Mapping[str, str] | None = None) -> int:
-    """Run every process until one exits or a signal arrives; stop the rest; return a code."""
-    children = {
-        name: subprocess.Popen(list(argv), env=None if env is None else dict(env))
-        for name, argv in processes.items()
-    }
+def prefixed(name: str, width: int, line: str) -> str:
+    """``worker | line``: one line of a process's output, its name padded to ``width`` so
+    the bars of every process line up (as honcho and foreman print them)."""
+    return f"{name:<{width}} | {line.rstrip()}\n"
+
+
+def _relay(name: str, width: int, source: IO[bytes], output: IO[str], lock: threading.Lock) -> None:
+    """Copy a child's output line by line, each line prefixed, until the child closes it."""
+    with source:
+        for raw in source:
+            text = prefixed(name, width, raw.decode("utf-8", errors="replace"))
+            with lock:
+                output.write(text)
+                output.flush()
+
+
+def supervise(
+    processes: Mapping[str, Sequence[str]],
+    env: Mapping[str, str] | None = None,
+    output: IO[str] | None = None,
+) -> int:
+    """Run every process until one exits or a signal arrives; stop the rest; return a code.
+
+    The processes get ``env`` (this process's environment by default). Each process's
+    output and errors are printed to ``output`` (stdout by default), every line prefixed
+    with its process's name.
+    """
+    output = output or sys.stdout
+    width = max((len(name) for name in processes), default=0)
+    # Python children write each line as it comes, not a buffer's worth at a time.
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    lock = threading.Lock()
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    relays: list[threading.Thread] = []
+    for name, argv in processes.items():
+        child = subprocess.Popen(
+            list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+        children[name] = child
+        assert child.stdout is not None
+        relay = threading.Thread(
+            target=_relay, args=(name, width, child.stdout, output, lock), daemon=True
+        )
+        relay.start()
+        relays.append(relay)
     stopping = False
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -79,6 +120,9 @@ def supervise(processes: Mapping[str, Sequence[str]], env: Mapping[str, str] | N
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _terminate(children.values())
+        for relay in relays:
+            # Each child has exited: what it wrote last is still to be printed.
+            relay.join(timeout=STOP_GRACE_SECONDS)
     return code
 
 

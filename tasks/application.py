@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import after_setup_logger, worker_process_shutdown
 
 from scheduler import constants, metrics
 from scheduler.client import Healthgate
@@ -15,6 +15,7 @@ from scheduler.files import private_dir
 from scheduler.runtime import Runtime
 from scheduler.settings import Settings, masked_url
 from tasks.dispatch import register
+from tasks.logs import quiet
 from tasks.poll import register_poll
 from tasks.retention import register_purge
 
@@ -51,13 +52,17 @@ class RuntimeHolder:
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app for ``settings`` (from the environment when not given)."""
     settings = settings or Settings()
-    app = Celery("healthgate", broker=settings.broker, set_as_current=False)
+    app = Celery("healthgate", broker=_broker_url(settings.broker), set_as_current=False)
     app.conf.update(_config(settings))
     log.info("healthgate tasks: broker %s", masked_url(settings.broker))
     holder = RuntimeHolder(settings)
     register(app, holder.get, settings)
     register_poll(app, holder.get)
     register_purge(app, holder.get)
+
+    # The worker and beat set up logging when they start: leave out the lines that say
+    # nothing happened (see ``tasks.logs``).
+    after_setup_logger.connect(quiet, weak=False)
 
     @worker_process_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
@@ -66,6 +71,12 @@ def create_app(settings: Settings | None = None) -> Celery:
         metrics.process_exited(os.getpid())
 
     return app
+
+
+def _broker_url(url: str) -> str:
+    """The folder broker with its host named: kombu warns at every start, in the worker
+    and in beat, that ``filesystem://`` supplied none (it is never used)."""
+    return "filesystem://localhost/" if url == "filesystem://" else url
 
 
 def _config(settings: Settings) -> dict[str, Any]:

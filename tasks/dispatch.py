@@ -7,6 +7,7 @@ tick's period; the tick starts that, and picks up what comes due later.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
 from scheduler.store.lines import sync_lines
 from scheduler.store.policy_state import record_worker
+from tasks.logs import summary
+
+log = logging.getLogger(__name__)
 
 
 def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) -> None:
@@ -41,10 +45,15 @@ def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) ->
                     session, worker_name(task), current.policies.loaded().fingerprint, now
                 )
         counts = dispatch_claimed(current, Claim(token, ids)).counts
+        following = 0
         if len(ids) >= settings.dispatch_batch:
-            following = claim_due(current, utcnow(), settings.dispatch_batch)
-            if following.ids:
-                dispatch.apply_async(args=(following.token, following.ids))
+            claim = claim_due(current, utcnow(), settings.dispatch_batch)
+            if claim.ids:
+                dispatch.apply_async(args=(claim.token, claim.ids))
+            following = len(claim.ids)
+        done = summary({**counts, "claimed next": following})
+        if done:
+            log.info("dispatch: %s", done)
         return counts
 
     @app.task(name=constants.TICK_TASK, ignore_result=True, shared=False, bind=True)
@@ -65,7 +74,11 @@ def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) ->
         for start in range(0, len(claim.ids), size):
             dispatch.apply_async(args=(claim.token, claim.ids[start : start + size]))
         # Sends a dead worker never confirmed: resent with the same key, or flagged.
-        reconcile(current, now, size)
+        reconciled = reconcile(current, now, size)
+        # Every two seconds: a line only when there was something to do.
+        done = summary({"claimed": len(claim.ids), **reconciled.counts})
+        if done:
+            log.info("tick: %s", done)
         return len(claim.ids)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from celery import Celery
@@ -9,6 +10,9 @@ from celery import Celery
 from scheduler import constants
 from scheduler.client import Healthgate
 from scheduler.runtime import Runtime
+from tasks.logs import summary
+
+log = logging.getLogger(__name__)
 
 
 def register_purge(app: Celery, runtime: Callable[[], Runtime]) -> None:
@@ -18,4 +22,8 @@ def register_purge(app: Celery, runtime: Callable[[], Runtime]) -> None:
     @app.task(name=constants.PURGE_TASK, ignore_result=True, shared=False)
     def purge() -> dict[str, int]:
         """Empty the bodies older than ``HEALTHGATE_RETENTION_DAYS``."""
-        return Healthgate(runtime=runtime()).purge()._asdict()
+        purged = Healthgate(runtime=runtime()).purge()._asdict()
+        done = summary({f"{name} bodies": n for name, n in purged.items()})
+        if done:
+            log.info("purge: %s", done)
+        return purged

@@ -1,27 +1,108 @@
-"""What every command shares: the Typer apps, the consoles, a client per command, and
-the parsing of times and durations."""
+"""What every command shares: the Typer apps, the consoles, a client per command, one-line
+errors, and the parsing of times and durations."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from typer import _click
+from typer.core import TyperGroup
 
 from policies.errors import HealthgateError, InvalidInput
+from policies.statuses import LineReputation, LineStatus
 from scheduler.client import Healthgate
-from scheduler.settings import Settings
+from scheduler.settings import Settings, masked_url
+
+
+class LineState(StrEnum):
+    """What ``health line`` sets: a line's reputation or its status at the provider."""
+
+    #: Reputation: good standing.
+    HEALTHY = LineReputation.HEALTHY.value
+    #: Reputation: run at a fraction of the caps.
+    AT_RISK = LineReputation.AT_RISK.value
+    #: Reputation: pause the line.
+    CRITICAL = LineReputation.CRITICAL.value
+    #: Status: the provider lets the line send.
+    ACTIVE = LineStatus.ACTIVE.value
+    #: Status: the provider has flagged the line.
+    FLAGGED = LineStatus.FLAGGED.value
+
+
+def choice(kind: type[StrEnum]) -> Callable[[str], str]:
+    """The parser of an argument that takes one of ``kind``: a value in any case is that
+    value; anything else is passed on as written, for the command to refuse in one line
+    naming the field (and showing at most the first 100 characters of the value)."""
+
+    def parse(value: str) -> str:
+        for member in kind:
+            if value.casefold() == member.value.casefold():
+                return member.value
+        return value
+
+    return parse
+
+
+def choices(kind: type[StrEnum]) -> str:
+    """``HEALTHY, AT_RISK or CRITICAL``: the values an argument takes, for its help."""
+    *first, last = (member.value for member in kind)
+    return f"{', '.join(first)} or {last}" if first else last
+
+
+class EventOutcome(StrEnum):
+    """What became of a webhook event, as ``events --outcome`` filters it."""
+
+    #: It changed what healthgate knows.
+    applied = "applied"
+    #: Older than what was known, or nothing to do.
+    ignored = "ignored"
+    #: Refused: a bad signature or an unreadable body.
+    rejected = "rejected"
+
+
+#: ``-h`` as well as ``--help`` on every command; subcommands inherit it from the root.
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+
+class Commands(TyperGroup):
+    """The root group: what the environment refuses (a folder that cannot be written, a
+    database or Redis that cannot be reached) ends the command in one line, exit code 2,
+    never in a traceback that could quote a URL's password."""
+
+    def invoke(self, ctx: _click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HealthgateError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(_file_problem(exc))
+        except DBAPIError as exc:
+            fail(_service_problem("the database", _setting("database"), exc.orig or exc))
+        except RedisError as exc:
+            fail(_service_problem("Redis", _setting("redis_url"), exc))
+
 
 app = typer.Typer(
+    cls=Commands,
     help="Outbound send scheduler gated on chat health and line reputation.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings=CONTEXT_SETTINGS,
     # A crash report must not print local variables: they can hold keys and message bodies.
     pretty_exceptions_show_locals=False,
 )
@@ -36,6 +117,92 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        try:
+            installed = version("healthgate")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            installed = "(not installed)"
+        out.print(f"healthgate {installed}", highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_show_version,
+        is_eager=True,
+        help="Print the installed version and exit.",
+    ),
+) -> None:
+    """Outbound send scheduler gated on chat health and line reputation."""
+
+
+def fail(message: str) -> NoReturn:
+    """End the command with ``error: message`` on one line of stderr, exit code 2.
+
+    The message is printed as text, never as Rich markup: it quotes what users, providers
+    and webhooks wrote.
+    """
+    err.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined: an error is one line, whatever a driver wrote."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _setting(name: str) -> str | None:
+    """A URL setting, or None when the settings themselves cannot be read."""
+    try:
+        value: str | None = getattr(Settings(), name)
+    except Exception:  # the settings' own error was reported where it was raised
+        return None
+    return value
+
+
+def _file_problem(exc: OSError) -> str:
+    """``path: what is wrong``, and the setting that points there when one does."""
+    path = exc.filename
+    problem = exc.strerror or type(exc).__name__
+    if path is None:
+        return problem
+    named = f"{path}: {problem}"
+    try:
+        settings = Settings()
+    except Exception:
+        return named
+    failed = Path(str(path)).absolute()
+    for setting, where in (
+        ("HEALTHGATE_POLICY_FILE", settings.policy_file),
+        ("HEALTHGATE_DATA_DIR", settings.data_dir),
+        ("HEALTHGATE_SEND_LOG", settings.send_log_path),
+    ):
+        target = where.absolute()
+        if failed == target or failed in target.parents:
+            return f"{named} ({setting} is {where})"
+    return named
+
+
+def _service_problem(service: str, url: str | None, exc: BaseException) -> str:
+    """``cannot use the database <masked URL>: <the driver's first line>``, with the
+    URL's password removed from the driver's words too."""
+    detail = one_line(str(exc)) or type(exc).__name__
+    where = ""
+    if url:
+        where = f" {masked_url(url)}"
+        try:
+            password = make_url(url).password
+        except Exception:
+            password = None
+        if password:
+            detail = detail.replace(str(password), "***")
+    return f"cannot use {service}{where}: {detail}"
+
+
 @contextmanager
 def open_client(migrate: bool = True) -> Iterator[Healthgate]:
     """A client for this command; every deliberate error becomes one line and exit code 2."""
@@ -48,8 +215,7 @@ def open_client(migrate: bool = True) -> Iterator[Healthgate]:
         finally:
             client.close()
     except HealthgateError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
 def parse_time(value: str | None, field: str) -> datetime | None:
@@ -81,6 +247,12 @@ def parse_duration(value: str, field: str) -> timedelta:
     if age > _LONGEST:
         raise InvalidInput(field, value, "is longer than 100 years")
     return age
+
+
+def cells(*values: object) -> list[Text]:
+    """Table cells shown as they are: a Rich ``Table`` reads plain strings as markup, and
+    ids, details and reasons come from users, providers and webhooks. None shows as ``-``."""
+    return [Text("-" if value is None else str(value)) for value in values]
 
 
 def print_json(data: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from scheduler.cli.base import (
     app,
@@ -36,11 +37,13 @@ def enqueue(
             parse_time(send_at, "send_at"),
             parse_time(expires_at, "expires_at"),
         )
-    out.print(message_id, highlight=False)
+    out.print(message_id, markup=False, highlight=False)
 
 
 @app.command()
-def drain(as_json: bool = typer.Option(False, "--json")) -> None:
+def drain(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON counts instead of a summary."),
+) -> None:
     """Dispatch everything due now in this process, then exit."""
     with open_client() as client:
         report = client.drain()
@@ -52,7 +55,10 @@ def drain(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
-def explain(message_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def explain(
+    message_id: str = typer.Argument(..., help="The message's id, as enqueue printed it."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
     """Every decision taken on a message, with time and reason."""
     with open_client() as client:
         data = client.explain(message_id)
@@ -60,8 +66,8 @@ def explain(message_id: str, as_json: bool = typer.Option(False, "--json")) -> N
         print_json(data)
         return
     out.print(
-        f"{data['id']} to {data['to']} on {data['line'] or '(no line yet)'}: "
-        f"[bold]{data['state']}[/bold]",
+        f"{escape(data['id'])} to {escape(data['to'])} on "
+        f"{escape(data['line'] or '(no line yet)')}: [bold]{escape(data['state'])}[/bold]",
         highlight=False,
     )
     held = data.get("line_health")
@@ -69,15 +75,17 @@ def explain(message_id: str, as_json: bool = typer.Option(False, "--json")) -> N
         out.print(
             f"  held by its line: reputation {held['reputation']} "
             f"(since {held['reputation_updated_at'] or '-'}), status {held['status']}",
+            markup=False,
             highlight=False,
         )
         for reason in reports.reasons(held["detail"]):
-            out.print(f"    {reason}", highlight=False, soft_wrap=True)
+            out.print(f"    {reason}", markup=False, highlight=False, soft_wrap=True)
     for d in data["decisions"]:
         until = f" (until {d['not_before']})" if d["not_before"] else ""
         again = f"; taken {d['repeats']} more time(s), last {d['last_at']}" if d["repeats"] else ""
         out.print(
             f"  {d['at']}  {d['action']:<8} {d['code']}: {d['reason']}{until}{again}",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )
@@ -88,7 +96,7 @@ def purge(
     older_than: str | None = typer.Option(
         None, help="Age past which to purge, e.g. 30d or 12h (default: HEALTHGATE_RETENTION_DAYS)."
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON counts instead of a summary."),
 ) -> None:
     """Empty the bodies of finished messages and of webhook events older than that now;
     decisions, states and times are kept."""

@@ -7,13 +7,10 @@ from typing import Any
 
 import tomli_w
 import typer
-from rich.markup import escape
 
 from policies.changes import fingerprint, normalised
 from policies.config import Policy, load_policy
-from policies.errors import HealthgateError
 from scheduler.cli.base import (
-    err,
     out,
     policy_app,
     print_json,
@@ -22,18 +19,16 @@ from scheduler.settings import Settings
 
 
 def _load(file: Path | None) -> Policy:
-    """The policy of ``file`` (default: the settings' file); a bad one exits 2, named."""
-    path = file or Settings().policy_file
-    try:
-        return load_policy(path)
-    except HealthgateError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    """The policy of ``file`` (default: the settings' file). A file that does not validate
+    is named, with its key, in one line and exit 2 (``base.Commands``)."""
+    return load_policy(file or Settings().policy_file)
 
 
 @policy_app.command("check")
 def policy_check(
-    file: Path | None = typer.Argument(None, help="Default: the settings' file."),
+    file: Path | None = typer.Argument(
+        None, help="The policy file to check (default: HEALTHGATE_POLICY_FILE)."
+    ),
 ) -> None:
     """Validate a policy file: prints ok, or the file, the key and what is wrong."""
     policy = _load(file)
@@ -42,8 +37,10 @@ def policy_check(
 
 @policy_app.command("show")
 def policy_show(
-    file: Path | None = typer.Argument(None, help="Default: the settings' file."),
-    as_json: bool = typer.Option(False, "--json"),
+    file: Path | None = typer.Argument(
+        None, help="The policy file to show (default: HEALTHGATE_POLICY_FILE)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of TOML."),
 ) -> None:
     """The policy in force, every default filled in, and its fingerprint."""
     normal = normalised(_load(file))

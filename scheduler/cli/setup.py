@@ -13,6 +13,7 @@ from scheduler.cli.base import (
     app,
     db_app,
     err,
+    fail,
     open_client,
     out,
 )
@@ -28,10 +29,12 @@ def init(
     settings = Settings()
     path = settings.policy_file
     if path.exists() and not force:
-        err.print(f"[yellow]{path} exists; kept it (use --force to overwrite)[/yellow]")
+        err.print(
+            f"[yellow]{escape(str(path))} exists; kept it (use --force to overwrite)[/yellow]"
+        )
     else:
         path.write_text(files("policies").joinpath("starter.toml").read_text(encoding="utf-8"))
-        out.print(f"wrote {path}")
+        out.print(f"wrote {path}", markup=False)
     with open_client(migrate=False) as client:
         client.migrate()
     out.print(f"database ready: {masked_url(settings.database)}", highlight=False)
@@ -85,8 +88,7 @@ def refuse_exposure(settings: Settings) -> None:
         access.check_exposure(settings)
         check_secrets(settings.linq_webhook_secret)
     except HealthgateError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
 @db_app.command("upgrade")

@@ -7,8 +7,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from policies.errors import InvalidInput
+from policies.statuses import ChatHealth
 from scheduler.cli.base import (
+    EventOutcome,
+    LineState,
     app,
+    cells,
+    choice,
+    choices,
     err,
     health_app,
     open_client,
@@ -21,13 +27,20 @@ from scheduler.store import listing
 
 @app.command()
 def events(
-    outcome: str | None = typer.Option(None, help="applied, ignored or rejected."),
-    limit: int = typer.Option(20, min=1, max=1000),
-    as_json: bool = typer.Option(False, "--json", help="Include each event's payload."),
+    outcome: str | None = typer.Option(
+        None,
+        parser=choice(EventOutcome),
+        metavar="OUTCOME",
+        help=f"Only the events with this outcome: {choices(EventOutcome)}, in any case.",
+    ),
+    limit: int = typer.Option(20, min=1, max=1000, help="At most this many events."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON, with each event's payload, instead of a table."
+    ),
 ) -> None:
     """Webhook events received, newest first, with what became of each and why."""
     with open_client() as client, client.runtime.reads() as session:
-        if outcome not in (None, "applied", "ignored", "rejected"):
+        if outcome is not None and outcome not in set(EventOutcome):
             raise InvalidInput("outcome", outcome, "is not one of applied, ignored, rejected")
         data = listing.events(session, outcome, limit, with_payload=as_json)
     if as_json:
@@ -35,12 +48,14 @@ def events(
         return
     table = Table("received", "event", "type", "outcome", "detail", title="webhook events")
     for e in data:
-        table.add_row(e["received_at"], e["id"], e["event_type"] or "", e["outcome"], e["detail"])
+        table.add_row(*cells(e["received_at"], e["id"], e["event_type"], e["outcome"], e["detail"]))
     out.print(table)
 
 
 @app.command()
-def poll(as_json: bool = typer.Option(False, "--json")) -> None:
+def poll(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
+) -> None:
     """Ask every provider once how the lines stand, apply what changed, then exit."""
     with open_client() as client:
         report = client.poll()
@@ -57,28 +72,47 @@ def poll(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command()
 def inbound(
-    line: str,
-    recipient: str,
-    text: str,
-    at: str | None = typer.Option(None, help="When the recipient sent it (ISO 8601); now."),
+    line: str = typer.Argument(..., help="The line it was sent to, E.164."),
+    recipient: str = typer.Argument(..., help="Who sent it, E.164."),
+    text: str = typer.Argument(..., help="What they wrote."),
+    at: str | None = typer.Option(
+        None, help="When the recipient sent it (ISO 8601; default: now)."
+    ),
 ) -> None:
     """Record a message from a recipient: a reply, an opt-out or an opt-in keyword."""
     with open_client() as client:
         kind = client.record_inbound(line, recipient, text, parse_time(at, "at"))
-    out.print(f"inbound from {recipient}: {kind.value}")
+    out.print(f"inbound from {recipient}: {kind.value}", markup=False, highlight=False)
 
 
 @health_app.command("chat")
-def health_chat(line: str, recipient: str, status: str) -> None:
+def health_chat(
+    line: str = typer.Argument(..., help="The chat's line, E.164."),
+    recipient: str = typer.Argument(..., help="The chat's recipient, E.164."),
+    status: str = typer.Argument(
+        ...,
+        parser=choice(ChatHealth),
+        metavar="STATUS",
+        help=f"The chat's health: {choices(ChatHealth)}, in any case.",
+    ),
+) -> None:
     """Set a chat's health: HEALTHY, AT_RISK, CRITICAL or OPTED_OUT."""
     with open_client() as client:
         client.set_chat_health(line, recipient, status)
-    out.print(f"chat {line} → {recipient}: {status}")
+    out.print(f"chat {line} → {recipient}: {status}", markup=False, highlight=False)
 
 
 @health_app.command("line")
-def health_line(line: str, status: str) -> None:
+def health_line(
+    line: str = typer.Argument(..., help="The line, E.164."),
+    status: str = typer.Argument(
+        ...,
+        parser=choice(LineState),
+        metavar="STATUS",
+        help=f"A reputation, or a status at the provider: {choices(LineState)}, in any case.",
+    ),
+) -> None:
     """Set a line's reputation (HEALTHY, AT_RISK, CRITICAL) or status (ACTIVE, FLAGGED)."""
     with open_client() as client:
         client.set_line_health(line, status)
-    out.print(f"line {line}: {status}")
+    out.print(f"line {line}: {status}", markup=False, highlight=False)

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from scheduler.cli.base import (
     app,
+    cells,
     open_client,
     out,
     print_json,
@@ -15,7 +16,9 @@ from scheduler.store import reports
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json")) -> None:
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
     """Lines with their reputation, chats by health, messages by state."""
     with open_client() as client:
         data = client.status()
@@ -26,22 +29,26 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     for line in data["lines"]:
         state = line["status"] if line["enabled"] else f"{line['status']} (not declared)"
         lines.add_row(
-            line["number"],
-            line["provider"],
-            line["reputation"],
-            line["reputation_updated_at"] or "-",
-            state,
-            str(line["dispatched_24h"]),
+            *cells(
+                line["number"],
+                line["provider"],
+                line["reputation"],
+                line["reputation_updated_at"],
+                state,
+                line["dispatched_24h"],
+            )
         )
     out.print(lines)
     for line in data["lines"]:
         for reason in reports.reasons(line["detail"]):
-            out.print(f"  {line['number']}: {reason}", highlight=False, soft_wrap=True)
+            out.print(
+                f"  {line['number']}: {reason}", markup=False, highlight=False, soft_wrap=True
+            )
     for title, counts in (
         ("chats by health", data["chats"]),
         ("messages by state", data["messages"]),
     ):
         table = Table("", "count", title=title)
         for name, count in sorted(counts.items()):
-            table.add_row(name, str(count))
+            table.add_row(*cells(name, count))
         out.print(table)
