@@ -150,7 +150,8 @@ def test_run_prefixes_every_line_of_each_process(tmp_path: Path) -> None:
 
     # When they are supervised until the first exits
     code = runner.supervise(
-        {"a": [sys.executable, "-c", first], "bb": [sys.executable, "-c", second]}, output
+        {"a": [sys.executable, "-c", first], "bb": [sys.executable, "-c", second]},
+        output=output,
     )
 
     # Then each line came out with its process's name, the bars aligned

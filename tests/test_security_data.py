@@ -103,7 +103,9 @@ def test_run_banner_masks_every_url(
     )
     assert cli("init")[0] == 0
     started: list[dict[str, list[str]]] = []
-    monkeypatch.setattr(runner, "supervise", lambda processes: started.append(processes) or 0)
+    monkeypatch.setattr(
+        runner, "supervise", lambda processes, *_, **__: started.append(processes) or 0
+    )
 
     # When the main job starts
     code, output = cli("run", "--no-web")

@@ -160,7 +160,7 @@ def test_web_process_refuses_a_public_address_without_a_token(
 ) -> None:
     served: list[str] = []
 
-    def supervise(processes: dict[str, list[str]]) -> int:
+    def supervise(processes: dict[str, list[str]], *_: object, **__: object) -> int:
         served.extend(processes)
         return 0
 

@@ -14,7 +14,9 @@ from scheduler.store.policy_state import applied, workers
 
 
 @app.command("workers")
-def list_workers(as_json: bool = typer.Option(False, "--json")) -> None:
+def list_workers(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
     """Each worker process, the policy fingerprint it runs and when it was last seen."""
     with open_client() as client:
         tick = timedelta(seconds=client.runtime.settings.tick_seconds)
