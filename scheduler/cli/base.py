@@ -4,17 +4,17 @@ the parsing of times and durations."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from policies.errors import HealthgateError, InvalidInput
+from policies.durations import parse_duration as parse_duration
+from policies.durations import parse_time as parse_time
+from policies.errors import HealthgateError
 from scheduler.client import Healthgate
 from scheduler.settings import Settings
 
@@ -50,37 +50,6 @@ def open_client(migrate: bool = True) -> Iterator[Healthgate]:
     except HealthgateError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-
-
-def parse_time(value: str | None, field: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(field, value, "is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise InvalidInput(field, value, "needs a timezone, e.g. 2026-11-22T09:00:00+00:00")
-    return moment
-
-
-#: ``30d``, ``12h``, ``90m``, ``45s``: a whole number and its unit.
-_DURATION = re.compile(r"([0-9]{1,9})([dhms])")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-#: Past this, ``now - age`` would leave the calendar; no retention is meant that long.
-_LONGEST = timedelta(days=36_500)
-
-
-def parse_duration(value: str, field: str) -> timedelta:
-    found = _DURATION.fullmatch(value.strip())
-    if found is None:
-        raise InvalidInput(field, value, "is not a duration such as 30d, 12h, 90m or 45s")
-    age = timedelta(**{_UNITS[found[2]]: int(found[1])})
-    if not age:
-        raise InvalidInput(field, value, "is zero: say how old, such as 30d")
-    if age > _LONGEST:
-        raise InvalidInput(field, value, "is longer than 100 years")
-    return age
 
 
 def print_json(data: Any) -> None:
