@@ -77,6 +77,12 @@ class Code(StrEnum):
     RELEASE_POLICY = "release_policy"
     #: A send whose answer was never recorded (its worker died mid-call).
     SEND_UNCONFIRMED = "send_unconfirmed"
+    #: Cancelled by whoever the decision's actor names.
+    CANCELLED = "cancelled"
+    #: Released by hand (after a policy change, say): the gate looks at it again now.
+    RELEASE_MANUAL = "release_manual"
+    #: Sent again by hand, after a person looked at why it failed.
+    RETRY_MANUAL = "retry_manual"
 
 
 #: The code of each line cap, by the cap's name in the policy (``caps.sends_per_minute``).

@@ -75,6 +75,10 @@ class Action(StrEnum):
     RELEASE = "RELEASE"
     #: A send never confirmed, sent again with its key or handed to a person.
     RECONCILE = "RECONCILE"
+    #: A person (or a program) asked that a message not yet sending never be sent.
+    CANCEL = "CANCEL"
+    #: A person looked at a failed or unconfirmed send and asked for it to go again.
+    RETRY = "RETRY"
 
 
 def parse_chat_health(value: str) -> ChatHealth:

@@ -10,9 +10,12 @@ from policies.errors import InvalidInput
 from policies.keywords import Inbound
 from policies.statuses import LineStatus
 from policies.text import storable_time
+from scheduler import constants
 from scheduler.dispatch import Report, drain
 from scheduler.intake.enqueue import enqueue_many
 from scheduler.intake.messages import NewMessage
+from scheduler.operate import Acted, actions
+from scheduler.operate.finding import Moment, find_messages
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
 from scheduler.signals import consent, health
@@ -21,6 +24,9 @@ from scheduler.store import reports
 from scheduler.store.db import has_schema, upgrade
 from scheduler.store.lines import sync_lines
 from scheduler.store.retention import Purged, purge
+
+#: Who asks, on a decision taken through the Python API without naming anyone.
+CLIENT_ACTOR = "client"
 
 
 class Healthgate:
@@ -145,6 +151,96 @@ class Healthgate:
     def explain(self, message_id: str) -> dict[str, Any]:
         with self.runtime.reads() as session:
             return reports.explain(session, message_id)
+
+    def messages(
+        self,
+        to: str | None = None,
+        line: str | None = None,
+        state: str | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        newer_than: Moment | None = None,
+        older_than: Moment | None = None,
+        limit: int = constants.LIST_LIMIT,
+    ) -> list[dict[str, Any]]:
+        """Messages matching every filter given, newest first, without bodies.
+
+        ``reason`` is the last decision's code (``cap_sends_per_minute``); ``newer_than``
+        and ``older_than`` take a datetime, a timedelta before now, or text (``30m``, ISO).
+        """
+        with self.runtime.reads() as session:
+            return find_messages(
+                session,
+                utcnow(),
+                to=to,
+                line=line,
+                state=state,
+                reason=reason,
+                idempotency_key=idempotency_key,
+                newer_than=newer_than,
+                older_than=older_than,
+                limit=limit,
+            )
+
+    def cancel(
+        self,
+        message_id: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        to: str | None = None,
+        line: str | None = None,
+        reason: str | None = None,
+        actor: str = CLIENT_ACTOR,
+    ) -> Acted:
+        """Cancel a message not yet sending (by id or key), or every waiting message to
+        ``to`` (on ``line``); ``NotActionable`` for one already sending or finished."""
+        with self.runtime.sessions.begin() as session:
+            return actions.cancel(
+                session,
+                utcnow(),
+                actor,
+                message_id=message_id,
+                idempotency_key=idempotency_key,
+                to=to,
+                line=line,
+                reason=reason,
+            )
+
+    def release(
+        self,
+        line: str | None = None,
+        to: str | None = None,
+        reason_code: str | None = None,
+        *,
+        reason: str | None = None,
+        actor: str = CLIENT_ACTOR,
+    ) -> list[str]:
+        """Let the gate look again now at held messages: all, a line's, a chat's, or
+        those held by one code; the ids released."""
+        with self.runtime.sessions.begin() as session:
+            return actions.release(
+                session, utcnow(), actor, line=line, to=to, reason_code=reason_code, reason=reason
+            )
+
+    def retry(
+        self,
+        message_id: str | None = None,
+        *,
+        reason_code: str | None = None,
+        reason: str | None = None,
+        actor: str = CLIENT_ACTOR,
+    ) -> Acted:
+        """Send a failed or needs_review message again (by id, or all of one code),
+        with the same provider idempotency key."""
+        with self.runtime.sessions.begin() as session:
+            return actions.retry(
+                session,
+                utcnow(),
+                actor,
+                message_id=message_id,
+                reason_code=reason_code,
+                reason=reason,
+            )
 
     def close(self) -> None:
         self.runtime.close()

@@ -94,14 +94,28 @@ def test_an_action_with_two_ends_needs_one_named() -> None:
     assert moved["state"] == "needs_review"
 
 
-def test_final_states_have_no_way_out_but_a_late_answer() -> None:
+def test_final_states_have_no_way_out_but_a_late_answer_or_a_retry_by_hand() -> None:
     # A message handed to a person may still be settled by the provider's late answer;
-    # nothing else leaves a final state.
-    final = {MessageState.SENT, MessageState.DROPPED, MessageState.EXPIRED, MessageState.FAILED}
+    # a person may send a failed or unconfirmed one again; nothing else leaves a final
+    # state.
+    final = {
+        MessageState.SENT,
+        MessageState.DROPPED,
+        MessageState.EXPIRED,
+        MessageState.FAILED,
+        MessageState.CANCELLED,
+    }
     for row in TABLE:
-        assert not (row.sources & final), row
+        assert not (row.sources & final) or row.action is Action.RETRY, row
     leaving = {row.action for row in TABLE if MessageState.NEEDS_REVIEW in row.sources}
-    assert leaving == {Action.SENT}
+    assert leaving == {Action.SENT, Action.RETRY}
+    retry = [row for row in TABLE if row.action is Action.RETRY]
+    assert [(row.sources, row.target) for row in retry] == [
+        ({MessageState.FAILED, MessageState.NEEDS_REVIEW}, MessageState.QUEUED)
+    ]
+    assert all(
+        MessageState.SENDING not in row.sources for row in TABLE if row.action is Action.CANCEL
+    )
 
 
 @settings(max_examples=examples(300))

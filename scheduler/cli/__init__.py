@@ -6,10 +6,30 @@ import logging
 import os
 import sys
 
-from scheduler.cli import messages, policy, setup, signals, status, workers
+from scheduler.cli import (
+    acting,
+    finding,
+    messages,
+    policy,
+    setup,
+    signals,
+    status,
+    workers,
+)
 from scheduler.cli.base import app
 
-__all__ = ["app", "main", "messages", "policy", "setup", "signals", "status", "workers"]
+__all__ = [
+    "acting",
+    "app",
+    "finding",
+    "main",
+    "messages",
+    "policy",
+    "setup",
+    "signals",
+    "status",
+    "workers",
+]
 
 
 def main() -> None:

@@ -4,10 +4,8 @@ errors, and the parsing of times and durations."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,7 +21,9 @@ from sqlalchemy.exc import DBAPIError
 from typer import _click
 from typer.core import TyperGroup
 
-from policies.errors import HealthgateError, InvalidInput
+from policies.durations import parse_duration as parse_duration
+from policies.durations import parse_time as parse_time
+from policies.errors import HealthgateError
 from policies.statuses import LineReputation, LineStatus
 from scheduler.client import Healthgate
 from scheduler.settings import Settings, masked_url
@@ -216,37 +216,6 @@ def open_client(migrate: bool = True) -> Iterator[Healthgate]:
             client.close()
     except HealthgateError as exc:
         fail(str(exc))
-
-
-def parse_time(value: str | None, field: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(field, value, "is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise InvalidInput(field, value, "needs a timezone, e.g. 2026-11-22T09:00:00+00:00")
-    return moment
-
-
-#: ``30d``, ``12h``, ``90m``, ``45s``: a whole number and its unit.
-_DURATION = re.compile(r"([0-9]{1,9})([dhms])")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-#: Past this, ``now - age`` would leave the calendar; no retention is meant that long.
-_LONGEST = timedelta(days=36_500)
-
-
-def parse_duration(value: str, field: str) -> timedelta:
-    found = _DURATION.fullmatch(value.strip())
-    if found is None:
-        raise InvalidInput(field, value, "is not a duration such as 30d, 12h, 90m or 45s")
-    age = timedelta(**{_UNITS[found[2]]: int(found[1])})
-    if not age:
-        raise InvalidInput(field, value, "is zero: say how old, such as 30d")
-    if age > _LONGEST:
-        raise InvalidInput(field, value, "is longer than 100 years")
-    return age
 
 
 def cells(*values: object) -> list[Text]:

@@ -83,10 +83,12 @@ def explain(
     for d in data["decisions"]:
         until = f" (until {d['not_before']})" if d["not_before"] else ""
         again = f"; taken {d['repeats']} more time(s), last {d['last_at']}" if d["repeats"] else ""
+        by = f" [asked by {d['actor']}]" if d.get("actor") else ""
         out.print(
-            f"  {d['at']}  {d['action']:<8} {d['code']}: {d['reason']}{until}{again}",
-            markup=False,
+            f"  {d['at']}  {d['action']:<8} {d['code']}: {d['reason']}{until}{again}{by}",
             highlight=False,
+            # Reasons and actors may quote what a person or a provider wrote.
+            markup=False,
             soft_wrap=True,
         )
 

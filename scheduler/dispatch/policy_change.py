@@ -40,13 +40,15 @@ def apply_policy_change(session: Session, loaded: Loaded, now: datetime, worker:
     changed = ", ".join(change.key for change in diff(previous.policy, mine.policy))
     reason = f"policy {mine.fingerprint} (was {previous.fingerprint}) changed {cut(changed)}"
     released = sum(
-        transitions.release(
-            session,
-            _where(session, held, previous.policy, mine.policy, now),
-            held.codes,
-            now,
-            Code.RELEASE_POLICY,
-            reason,
+        len(
+            transitions.release(
+                session,
+                _where(session, held, previous.policy, mine.policy, now),
+                held.codes,
+                now,
+                Code.RELEASE_POLICY,
+                reason,
+            )
         )
         for held in affected(previous.policy, mine.policy)
     )

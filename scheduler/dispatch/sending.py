@@ -214,8 +214,10 @@ def record_failure(
         message = session.get_one(Message, outbound.message_id, with_for_update=True)
         if message.state != MessageState.SENDING.value:
             return
+        # A message a person retried has its tries again, counted from that retry.
+        tries = message.attempts - message.retried_at_attempt
         decision = after_failure(
-            failure.failure, failure.detail, message.attempts, policy, now, failure.retry_after
+            failure.failure, failure.detail, tries, policy, now, failure.retry_after
         )
         deferred = decision.action is Action.DEFER
         held_since = (message.held_since or now) if deferred else message.held_since

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -42,11 +42,51 @@ def chats(
     ]
 
 
-def messages(session: Session, state: str | None, limit: int) -> list[dict[str, Any]]:
-    """Messages, newest first, without their bodies."""
+class MessageFilter(NamedTuple):
+    """Which messages a person asks for; every field already checked and normalised."""
+
+    state: str | None = None
+    #: E.164.
+    recipient: str | None = None
+    #: The line's number, E.164.
+    line: str | None = None
+    #: The code of the message's last decision (its hold, or why it finished).
+    code: str | None = None
+    idempotency_key: str | None = None
+    #: Created at or after this moment.
+    newer_than: datetime | None = None
+    #: Created before this moment.
+    older_than: datetime | None = None
+
+
+def messages(
+    session: Session,
+    state: str | None,
+    limit: int,
+    where: MessageFilter = MessageFilter(),
+) -> list[dict[str, Any]]:
+    """Messages, newest first, without their bodies.
+
+    Each filter has an index whose first column it is and whose second is
+    ``created_at``, so the list is read in index order up to its limit.
+    """
+    where = where._replace(state=state) if state is not None else where
     query = select(Message, Line.number).outerjoin(Line, Line.id == Message.line_id)
-    if state is not None:
-        query = query.where(Message.state == state)
+    if where.state is not None:
+        query = query.where(Message.state == where.state)
+    if where.recipient is not None:
+        query = query.where(Message.recipient == where.recipient)
+    if where.line is not None:
+        line_id = select(Line.id).where(Line.number == where.line).scalar_subquery()
+        query = query.where(Message.line_id == line_id)
+    if where.code is not None:
+        query = query.where(Message.last_code == where.code)
+    if where.idempotency_key is not None:
+        query = query.where(Message.idempotency_key == where.idempotency_key)
+    if where.newer_than is not None:
+        query = query.where(Message.created_at >= where.newer_than)
+    if where.older_than is not None:
+        query = query.where(Message.created_at < where.older_than)
     rows = session.execute(
         query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit)
     )
@@ -61,6 +101,7 @@ def messages(session: Session, state: str | None, limit: int) -> list[dict[str, 
             "reason": message.last_reason,
             "created_at": _iso(message.created_at),
             "sent_at": _iso(message.sent_at),
+            "idempotency_key": message.idempotency_key,
         }
         for message, number in rows
     ]

@@ -24,7 +24,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class MessageState(StrEnum):
-    """Where a message is in its life; the last four are final."""
+    """Where a message is in its life; the last six are final (a person may retry a
+    ``failed`` or ``needs_review`` one)."""
 
     #: Waiting for its ``not_before`` (its ``send_at``, or now).
     QUEUED = "queued"
@@ -47,6 +48,8 @@ class MessageState(StrEnum):
     #: Its send was never confirmed and the provider cannot tell whether it went (no
     #: idempotency key): a person decides; never resent automatically.
     NEEDS_REVIEW = "needs_review"
+    #: Someone asked, before it was sending, that it never be sent.
+    CANCELLED = "cancelled"
 
 
 WAITING_STATES = (MessageState.QUEUED, MessageState.THROTTLED, MessageState.DEFERRED)
@@ -56,7 +59,12 @@ FINAL_STATES = (
     MessageState.EXPIRED,
     MessageState.FAILED,
     MessageState.NEEDS_REVIEW,
+    MessageState.CANCELLED,
 )
+#: Where a cancel may still stop a message: not yet handed to a provider.
+CANCELLABLE_STATES = (*WAITING_STATES, MessageState.CLAIMED)
+#: Where a person may send a message again.
+RETRYABLE_STATES = (MessageState.FAILED, MessageState.NEEDS_REVIEW)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -301,6 +309,13 @@ class Message(Base):
             postgresql_where=text(FINISHED_UNPURGED_SQL),
             sqlite_where=text(FINISHED_UNPURGED_SQL),
         ),
+        # Finding messages (``store.listing``): newest first, by each filter a person
+        # asks for, read in index order up to the list's limit instead of sorting.
+        Index("ix_messages_created", "created_at", "id"),
+        Index("ix_messages_recipient_created", "recipient", "created_at"),
+        Index("ix_messages_line_created", "line_id", "created_at"),
+        Index("ix_messages_state_created", "state", "created_at"),
+        Index("ix_messages_code_created", "last_code", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -320,7 +335,10 @@ class Message(Base):
     send_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     held_since: Mapped[datetime | None]
+    #: Send attempts in all; each names its limiter ticket, so it never goes back.
     attempts: Mapped[int] = mapped_column(default=0)
+    #: ``attempts`` when a person last retried it: retries run out counting from here.
+    retried_at_attempt: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     claim_token: Mapped[str | None] = mapped_column(String(32))
     lease_expires_at: Mapped[datetime | None]
     dispatched_at: Mapped[datetime | None]
@@ -353,6 +371,8 @@ class DecisionRecord(Base):
     #: and the last of those times.
     repeats: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     last_at: Mapped[datetime | None]
+    #: Who or what asked, for a decision taken by hand (``cli:alice``, ``client``).
+    actor: Mapped[str | None] = mapped_column(String(200))
 
 
 class WebhookEvent(Base):

@@ -120,6 +120,8 @@ def _decision(d: DecisionRow) -> dict[str, Any]:
         # The same decision taken again since, and the last time: counted, not stored.
         "repeats": d.repeats,
         "last_at": _iso(d.last_at),
+        # Who or what asked, for a decision taken by hand (cancel, release, retry).
+        "actor": d.actor,
     }
 
 

@@ -23,6 +23,8 @@ from policies.statuses import Action
 from scheduler import metrics
 from scheduler.store.bulk import columns_of, insert_columns, update_rows
 from scheduler.store.models import (
+    CANCELLABLE_STATES,
+    RETRYABLE_STATES,
     WAITING_STATES,
     Chat,
     DecisionRecord,
@@ -76,6 +78,11 @@ TABLE: tuple[Transition, ...] = (
     # A send never confirmed: sent again with its key, or handed to a person.
     _row([_S.SENDING], Action.RECONCILE, _S.SENDING),
     _row([_S.SENDING], Action.RECONCILE, _S.NEEDS_REVIEW),
+    # Asked for by a person or a program; a claimed message is locked from its
+    # dispatcher first, so it is cancelled or sent, never both.
+    _row([*CANCELLABLE_STATES], Action.CANCEL, _S.CANCELLED),
+    # A person looked at why it failed: the gate decides again, the same key goes out.
+    _row([*RETRYABLE_STATES], Action.RETRY, _S.QUEUED),
 )
 
 #: Moves kept on the message alone: a lease says all there is to say.
@@ -199,6 +206,8 @@ class DecisionRow(NamedTuple):
     #: The same decision taken again since, counted instead of stored; the last time.
     repeats: int = 0
     last_at: datetime | None = None
+    #: Who or what asked, for a decision taken by hand; None for healthgate's own.
+    actor: str | None = None
 
 
 def record(
@@ -210,9 +219,10 @@ def record(
     *,
     not_before: datetime | None = None,
     line: str | None = None,
+    actor: str | None = None,
 ) -> DecisionRow:
     """The record of one decision, ready to write with ``write_decisions``."""
-    return DecisionRow(message_id, at, action, code, reason, not_before, line)
+    return DecisionRow(message_id, at, action, code, reason, not_before, line, actor=actor)
 
 
 def decided(message_id: str, decision: Decision, at: datetime, line: str | None) -> DecisionRow:
@@ -352,10 +362,13 @@ def move_where(
     now: datetime,
     code: Code | None = None,
     reason: str | None = None,
+    *,
+    actor: str | None = None,
     **columns: Any,
 ) -> list[str]:
     """Move every message that ``which`` selects and that is in one of ``sources``, in
-    one statement, and record each; their ids."""
+    one statement, and record each (with ``actor``, who asked, if anyone did); their
+    ids."""
     moved = changes(action, next(iter(sources)), now, code, reason, **columns)
     target(action, sources)  # every source must lead where the first does
     ids = list(
@@ -368,7 +381,10 @@ def move_where(
         )
     )
     if action not in UNRECORDED and code is not None and reason is not None:
-        write_decisions(session.connection(), [record(i, action, code, reason, now) for i in ids])
+        write_decisions(
+            session.connection(),
+            [record(i, action, code, reason, now, actor=actor) for i in ids],
+        )
     return ids
 
 
@@ -379,13 +395,14 @@ def release(
     now: datetime,
     code: Code,
     reason: str,
-) -> int:
+    actor: str | None = None,
+) -> list[str]:
     """Look again now at held messages ``which`` selects whose hold is one of ``holds``;
-    the gate (and its caps) decides what follows. How many.
+    the gate (and its caps) decides what follows. Their ids.
 
     ``held_since`` stays: holds that follow one another add up to the maximum hold.
     """
-    ids = move_where(
+    return move_where(
         session,
         Action.RELEASE,
         and_(which, Message.last_code.in_(sorted(holds))),
@@ -393,9 +410,9 @@ def release(
         now,
         code,
         reason,
+        actor=actor,
         not_before=now,
     )
-    return len(ids)
 
 
 class Accepted(NamedTuple):

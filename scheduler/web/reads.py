@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from policies.errors import InvalidInput
 from policies.statuses import ChatHealth
 from scheduler import constants
+from scheduler.operate import find_messages
 from scheduler.runtime import Runtime, utcnow
 from scheduler.signals.webhooks.inbox import Outcome
 from scheduler.store import listing, reports
-from scheduler.store.models import MessageState
 
 Limit = Query(constants.LIST_LIMIT, ge=1, le=constants.LIST_LIMIT_MAX)
 
@@ -35,10 +35,35 @@ def read_routes(app: APIRouter, runtime: Runtime) -> None:
             return listing.chats(session, health, line, limit)
 
     @app.get("/messages", tags=["read"])
-    def messages(state: MessageState | None = None, limit: int = Limit) -> list[dict[str, Any]]:
-        """Messages, newest first, optionally in one state (bodies are not shown)."""
+    def messages(
+        state: str | None = None,
+        to: str | None = None,
+        line: str | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        newer_than: str | None = None,
+        older_than: str | None = None,
+        limit: int = Limit,
+    ) -> list[dict[str, Any]]:
+        """Messages, newest first, matching every filter given (bodies are not shown).
+
+        ``state`` in any case; ``to`` and ``line`` in E.164; ``reason`` the last
+        decision's code (``cap_sends_per_minute``); ``newer_than`` and ``older_than`` an
+        age (``30m``, ``2d``) or an ISO 8601 time. Bad input is a 422 naming the field.
+        """
         with runtime.reads() as session:
-            return listing.messages(session, state.value if state else None, limit)
+            return find_messages(
+                session,
+                utcnow(),
+                to=to,
+                line=line,
+                state=state,
+                reason=reason,
+                idempotency_key=idempotency_key,
+                newer_than=newer_than,
+                older_than=older_than,
+                limit=limit,
+            )
 
     @app.get("/messages/{message_id}", tags=["read"])
     def message(message_id: str) -> JSONResponse:
