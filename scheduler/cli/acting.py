@@ -43,7 +43,7 @@ def cancel(
     line: str | None = typer.Option(None, help="With --to: only on this line."),
     reason: str | None = ReasonOption,
     who: str | None = ActorOption,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Cancel messages not yet sending: one by id or key, or every waiting one to a
     recipient. A message already sending or finished is refused (exit 2)."""
@@ -68,7 +68,7 @@ def release(
     ),
     reason: str | None = ReasonOption,
     who: str | None = ActorOption,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Let the gate look again now at held (throttled or deferred) messages, after a
     policy change say; prints how many."""
@@ -88,7 +88,7 @@ def retry(
     ),
     reason: str | None = ReasonOption,
     who: str | None = ActorOption,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Send failed or needs_review messages again, after a person has looked, with the
     same provider idempotency key."""

@@ -31,7 +31,7 @@ def find(
         None, help="Created longer ago than this age, or before this ISO 8601 time."
     ),
     limit: int = typer.Option(constants.LIST_LIMIT, help="At most this many, newest first."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Find messages by recipient, line, state, reason, key or age, newest first."""
     with open_client() as client:
