@@ -8,7 +8,9 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from policies.config import Policy
 from policies.errors import InvalidInput
+from scheduler.store import backlog
 from scheduler.store.models import WAITING_STATES, Chat, Line, Message
 from scheduler.store.transitions import (
     ENQUEUED,
@@ -23,8 +25,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def status(session: Session, now: datetime) -> dict[str, Any]:
-    """Lines with their reputation, chats by health, messages by state."""
+def status(session: Session, now: datetime, policy: Policy) -> dict[str, Any]:
+    """Lines with their reputation, caps in use, queue and estimate; chats by health,
+    messages by state, and the waiting messages of every line by state and reason."""
     sent_today = dict(
         session.execute(
             select(Message.line_id, func.count())
@@ -32,6 +35,8 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
             .group_by(Message.line_id)
         ).all()
     )
+    rows = list(session.scalars(select(Line).order_by(Line.id)))
+    pressure, waiting = backlog.lines(session, rows, policy, now)
     lines = [
         {
             "number": line.number,
@@ -45,8 +50,10 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
             "recovered_at": _iso(line.recovered_at),
             "dispatched_24h": sent_today.get(line.id, 0),
             "detail": line.detail,
+            # Why its messages wait and when they go (``store.backlog``).
+            **more,
         }
-        for line in session.scalars(select(Line).order_by(Line.id))
+        for line, more in zip(rows, pressure, strict=True)
     ]
     health = case((Chat.opted_out_at.is_not(None), "OPTED_OUT"), else_=Chat.health)
     chats: dict[str, int] = dict(
@@ -55,7 +62,13 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
     states = dict(
         session.execute(select(Message.state, func.count()).group_by(Message.state)).all()
     )
-    return {"lines": lines, "chats": chats, "messages": states}
+    return {
+        "now": now.isoformat(),
+        "lines": lines,
+        "chats": chats,
+        "messages": states,
+        "waiting": waiting,
+    }
 
 
 def explain(session: Session, message_id: str) -> dict[str, Any]:
