@@ -92,7 +92,9 @@ class TokenGuard:
         #: What a browser that logged in with one of the tokens shows instead.
         self.sessions = SessionCookie(self.tokens)
 
-    def __call__(
+    # Async: checked on the event loop, with the same clock as the login that issued the
+    # cookie (no thread hop for a few comparisons).
+    async def __call__(
         self,
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
