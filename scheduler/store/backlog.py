@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, distinct, func, select
+from sqlalchemy import and_, distinct, func, select, text
 from sqlalchemy.orm import Session
 
 from policies.config import Policy
@@ -23,7 +23,14 @@ from policies.pace import CAP_WINDOWS, Limits
 from policies.statuses import Action
 from policies.usage import DAY, HOUR, MINUTE
 from scheduler.store.lines import line_facts
-from scheduler.store.models import WAITING_STATES, Chat, DecisionRecord, Line, Message
+from scheduler.store.models import (
+    WAITING_SQL,
+    WAITING_STATES,
+    Chat,
+    DecisionRecord,
+    Line,
+    Message,
+)
 from scheduler.store.usage import OURS
 
 QUEUED, THROTTLED, DEFERRED = (state.value for state in WAITING_STATES)
@@ -63,7 +70,7 @@ def _queues(session: Session, now: datetime) -> dict[int | None, Queue]:
             func.max(Message.not_before),
             func.count().filter(Message.not_before <= now),
         )
-        .where(Message.state.in_([QUEUED, THROTTLED, DEFERRED]))
+        .where(text(WAITING_SQL))
         .group_by(Message.line_id, Message.state, Message.last_code)
     )
     queues: dict[int | None, Queue] = {}
@@ -89,6 +96,8 @@ def _oldest(session: Session, line_id: int | None, queue: Queue) -> dict[str, An
     found = session.scalar(
         select(Message.id)
         .where(
+            # The partial index's own condition, as literals, so the database may use it.
+            text(WAITING_SQL),
             Message.line_id.is_(None) if line_id is None else Message.line_id == line_id,
             Message.state == state,
             Message.last_code.is_(None) if code is None else Message.last_code == code,

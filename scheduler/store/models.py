@@ -234,8 +234,8 @@ class Message(Base):
         # oldest and latest of each, read from the index alone.
         Index(
             "ix_messages_waiting_line",
-            "line_id",
             "state",
+            "line_id",
             "last_code",
             "created_at",
             "not_before",

@@ -26,7 +26,7 @@ def upgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.create_index(
             "ix_messages_waiting_line",
-            ["line_id", "state", "last_code", "created_at", "not_before"],
+            ["state", "line_id", "last_code", "created_at", "not_before"],
             unique=False,
             postgresql_where=sa.text(WAITING),
             sqlite_where=sa.text(WAITING),
