@@ -2,17 +2,21 @@
 
 Every route but the webhooks (signed by the provider) and ``/healthz`` takes a guard as a
 FastAPI dependency, e.g. ``APIRouter(dependencies=[Depends(api_guard(settings))])``; a
-``/metrics`` route takes ``metrics_guard(settings)``.
+``/metrics`` route takes ``metrics_guard(settings)``. A browser, which cannot send the
+header on navigation, logs in once with the token and then shows a ``SessionCookie``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import secrets
+import time
 from collections.abc import Sequence
 from ipaddress import ip_address
 
 from fastapi import Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
@@ -25,6 +29,47 @@ WEB_HOST_SETTING = "HEALTHGATE_WEB_HOST"
 
 #: Reads the ``Authorization: Bearer`` header; a missing one is ours to refuse, not its.
 _bearer = HTTPBearer(auto_error=False, description=f"The token of {API_TOKEN_SETTING}.")
+#: The cookie a browser gets at ``POST /login`` (see ``SessionCookie``).
+SESSION_COOKIE = "healthgate_session"
+#: How long one login lasts: a working day.
+SESSION_SECONDS = 12 * 3600
+
+
+class SessionCookie:
+    """A browser's proof that it logged in with a token, never the token itself.
+
+    The value is ``<issued>.<HMAC-SHA256 of the issue time and the token>`` under a key
+    made when the process starts: it is good for ``SESSION_SECONDS``, tells nothing of the
+    token, and a restart (or a changed token) signs every browser out.
+    """
+
+    def __init__(self, tokens: Sequence[bytes]) -> None:
+        self.tokens = list(tokens)
+        self._key = secrets.token_bytes(32)
+
+    def _sign(self, issued: int, token: bytes) -> str:
+        return hmac.new(self._key, f"{issued}.".encode() + token, hashlib.sha256).hexdigest()
+
+    def matches(self, presented: str) -> bytes | None:
+        """The token ``presented`` is, compared in constant time with each; else None."""
+        found = None
+        for token in self.tokens:
+            if hmac.compare_digest(presented.encode(), token):
+                found = token
+        return found
+
+    def issue(self, token: bytes, now: float) -> str:
+        issued = int(now)
+        return f"{issued}.{self._sign(issued, token)}"
+
+    def valid(self, value: str | None, now: float) -> bool:
+        issued, _, signature = (value or "").partition(".")
+        if not issued.isdigit() or not 0 <= now - int(issued) < SESSION_SECONDS:
+            return False
+        matched = False
+        for token in self.tokens:
+            matched |= hmac.compare_digest(signature, self._sign(int(issued), token))
+        return matched
 
 
 class Unauthorized(HealthgateError):
@@ -44,10 +89,22 @@ class TokenGuard:
         ]
         #: Named in the refusal: where an operator sets the token this route takes.
         self.setting = setting
+        #: What a browser that logged in with one of the tokens shows instead.
+        self.sessions = SessionCookie(self.tokens)
 
-    def __call__(self, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    # Async: checked on the event loop, with the same clock as the login that issued the
+    # cookie (no thread hop for a few comparisons).
+    async def __call__(
+        self,
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    ) -> None:
         if not self.tokens:
             raise Unauthorized(f"{self.setting} is not set: reads are refused until it is")
+        if credentials is None and self.sessions.valid(
+            request.cookies.get(SESSION_COOKIE), time.time()
+        ):
+            return
         if credentials is None:
             raise Unauthorized(f"Authorization: a Bearer token ({self.setting}) is needed")
         presented = credentials.credentials.encode()
@@ -71,8 +128,17 @@ def metrics_guard(settings: Settings) -> TokenGuard:
     )
 
 
-async def unauthorized(_request: Request, exc: Exception) -> JSONResponse:
-    """401 naming the header, with the challenge RFC 6750 asks for; the token is not echoed."""
+#: Pages a browser opens: without credentials it is sent to the login form instead.
+PAGES = frozenset({"/"})
+
+
+async def unauthorized(request: Request, exc: Exception) -> Response:
+    """401 naming the header, with the challenge RFC 6750 asks for; the token is not echoed.
+
+    A browser opening a page (``Accept: text/html``) is sent to ``/login`` (303) instead.
+    """
+    if request.url.path in PAGES and "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/login", status_code=303)
     return JSONResponse(
         {"error": str(exc), "field": "Authorization"},
         status_code=401,

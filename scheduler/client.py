@@ -146,7 +146,7 @@ class Healthgate:
 
     def status(self) -> dict[str, Any]:
         with self.runtime.reads() as session:
-            return reports.status(session, utcnow())
+            return reports.status(session, utcnow(), self.runtime.policy)
 
     def explain(self, message_id: str) -> dict[str, Any]:
         with self.runtime.reads() as session:

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     #: by commas or spaces; ``*.example.com`` covers subdomains. A public deployment lists
     #: the name its webhooks and readers use.
     allowed_hosts: Annotated[tuple[str, ...], NoDecode] = constants.WEB_ALLOWED_HOSTS
-    #: Interactive API docs (``/docs``, ``/redoc``, ``/openapi.json``), behind the token.
+    #: The OpenAPI schema (``/openapi.json``), behind the token.
     web_docs: bool = False
     #: SQLite waits this long for the write lock before a write fails (then a webhook is
     #: answered 503 with ``Retry-After``, and the provider delivers it again).

@@ -58,3 +58,16 @@ def require_postgres() -> str:
     finally:
         engine.dispose()
     return POSTGRES_URL
+
+
+#: Debian's chromium and its driver, which the status page's browser test drives.
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def require_browser() -> tuple[str, str]:
+    """Chromium and chromedriver: skip locally when absent (.ci/run installs them)."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        unavailable("Chromium", " and ".join(missing), FileNotFoundError("not installed"))
+    return CHROMIUM, CHROMEDRIVER

@@ -25,7 +25,7 @@ from policies.config import CAP_MAXIMA, Policy, load_policy, parse_policy
 from scheduler import constants
 from scheduler.cli import app as cli_app
 from scheduler.client import Healthgate
-from scheduler.runtime import PolicySource
+from scheduler.runtime import PolicySource, utcnow
 from scheduler.settings import Settings
 from scheduler.store.policy_state import (
     Applied,
@@ -462,3 +462,29 @@ def test_of_two_workers_that_read_the_same_applied_policy_one_takes_the_change(
     assert (first, second, older) == (True, False, False)
     with hg.runtime.reads() as session:
         assert applied(session) == new
+
+
+def test_status_shows_the_applied_policy_and_each_workers_fingerprint(
+    hg: Healthgate, settings: Settings, clock: FrozenDateTimeFactory
+) -> None:
+    # Given a worker that recorded the policy it runs
+    fingerprint = hg.runtime.policies.loaded().fingerprint
+    with hg.runtime.sessions.begin() as session:
+        record_worker(session, "celery@host/1", fingerprint, utcnow())
+
+    # When status is asked, Then it names the worker and what it runs
+    data = hg.status()
+    assert [(w["name"], w["fingerprint"]) for w in data["workers"]] == [
+        ("celery@host/1", fingerprint)
+    ]
+    assert "applied" in data["policy"]
+    env = {
+        "HEALTHGATE_DATABASE_URL": settings.database_url or "",
+        "HEALTHGATE_DATA_DIR": str(settings.data_dir),
+        "HEALTHGATE_POLICY_FILE": str(settings.policy_file),
+        "HEALTHGATE_BROKER_URL": "memory://",
+    }
+    result = CliRunner().invoke(cli_app, ["status"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "celery@host/1" in result.output
+    assert fingerprint in result.output

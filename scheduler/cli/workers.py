@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
-from scheduler.cli.base import app, open_client, out, print_json
+from scheduler.cli.base import app, cells, open_client, out, print_json
 from scheduler.runtime import utcnow
 from scheduler.store.policy_state import applied, workers
 
@@ -24,32 +25,28 @@ def list_workers(
             found = workers(session, utcnow(), tick)
             policy = applied(session)
     applied_fingerprint = policy.fingerprint if policy else None
+    listed = [{**worker._asdict(), "last_seen": worker.last_seen.isoformat()} for worker in found]
     if as_json:
-        print_json(
-            {
-                "applied": applied_fingerprint,
-                "workers": [
-                    {**worker._asdict(), "last_seen": worker.last_seen.isoformat()}
-                    for worker in found
-                ],
-            }
-        )
+        print_json({"applied": applied_fingerprint, "workers": listed})
         return
+    out.print(workers_table(listed))
+    out.print(
+        f"policy applied to held messages: {applied_fingerprint or '(none yet)'}", highlight=False
+    )
+
+
+def workers_table(found: Sequence[Mapping[str, Any]]) -> Table:
+    """Each worker (as JSON shows it), the fingerprint it runs, when it was last seen,
+    and what is amiss."""
     table = Table("worker", "policy", "last seen", "", title="workers")
     for worker in found:
         notes = [
             note
-            for note, on in (("stale", worker.stale), ("not applied", not worker.applied))
+            for note, on in (("stale", worker["stale"]), ("not applied", not worker["applied"]))
             if on
         ]
         # Worker names come from the hosts: shown as text, never read as markup.
         table.add_row(
-            Text(worker.name),
-            worker.fingerprint,
-            worker.last_seen.isoformat(),
-            ", ".join(notes),
+            *cells(worker["name"], worker["fingerprint"], worker["last_seen"], ", ".join(notes))
         )
-    out.print(table)
-    out.print(
-        f"policy applied to held messages: {applied_fingerprint or '(none yet)'}", highlight=False
-    )
+    return table

@@ -254,6 +254,18 @@ class Message(Base):
             postgresql_where=text(DISPATCHED_SQL),
             sqlite_where=text(DISPATCHED_SQL),
         ),
+        # The status: a line's waiting messages counted by state and hold reason, and the
+        # oldest and latest of each, read from the index alone.
+        Index(
+            "ix_messages_waiting_line",
+            "state",
+            "line_id",
+            "last_code",
+            "created_at",
+            "not_before",
+            postgresql_where=text(WAITING_SQL),
+            sqlite_where=text(WAITING_SQL),
+        ),
         # Releases and opt-out drops: a chat's waiting messages.
         Index("ix_messages_chat_state", "chat_id", "state"),
         # The ends of the queues of held messages (``store.queues``): a line's, and a
@@ -357,6 +369,8 @@ class DecisionRecord(Base):
     """Every decision taken on a message, so ``explain`` can answer 'why?'."""
 
     __tablename__ = "decisions"
+    # The status page's chart: the holds decided over the last 24 h.
+    __table_args__ = (Index("ix_decisions_at", "at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"), index=True)

@@ -8,8 +8,11 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from policies.config import Policy
 from policies.errors import InvalidInput
+from scheduler.store import backlog
 from scheduler.store.models import WAITING_STATES, Chat, Line, Message
+from scheduler.store.policy_state import applied, workers
 from scheduler.store.transitions import (
     ENQUEUED,
     LINE_HOLDS,
@@ -23,8 +26,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def status(session: Session, now: datetime) -> dict[str, Any]:
-    """Lines with their reputation, chats by health, messages by state."""
+def status(session: Session, now: datetime, policy: Policy) -> dict[str, Any]:
+    """Lines with their reputation, caps in use, queue and estimate; chats by health,
+    messages by state, and the waiting messages of every line by state and reason."""
     sent_today = dict(
         session.execute(
             select(Message.line_id, func.count())
@@ -32,6 +36,8 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
             .group_by(Message.line_id)
         ).all()
     )
+    rows = list(session.scalars(select(Line).order_by(Line.id)))
+    pressure, waiting = backlog.lines(session, rows, policy, now)
     lines = [
         {
             "number": line.number,
@@ -45,8 +51,10 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
             "recovered_at": _iso(line.recovered_at),
             "dispatched_24h": sent_today.get(line.id, 0),
             "detail": line.detail,
+            # Why its messages wait and when they go (``store.backlog``).
+            **more,
         }
-        for line in session.scalars(select(Line).order_by(Line.id))
+        for line, more in zip(rows, pressure, strict=True)
     ]
     health = case((Chat.opted_out_at.is_not(None), "OPTED_OUT"), else_=Chat.health)
     chats: dict[str, int] = dict(
@@ -55,7 +63,20 @@ def status(session: Session, now: datetime) -> dict[str, Any]:
     states = dict(
         session.execute(select(Message.state, func.count()).group_by(Message.state)).all()
     )
-    return {"lines": lines, "chats": chats, "messages": states}
+    current = applied(session)
+    return {
+        "now": now.isoformat(),
+        "lines": lines,
+        "chats": chats,
+        "messages": states,
+        "waiting": waiting,
+        # The policy applied to held messages, and the one each worker runs.
+        "policy": {"applied": current.fingerprint if current else None},
+        "workers": [
+            {**worker._asdict(), "last_seen": worker.last_seen.isoformat()}
+            for worker in workers(session, now)
+        ],
+    }
 
 
 def explain(session: Session, message_id: str) -> dict[str, Any]:

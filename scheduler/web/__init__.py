@@ -25,6 +25,7 @@ from scheduler.signals.webhooks.inbox import LinqInbox
 from scheduler.web.metrics import metrics_routes
 from scheduler.web.ops import docs_routes, ops_routes
 from scheduler.web.reads import read_routes
+from scheduler.web.status import status_routes
 from scheduler.web.webhooks import webhook_routes
 
 __all__ = ["create_app"]
@@ -85,8 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics_routes(app, runtime, settings)
     # Every other route goes on this router, before it is included: it takes the API
     # token (``/metrics`` takes ``access.metrics_guard`` instead).
-    reads = APIRouter(dependencies=[Depends(access.api_guard(settings))])
+    guard = access.api_guard(settings)
+    reads = APIRouter(dependencies=[Depends(guard)])
     read_routes(reads, runtime)
+    status_routes(app, reads, runtime, guard)
     if settings.web_docs:
         docs_routes(reads, app)
     app.include_router(reads)
