@@ -183,11 +183,12 @@ def test_late_answer_of_the_first_attempt_settles_a_flagged_message_as_sent(
     assert hg.explain(message_id)["state"] == "needs_review"
     # When the first attempt's answer is recorded after all
     with hg.runtime.sessions() as session:
-        line_id = session.get_one(Message, message_id).line_id or 0
+        stored = session.get_one(Message, message_id)
+        line_id, enqueued_at = stored.line_id or 0, stored.created_at
     outbound = Outbound(message_id, LINE_A, BOB, "hello", idempotency_key=message_id)
     report = Report()
     answers = BatchAnswers(OptOutScope.ACCOUNT)
-    send_one(hg.runtime, Send("log", line_id, outbound), report, answers)
+    send_one(hg.runtime, Send("log", line_id, outbound, enqueued_at), report, answers)
     # Then the message is sent
     assert report.counts == {"SENT": 1}
     assert hg.explain(message_id)["state"] == "sent"

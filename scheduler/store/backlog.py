@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, distinct, func, select, text
 from sqlalchemy.orm import Session
@@ -44,6 +44,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+class Oldest(NamedTuple):
+    """The first message of a line's oldest group of waiting messages."""
+
+    created_at: datetime
+    state: str
+    code: str | None
+
+
 @dataclass(slots=True)
 class Queue:
     """A line's waiting messages, counted from the index."""
@@ -54,8 +62,8 @@ class Queue:
     due: int = 0
     #: The latest ``not_before`` given to a throttled message: when the last is expected.
     last_turn: datetime | None = None
-    #: (created_at, state, last_code) of the oldest group's first message.
-    oldest: tuple[datetime, str, str | None] | None = None
+    #: The oldest group's first message.
+    oldest: Oldest | None = None
 
 
 def _queues(session: Session, now: datetime) -> dict[int | None, Queue]:
@@ -84,7 +92,7 @@ def _queues(session: Session, now: datetime) -> dict[int | None, Queue]:
         if state == THROTTLED and last is not None:
             queue.last_turn = last if queue.last_turn is None else max(queue.last_turn, last)
         if first is not None and (queue.oldest is None or first < queue.oldest[0]):
-            queue.oldest = (first, state, code)
+            queue.oldest = Oldest(first, state, code)
     return queues
 
 
@@ -92,20 +100,27 @@ def _oldest(session: Session, line_id: int | None, queue: Queue) -> dict[str, An
     """The oldest waiting message of a line: one lookup in the index, by its group."""
     if queue.oldest is None:
         return None
-    created_at, state, code = queue.oldest
+    oldest = queue.oldest
     found = session.scalar(
         select(Message.id)
         .where(
             # The partial index's own condition, as literals, so the database may use it.
             text(WAITING_SQL),
             Message.line_id.is_(None) if line_id is None else Message.line_id == line_id,
-            Message.state == state,
-            Message.last_code.is_(None) if code is None else Message.last_code == code,
-            Message.created_at == created_at,
+            Message.state == oldest.state,
+            Message.last_code.is_(None)
+            if oldest.code is None
+            else Message.last_code == oldest.code,
+            Message.created_at == oldest.created_at,
         )
         .limit(1)
     )
-    return {"id": found, "since": _iso(created_at), "state": state, "reason": code or NO_REASON}
+    return {
+        "id": found,
+        "since": _iso(oldest.created_at),
+        "state": oldest.state,
+        "reason": oldest.code or NO_REASON,
+    }
 
 
 def _used(session: Session, ids: list[int], now: datetime) -> dict[int, dict[str, int]]:
