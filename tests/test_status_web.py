@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pydantic.v1  # noqa: F401  FastAPI imports it lazily, which fails once freezegun fakes date
@@ -105,10 +104,11 @@ def test_a_wrong_token_logs_nobody_in(browser: TestClient, token: str) -> None:
     "forged",
     [
         TOKEN,
-        f"{int(time.time())}.{'0' * 64}",
-        f"{int(time.time()) - access.SESSION_SECONDS}.{'0' * 64}",
+        f"{int(START.timestamp())}.{'0' * 64}",
+        f"{int(START.timestamp()) - access.SESSION_SECONDS}.{'0' * 64}",
         "not a cookie",
     ],
+    ids=["the token itself", "an unsigned session", "an unsigned old session", "junk"],
 )
 def test_a_forged_cookie_reads_nothing(browser: TestClient, forged: str) -> None:
     browser.cookies.set(access.SESSION_COOKIE, forged)
