@@ -19,7 +19,7 @@ run: $(STAMP)
 
 ## Lint, type-check and run every test (Redis and PostgreSQL tests skip if absent, fail in CI).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

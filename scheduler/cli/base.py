@@ -4,6 +4,7 @@ errors, and the parsing of times and durations."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -85,6 +86,7 @@ class Commands(TyperGroup):
     never in a traceback that could quote a URL's password."""
 
     def invoke(self, ctx: _click.Context) -> Any:
+        _fit_width()
         try:
             return super().invoke(ctx)
         except HealthgateError as exc:
@@ -216,6 +218,15 @@ def open_client(migrate: bool = True) -> Iterator[Healthgate]:
             client.close()
     except HealthgateError as exc:
         fail(str(exc))
+
+
+def _fit_width() -> None:
+    """Tables as wide as ``COLUMNS`` says, when it is set (a terminal's own width else):
+    read when the command runs, not when the module was imported, so a script or a pipe
+    that sets it gets whole rows."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        out.width = err.width = int(columns)
 
 
 def cells(*values: object) -> list[Text]:
