@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from collections.abc import Sequence
 from ipaddress import ip_address
+from pathlib import Path
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -21,6 +23,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
 from policies.errors import HealthgateError, InvalidInput
+from scheduler import constants
+from scheduler.files import PRIVATE_FILE, private_dir
 from scheduler.settings import Settings
 
 API_TOKEN_SETTING = "HEALTHGATE_API_TOKEN"
@@ -115,15 +119,41 @@ class TokenGuard:
             raise Unauthorized(f"Authorization: the Bearer token is not {self.setting}")
 
 
+def api_token(settings: Settings) -> SecretStr | None:
+    """The API token: ``HEALTHGATE_API_TOKEN``, or else the one ``healthgate init`` wrote
+    to the data directory (``api_token``, mode 0600) for the embedded default."""
+    if settings.api_token is not None:
+        return settings.api_token
+    path = settings.data_dir / constants.API_TOKEN_FILE
+    try:
+        written = path.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return SecretStr(written) if written else None
+
+
+def new_api_token(settings: Settings) -> Path | None:
+    """Write a random API token to the data directory unless one is set or written; the
+    file it is in, when this call wrote it."""
+    if api_token(settings) is not None:
+        return None
+    private_dir(settings.data_dir)
+    path = settings.data_dir / constants.API_TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
 def api_guard(settings: Settings) -> TokenGuard:
     """The guard of every read: the API token."""
-    return TokenGuard([settings.api_token], API_TOKEN_SETTING)
+    return TokenGuard([api_token(settings)], API_TOKEN_SETTING)
 
 
 def metrics_guard(settings: Settings) -> TokenGuard:
     """The guard of ``/metrics``: its own token when one is set, or the API token."""
     return TokenGuard(
-        [settings.metrics_token, settings.api_token],
+        [settings.metrics_token, api_token(settings)],
         f"{METRICS_TOKEN_SETTING} or {API_TOKEN_SETTING}",
     )
 
@@ -158,7 +188,7 @@ def is_loopback(host: str) -> bool:
 
 def check_exposure(settings: Settings) -> None:
     """Refuse to listen beyond loopback with no API token: every read would be refused."""
-    token = settings.api_token
+    token = api_token(settings)
     if is_loopback(settings.web_host) or (token and token.get_secret_value().strip()):
         return
     raise InvalidInput(

@@ -96,6 +96,9 @@ SQLITE_FILE = "healthgate.db"
 BROKER_DIR = "broker"
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 SEND_LOG_FILE = "sends.jsonl"
+#: The API token ``healthgate init`` writes for the embedded default (0600), used when
+#: ``HEALTHGATE_API_TOKEN`` is not set.
+API_TOKEN_FILE = "api_token"
 
 #: The web process listens on loopback by default: webhooks reach it through a reverse
 #: proxy that terminates TLS, and the read-only JSON views are not for the open internet.

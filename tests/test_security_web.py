@@ -6,6 +6,7 @@ import asyncio
 import select
 import socket
 import sqlite3
+import stat
 import subprocess
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -527,3 +528,40 @@ def test_the_web_command_refuses_a_secret_no_delivery_could_verify_in_one_line(
     assert "HEALTHGATE_LINQ_WEBHOOK_SECRET" in result.output
     assert "Traceback" not in result.output
     assert "SECRETVAL" not in result.output
+
+
+def test_init_writes_an_api_token_that_the_web_process_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a fresh folder with no HEALTHGATE_API_TOKEN
+    monkeypatch.chdir(tmp_path)
+    for name in ("API_TOKEN", "DATABASE_URL", "BROKER_URL", "DATA_DIR", "POLICY_FILE"):
+        monkeypatch.delenv(f"HEALTHGATE_{name}", raising=False)
+
+    # When healthgate is set up, twice
+    first = CliRunner().invoke(cli_app, ["init"])
+    again = CliRunner().invoke(cli_app, ["init"])
+
+    # Then a random token is written once, the owner's only, and never printed
+    token_file = tmp_path / ".healthgate" / constants.API_TOKEN_FILE
+    token = token_file.read_text().strip()
+    assert first.exit_code == 0, first.output
+    assert len(token) >= 40
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert ".healthgate/api_token" in first.output
+    assert token not in first.output
+    assert "API token" not in again.output
+    assert token_file.read_text().strip() == token
+
+    # and the web process's reads take it, and no other
+    settings = Settings(data_dir=tmp_path / ".healthgate", policy_file=tmp_path / "healthgate.toml")
+    with TestClient(create_app(settings), base_url=BASE_URL) as client:
+        assert client.get("/lines").status_code == 401
+        wrong = client.get("/lines", headers={"Authorization": "Bearer " + token[:-1]})
+        right = client.get("/lines", headers={"Authorization": f"Bearer {token}"})
+    assert wrong.status_code == 401
+    assert right.status_code == 200, right.text
+    # while HEALTHGATE_API_TOKEN, when set, is the one
+    chosen = settings.model_copy(update={"api_token": SecretStr("chosen-token-0123456789")})
+    with TestClient(create_app(chosen), base_url=BASE_URL) as client:
+        assert client.get("/lines", headers={"Authorization": f"Bearer {token}"}).status_code == 401

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from policies.errors import HealthgateError
-from scheduler import access, runner
+from scheduler import access, constants, runner
 from scheduler.cli.base import (
     app,
     db_app,
@@ -25,7 +25,8 @@ from scheduler.signals.webhooks.inbox import check_secrets
 def init(
     force: bool = typer.Option(False, help="Overwrite an existing policy file."),
 ) -> None:
-    """Write a commented starter policy file and create the database."""
+    """Write a commented starter policy file, create the database, and write an API token
+    to the data directory unless HEALTHGATE_API_TOKEN is set."""
     settings = Settings()
     path = settings.policy_file
     if path.exists() and not force:
@@ -38,6 +39,14 @@ def init(
     with open_client(migrate=False) as client:
         client.migrate()
     out.print(f"database ready: {masked_url(settings.database)}", highlight=False)
+    written = access.new_api_token(settings)
+    if written is not None:
+        out.print(
+            f"wrote an API token to {written} (mode 0600): the status page and the JSON "
+            "reads take it; HEALTHGATE_API_TOKEN replaces it",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -60,7 +69,16 @@ def run(
     )
     processes = runner.commands(settings, concurrency)
     if web:
-        out.print(f"web: http://{settings.web_host}:{settings.web_port}", highlight=False)
+        where = (
+            "HEALTHGATE_API_TOKEN"
+            if settings.api_token
+            else "the token in " + str(settings.data_dir / constants.API_TOKEN_FILE)
+        )
+        out.print(
+            f"web: http://{settings.web_host}:{settings.web_port} (sign in with {where})",
+            markup=False,
+            highlight=False,
+        )
     else:
         del processes["web"]
     raise typer.Exit(runner.supervise(processes, runner.environment(settings)))
