@@ -100,9 +100,13 @@ def status(
             out.print(
                 f"  {line['number']}: {reason}", markup=False, highlight=False, soft_wrap=True
             )
-    out.print(_oldest(data))
+    if any(line["oldest_waiting"] for line in data["lines"]):
+        out.print(_oldest(data))
     out.print(_caps(data))
-    out.print(_reasons(data))
+    if data["waiting"]["by_reason"]:
+        out.print(_reasons(data))
+    else:
+        out.print("nothing waiting")
     if data["waiting"]["without_line"]:
         out.print(f"{data['waiting']['without_line']} waiting for a line to take them")
     if data["workers"]:
