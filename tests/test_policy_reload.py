@@ -488,3 +488,20 @@ def test_status_shows_the_applied_policy_and_each_workers_fingerprint(
     assert result.exit_code == 0, result.output
     assert "celery@host/1" in result.output
     assert fingerprint in result.output
+
+
+def test_the_purge_forgets_workers_gone_longer_than_the_retention(
+    hg: Healthgate, clock: FrozenDateTimeFactory
+) -> None:
+    # Given a worker seen 40 days ago and one seen now
+    with hg.runtime.sessions.begin() as session:
+        record_worker(session, "celery@gone/1", "0123456789ab", START - timedelta(days=40))
+        record_worker(session, "celery@here/2", "0123456789ab", START)
+
+    # When the daily purge runs with the default 30 days
+    purged = hg.purge()
+
+    # Then only the gone one is forgotten
+    assert purged.workers == 1
+    with hg.runtime.reads() as session:
+        assert [w.name for w in workers(session, START)] == ["celery@here/2"]

@@ -109,5 +109,6 @@ def purge(
         print_json(purged._asdict())
     else:
         out.print(
-            f"purged: {purged.messages} message bodies, {purged.webhook_events} webhook bodies"
+            f"purged: {purged.messages} message bodies, {purged.webhook_events} webhook bodies, "
+            f"{purged.workers} worker(s) gone"
         )

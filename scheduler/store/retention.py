@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import CursorResult, Select, Update, case, null, select, update
+from sqlalchemy import CursorResult, Select, Update, case, delete, null, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from scheduler import constants
-from scheduler.store.models import FINAL_STATES, Message, WebhookEvent
+from scheduler.store.models import FINAL_STATES, Message, WebhookEvent, WorkerSeen
 
 
 class Purged(NamedTuple):
@@ -28,6 +28,8 @@ class Purged(NamedTuple):
 
     messages: int
     webhook_events: int
+    #: Worker processes not seen since before the cut-off: gone (``healthgate workers``).
+    workers: int = 0
 
 
 def purge(
@@ -67,7 +69,12 @@ def purge(
         ),
         batch,
     )
-    return Purged(messages, events)
+    with sessions.begin() as session:
+        gone = cast(
+            CursorResult[Any],
+            session.execute(delete(WorkerSeen).where(WorkerSeen.last_seen < before)),
+        )
+    return Purged(messages, events, gone.rowcount)
 
 
 def _in_batches(
