@@ -6,13 +6,16 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
 from policies.errors import InvalidInput
 from policies.keywords import Inbound
 from policies.statuses import LineStatus
 from policies.text import storable_time
 from scheduler import constants
 from scheduler.dispatch import Report, drain
-from scheduler.intake.enqueue import enqueue_many
+from scheduler.intake.enqueue import check_same_database, enqueue_many
 from scheduler.intake.messages import NewMessage
 from scheduler.operate import Acted, actions
 from scheduler.operate.finding import Moment, find_messages
@@ -62,13 +65,25 @@ class Healthgate:
         idempotency_key: str | None = None,
         send_at: datetime | None = None,
         expires_at: datetime | None = None,
+        *,
+        session: Session | None = None,
+        connection: Connection | None = None,
     ) -> str:
         """Enqueue one message and return its id (the existing id for a known key with
-        the same content; ``IdempotencyConflict`` for other content, storing nothing)."""
-        message = NewMessage(to, body, line, chat_id, idempotency_key, send_at, expires_at)
-        return enqueue_many(self.runtime, [message])[0]
+        the same content; ``IdempotencyConflict`` for other content, storing nothing).
 
-    def enqueue_many(self, messages: Iterable[NewMessage | Mapping[str, Any]]) -> list[str]:
+        ``session`` or ``connection``: store it in that transaction (see ``enqueue_many``).
+        """
+        message = NewMessage(to, body, line, chat_id, idempotency_key, send_at, expires_at)
+        return self.enqueue_many([message], session=session, connection=connection)[0]
+
+    def enqueue_many(
+        self,
+        messages: Iterable[NewMessage | Mapping[str, Any]],
+        *,
+        session: Session | None = None,
+        connection: Connection | None = None,
+    ) -> list[str]:
         """Enqueue many messages and return their ids, in order.
 
         The call is checked whole first: a bad message (``InvalidInput``) or a key held
@@ -76,8 +91,30 @@ class Healthgate:
         committed a part at a time (``ENQUEUE_COMMIT`` messages): a call that fails part
         way has stored the parts before, and calling again with the same keys returns
         their ids and stores the rest.
+
+        With ``session`` (a SQLAlchemy ``Session``) or ``connection`` (a ``Connection``)
+        on healthgate's own PostgreSQL database, the messages are written in that
+        transaction instead, in one pass, and nothing is committed: they exist if and
+        only if the caller commits (the transactional outbox). The write runs under a
+        SAVEPOINT: when healthgate refuses the call, it rolls back to it, and the
+        caller's transaction stays usable. The rows it writes (new chats, keys) stay
+        locked until the caller commits or rolls back: another enqueue to the same new
+        recipient or with the same key waits for it, so keep the transaction short.
+        A connection to another database, or to SQLite, is refused (``InvalidInput``
+        naming the parameter).
         """
-        return enqueue_many(self.runtime, messages)
+        if session is not None and connection is not None:
+            raise InvalidInput("session", session, "give session or connection, not both")
+        if session is not None:
+            if not isinstance(session, Session):
+                raise InvalidInput("session", session, "must be a SQLAlchemy Session")
+            check_same_database(self.runtime, "session", session.get_bind())
+            connection = session.connection()
+        elif connection is not None:
+            if not isinstance(connection, Connection):
+                raise InvalidInput("connection", connection, "must be a SQLAlchemy Connection")
+            check_same_database(self.runtime, "connection", connection)
+        return enqueue_many(self.runtime, messages, connection=connection)
 
     def set_chat_health(
         self, line: str, recipient: str, status: str, updated_at: datetime | None = None
