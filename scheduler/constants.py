@@ -8,6 +8,16 @@ TICK_TASK = "healthgate.tick"
 DISPATCH_TASK = "healthgate.dispatch"
 POLL_TASK = "healthgate.poll"
 PURGE_TASK = "healthgate.purge"
+#: Enqueue through the broker, for an application that sends Celery tasks by name and
+#: does not import healthgate: the arguments are JSON, times ISO 8601 with an offset.
+ENQUEUE_TASK = "healthgate.enqueue"
+ENQUEUE_MANY_TASK = "healthgate.enqueue_many"
+
+#: A broker-side enqueue retries a database outage this many times, with Celery's
+#: exponential backoff (1 s, 2 s, 4 s ... capped at ``ENQUEUE_RETRY_BACKOFF_MAX`` s):
+#: about ten minutes in all, longer than a PostgreSQL failover or restart.
+ENQUEUE_MAX_RETRIES = 10
+ENQUEUE_RETRY_BACKOFF_MAX = 120
 
 #: One queue for everything keeps the embedded default simple; operators can route
 #: dispatch to its own queue with Celery's ``task_routes`` without code changes.

@@ -14,6 +14,7 @@ from scheduler.client import Healthgate
 from scheduler.files import private_dir
 from scheduler.runtime import Runtime
 from scheduler.settings import Settings, masked_url
+from tasks import intake
 from tasks.dispatch import register
 from tasks.logs import quiet
 from tasks.poll import register_poll
@@ -55,14 +56,20 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("healthgate", broker=_broker_url(settings.broker), set_as_current=False)
     app.conf.update(_config(settings))
     log.info("healthgate tasks: broker %s", masked_url(settings.broker))
-    holder = RuntimeHolder(settings)
-    register(app, holder.get, settings)
-    register_poll(app, holder.get)
-    register_purge(app, holder.get)
-
+    register_all(app, settings)
     # The worker and beat set up logging when they start: leave out the lines that say
     # nothing happened (see ``tasks.logs``).
     after_setup_logger.connect(quiet, weak=False)
+    return app
+
+
+def register_all(app: Celery, settings: Settings) -> None:
+    """Register every healthgate task on ``app``, sharing one runtime per process."""
+    holder = RuntimeHolder(settings)
+    register(app, holder.get, settings)
+    intake.register(app, holder.get, settings)
+    register_poll(app, holder.get)
+    register_purge(app, holder.get)
 
     @worker_process_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
@@ -70,7 +77,28 @@ def create_app(settings: Settings | None = None) -> Celery:
         # A prefork child leaves its counts in the multiprocess folder; its live gauges go.
         metrics.process_exited(os.getpid())
 
-    return app
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Beat's entries for healthgate: the tick, the provider poll and the daily purge."""
+    return {
+        "healthgate-tick": {
+            "task": constants.TICK_TASK,
+            "schedule": settings.tick_seconds,
+            "options": {"expires": constants.TICK_EXPIRES_SECONDS},
+        },
+        "healthgate-poll": {
+            "task": constants.POLL_TASK,
+            "schedule": settings.poll_seconds,
+            # A poll still queued when the next is due is stale: drop it.
+            "options": {"expires": settings.poll_seconds},
+        },
+        "healthgate-purge": {
+            "task": constants.PURGE_TASK,
+            "schedule": constants.PURGE_SECONDS,
+            # The next day's purge does the same work: a stale one is dropped.
+            "options": {"expires": constants.PURGE_SECONDS},
+        },
+    }
 
 
 def _broker_url(url: str) -> str:
@@ -96,25 +124,7 @@ def _config(settings: Settings) -> dict[str, Any]:
         # while its lease runs down.
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
-        "beat_schedule": {
-            "healthgate-tick": {
-                "task": constants.TICK_TASK,
-                "schedule": settings.tick_seconds,
-                "options": {"expires": constants.TICK_EXPIRES_SECONDS},
-            },
-            "healthgate-poll": {
-                "task": constants.POLL_TASK,
-                "schedule": settings.poll_seconds,
-                # A poll still queued when the next is due is stale: drop it.
-                "options": {"expires": settings.poll_seconds},
-            },
-            "healthgate-purge": {
-                "task": constants.PURGE_TASK,
-                "schedule": constants.PURGE_SECONDS,
-                # The next day's purge does the same work: a stale one is dropped.
-                "options": {"expires": constants.PURGE_SECONDS},
-            },
-        },
+        "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": str(settings.data_dir / constants.BEAT_SCHEDULE_FILE),
     }
     if settings.broker.startswith("filesystem"):
