@@ -20,6 +20,9 @@ _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 10
 def shown(value: object) -> str:
     """``repr(value)`` for a message: its first ``SHOWN_CHARACTERS`` characters, and the
     value's whole length when it is longer (``'aaa…'… (1,100,000 characters)``)."""
+    if isinstance(value, datetime):
+        # As the caller wrote it, not Python's constructor call.
+        return repr(value.isoformat())
     if isinstance(value, str | bytes):
         text = repr(value[: SHOWN_CHARACTERS + 1])
         unit = "characters" if isinstance(value, str) else "bytes"
@@ -57,11 +60,6 @@ class InvalidInput(HealthgateError, ValueError):
         super().__init__(f"{field}={shown(value)}: {problem}")
 
 
-def _compared(value: object) -> str:
-    """A value of a conflict as the caller wrote it: times in ISO 8601."""
-    return shown(value.isoformat() if isinstance(value, datetime) else value)
-
-
 class IdempotencyConflict(HealthgateError):
     """An idempotency key already names a message with different content; nothing was
     stored. A key names one message: a new message needs a new key (Stripe's rule)."""
@@ -73,7 +71,7 @@ class IdempotencyConflict(HealthgateError):
         self.given = given
         super().__init__(
             f"idempotency_key={shown(key)}: {field} differs from {where} with this key "
-            f"({_compared(first)} there, {_compared(given)} here); a new message needs a new key"
+            f"({shown(first)} there, {shown(given)} here); a new message needs a new key"
         )
 
 

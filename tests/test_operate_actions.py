@@ -280,7 +280,7 @@ def test_release_keeps_held_since_so_the_maximum_hold_still_counts(
 def test_release_of_an_unknown_code_names_the_field(hg: Healthgate) -> None:
     with pytest.raises(InvalidInput) as raised:
         hg.release(reason_code="cap_sends_per_fortnight")
-    assert raised.value.field == "reason"
+    assert raised.value.field == "code"  # as the CLI option, --code, says it
 
 
 # --- retry ----------------------------------------------------------------------------

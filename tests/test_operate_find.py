@@ -154,6 +154,14 @@ def test_the_command_prints_a_table_and_json(
     bad = runner.invoke(app, ["messages", "--newer-than", "soon"])
     assert bad.exit_code == 2
     assert "newer_than" in bad.output
+    # A list cut by its limit says so
+    cut = runner.invoke(app, ["messages", "--limit", "1"])
+    assert cut.exit_code == 0, cut.output
+    assert "1 message(s) (the newest 1: --limit shows more)" in cut.output
+    # and a line's state, refused, lists every state the command takes
+    sick = runner.invoke(app, ["health", "line", LINE_B, "sick"])
+    assert sick.exit_code == 2
+    assert "HEALTHY, AT_RISK, CRITICAL, ACTIVE, FLAGGED" in sick.output
 
 
 @pytest.mark.parametrize(

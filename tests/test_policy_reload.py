@@ -505,3 +505,25 @@ def test_the_purge_forgets_workers_gone_longer_than_the_retention(
     assert purged.workers == 1
     with hg.runtime.reads() as session:
         assert [w.name for w in workers(session, START)] == ["celery@here/2"]
+
+
+def test_a_deployment_that_only_drains_applies_a_policy_change_too(
+    hg: Healthgate, settings: Settings, clock: FrozenDateTimeFactory
+) -> None:
+    # Given a message held on line A's day cap by a drain (no worker, no tick)
+    rewrite(settings.policy_file, settings.policy_file.read_text())
+    first = hg.enqueue(to=BOB, body="your order shipped", line=LINE_A)
+    hg.drain()
+    held = hg.enqueue(to=ERIN, body="see you soon", line=LINE_A)
+    clock.tick(1)
+    hg.drain()
+    assert [hg.explain(i)["state"] for i in (first, held)] == ["sent", "throttled"]
+
+    # When the day cap is raised and the next drain runs (cron, a script)
+    rewrite(settings.policy_file, policy_file(day_cap_a=10))
+    clock.tick(1)
+    hg.drain()
+
+    # Then the held message was looked at again under the new policy, and sent
+    assert len(policy_releases(hg, [held])[held]) == 1
+    assert hg.explain(held)["state"] == "sent"

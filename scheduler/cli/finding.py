@@ -56,4 +56,5 @@ def find(
         # Text, never markup: the values are stored data (reason codes, numbers).
         table.add_row(*(Text(cell or "-") for cell in cells))
     out.print(table, highlight=False)
-    out.print(f"{len(found)} message(s)", highlight=False)
+    more = f" (the newest {limit}: --limit shows more)" if len(found) == limit else ""
+    out.print(f"{len(found)} message(s){more}", highlight=False)

@@ -29,7 +29,10 @@ def list_workers(
     if as_json:
         print_json({"applied": applied_fingerprint, "workers": listed})
         return
-    out.print(workers_table(listed))
+    if listed:
+        out.print(workers_table(listed))
+    else:
+        out.print("no worker seen yet: a worker records itself at its first tick")
     out.print(
         f"policy applied to held messages: {applied_fingerprint or '(none yet)'}", highlight=False
     )

@@ -20,6 +20,7 @@ from policies.statuses import Action, LineReputation, LineStatus
 from scheduler.dispatch.answers import BatchAnswers
 from scheduler.dispatch.batch import Batch, Facts, facts_for, load_batch
 from scheduler.dispatch.claims import Claim, claim_due
+from scheduler.dispatch.policy_change import apply_policy_change
 from scheduler.dispatch.report import Report
 from scheduler.dispatch.sending import Send, send_batch
 from scheduler.limits import Ticket
@@ -29,6 +30,9 @@ from scheduler.store.models import Chat, Message, MessageState
 from scheduler.store.router import chat_for, eligible_lines, rank
 
 __all__ = ["dispatch_claimed", "drain"]
+
+#: Who applies a policy change found by ``drain`` (the tick names its worker).
+DRAIN_WORKER = "drain"
 
 
 def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None) -> Report:
@@ -307,9 +311,15 @@ def _reroute(
 
 
 def drain(runtime: Runtime, now: datetime | None = None, batch: int | None = None) -> Report:
-    """Dispatch everything due at ``now`` in this process, then return (scripts, cron, tests)."""
+    """Dispatch everything due at ``now`` in this process, then return (scripts, cron, tests).
+
+    A policy changed since it was last applied first releases what it no longer holds, as
+    the tick does: a deployment that only drains (cron, scripts) sees its changes too.
+    """
     report = Report()
     size = batch or runtime.settings.dispatch_batch
+    with runtime.sessions.begin() as session:
+        apply_policy_change(session, runtime.policies.loaded(), now or utcnow(), DRAIN_WORKER)
     while True:
         moment = now or utcnow()
         claim = claim_due(runtime, moment, size)

@@ -123,7 +123,7 @@ def release(
     actor, note = _who(actor), _note(reason)
     holds: Collection[Code] = set(Code)
     if reason_code is not None:
-        holds = {Code(parse_code(reason_code, "reason"))}
+        holds = {Code(parse_code(reason_code, "code"))}
     which: ColumnElement[bool] = _on_line(session, line)
     if to is not None:
         which = and_(which, Message.recipient == to_e164(to, "to"))
@@ -154,9 +154,9 @@ def retry(
     the maximum hold starts again. A message whose body was purged cannot go again.
     """
     actor, note = _who(actor), _note(reason)
-    named = _one_of(message_id=message_id, reason=reason_code)
-    if named == "reason":
-        code = parse_code(str(reason_code), "reason")
+    named = _one_of(message_id=message_id, code=reason_code)
+    if named == "code":
+        code = parse_code(str(reason_code), "code")
         which = and_(Message.last_code == code, Message.purged_at.is_(None))
         ids, unchanged = _lock(session, which, RETRYABLE_STATES), list[str]()
     else:
@@ -211,7 +211,9 @@ def _one_of(**named: object) -> str:
     if len(given) != 1:
         names = ", ".join(named)
         raise InvalidInput(
-            "/".join(named), given or None, f"give exactly one of {names} (got {len(given)})"
+            "/".join(named),
+            ", ".join(given) or "nothing",
+            f"give exactly one of {names}",
         )
     return given[0]
 

@@ -127,7 +127,12 @@ def status_routes(
         if not guard.tokens:
             return _page("login.html", 401, error=f"{guard.setting} is not set")
         if token is None:
-            return _page("login.html", 401, error=f"token: this is not {guard.setting}")
+            return _page(
+                "login.html",
+                401,
+                error=f"token: this is not {guard.setting} (or the api_token file of the "
+                "data directory, which healthgate init writes)",
+            )
         answer = RedirectResponse("/", status_code=303)
         answer.set_cookie(
             access.SESSION_COOKIE,
