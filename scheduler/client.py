@@ -188,7 +188,9 @@ class Healthgate:
 
     def status(self) -> dict[str, Any]:
         with self.runtime.reads() as session:
-            return reports.status(session, utcnow(), self.runtime.policy)
+            return reports.status(
+                session, utcnow(), self.runtime.policy, self.runtime.settings.tick
+            )
 
     def explain(self, message_id: str) -> dict[str, Any]:
         with self.runtime.reads() as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Annotated, Any
@@ -149,6 +150,11 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return self.broker_url or "filesystem://"
+
+    @property
+    def tick(self) -> timedelta:
+        """Beat's period, as a duration (workers not seen for a few are stale)."""
+        return timedelta(seconds=self.tick_seconds)
 
     @property
     def broker_dir(self) -> Path:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def register(app: Celery, runtime: Callable[[], Runtime], settings: Settings) -> None:
     """Register healthgate's tasks on ``app``; ``runtime`` gives this process's runtime."""
-    seen = Seen(timedelta(seconds=settings.tick_seconds))
+    seen = Seen(settings.tick)
 
     @app.task(name=constants.DISPATCH_TASK, ignore_result=True, shared=False, bind=True)
     def dispatch(task: Task[Any, Any], token: str, ids: list[str]) -> dict[str, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from typing import Any
 
 import typer
@@ -11,7 +10,7 @@ from rich.table import Table
 
 from scheduler.cli.base import app, cells, open_client, out, print_json
 from scheduler.runtime import utcnow
-from scheduler.store.policy_state import applied, workers
+from scheduler.store.reports import policy_in_force
 
 
 @app.command("workers")
@@ -19,13 +18,10 @@ def list_workers(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Each worker process, the policy fingerprint it runs and when it was last seen."""
-    with open_client() as client:
-        tick = timedelta(seconds=client.runtime.settings.tick_seconds)
-        with client.runtime.reads() as session:
-            found = workers(session, utcnow(), tick)
-            policy = applied(session)
-    applied_fingerprint = policy.fingerprint if policy else None
-    listed = [{**worker._asdict(), "last_seen": worker.last_seen.isoformat()} for worker in found]
+    with open_client() as client, client.runtime.reads() as session:
+        applied_fingerprint, listed = policy_in_force(
+            session, utcnow(), client.runtime.settings.tick
+        )
     if as_json:
         print_json({"applied": applied_fingerprint, "workers": listed})
         return

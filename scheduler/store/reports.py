@@ -26,7 +26,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def status(session: Session, now: datetime, policy: Policy) -> dict[str, Any]:
+def status(session: Session, now: datetime, policy: Policy, tick: timedelta) -> dict[str, Any]:
     """Lines with their reputation, caps in use, queue and estimate; chats by health,
     messages by state, and the waiting messages of every line by state and reason."""
     sent_today = dict(
@@ -63,7 +63,7 @@ def status(session: Session, now: datetime, policy: Policy) -> dict[str, Any]:
     states = dict(
         session.execute(select(Message.state, func.count()).group_by(Message.state)).all()
     )
-    current = applied(session)
+    fingerprint, seen = policy_in_force(session, now, tick)
     return {
         "now": now.isoformat(),
         "lines": lines,
@@ -71,12 +71,23 @@ def status(session: Session, now: datetime, policy: Policy) -> dict[str, Any]:
         "messages": states,
         "waiting": waiting,
         # The policy applied to held messages, and the one each worker runs.
-        "policy": {"applied": current.fingerprint if current else None},
-        "workers": [
-            {**worker._asdict(), "last_seen": worker.last_seen.isoformat()}
-            for worker in workers(session, now)
-        ],
+        "policy": {"applied": fingerprint},
+        "workers": seen,
     }
+
+
+def policy_in_force(
+    session: Session, now: datetime, tick: timedelta
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The fingerprint of the policy applied to held messages (None before any), and
+    every worker seen with the one it runs, stale ones (not seen for a few ``tick``s)
+    marked."""
+    current = applied(session)
+    seen = [
+        {**worker._asdict(), "last_seen": worker.last_seen.isoformat()}
+        for worker in workers(session, now, tick)
+    ]
+    return (current.fingerprint if current else None), seen
 
 
 def explain(session: Session, message_id: str) -> dict[str, Any]:

@@ -23,7 +23,9 @@ def read_routes(app: APIRouter, runtime: Runtime) -> None:
     def lines() -> list[dict[str, Any]]:
         """Every line with its reputation, runtime status and sends in the last 24 h."""
         with runtime.reads() as session:
-            found: list[dict[str, Any]] = reports.status(session, utcnow(), runtime.policy)["lines"]
+            found: list[dict[str, Any]] = reports.status(
+                session, utcnow(), runtime.policy, runtime.settings.tick
+            )["lines"]
         return found
 
     @app.get("/chats", tags=["read"])

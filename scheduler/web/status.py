@@ -88,7 +88,7 @@ def status_routes(
         """Lines with their caps in use, queue by state and reason, oldest waiting message
         and estimated drain time; chats by health; messages by state; totals by reason."""
         with runtime.reads() as session:
-            return reports.status(session, utcnow(), runtime.policy)
+            return reports.status(session, utcnow(), runtime.policy, runtime.settings.tick)
 
     @reads.get("/", include_in_schema=False)
     def page(message: str | None = None) -> HTMLResponse:
@@ -96,7 +96,7 @@ def status_routes(
         found: dict[str, Any] | None = None
         missing = None
         with runtime.reads() as session:
-            data = reports.status(session, now, runtime.policy)
+            data = reports.status(session, now, runtime.policy, runtime.settings.tick)
             hours = backlog.activity(session, now)
             recent = backlog.recent_decisions(session, RECENT)
             if message:
