@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
@@ -45,7 +45,7 @@ class LineState(StrEnum):
     FLAGGED = LineStatus.FLAGGED.value
 
 
-def choice(kind: type[StrEnum]) -> Callable[[str], str]:
+def choice(kind: Iterable[StrEnum]) -> Callable[[str], str]:
     """The parser of an argument that takes one of ``kind``: a value in any case is that
     value; anything else is passed on as written, for the command to refuse in one line
     naming the field (and showing at most the first 100 characters of the value)."""
@@ -59,21 +59,10 @@ def choice(kind: type[StrEnum]) -> Callable[[str], str]:
     return parse
 
 
-def choices(kind: type[StrEnum]) -> str:
+def choices(kind: Iterable[StrEnum]) -> str:
     """``HEALTHY, AT_RISK or CRITICAL``: the values an argument takes, for its help."""
     *first, last = (member.value for member in kind)
     return f"{', '.join(first)} or {last}" if first else last
-
-
-class EventOutcome(StrEnum):
-    """What became of a webhook event, as ``events --outcome`` filters it."""
-
-    #: It changed what healthgate knows.
-    applied = "applied"
-    #: Older than what was known, or nothing to do.
-    ignored = "ignored"
-    #: Refused: a bad signature or an unreadable body.
-    rejected = "rejected"
 
 
 #: ``-h`` as well as ``--help`` on every command; subcommands inherit it from the root.

@@ -9,7 +9,6 @@ from rich.table import Table
 from policies.errors import InvalidInput
 from policies.statuses import ChatHealth
 from scheduler.cli.base import (
-    EventOutcome,
     LineState,
     app,
     cells,
@@ -22,6 +21,7 @@ from scheduler.cli.base import (
     parse_time,
     print_json,
 )
+from scheduler.signals.webhooks.inbox import STORED_OUTCOMES
 from scheduler.store import listing
 
 
@@ -29,9 +29,9 @@ from scheduler.store import listing
 def events(
     outcome: str | None = typer.Option(
         None,
-        parser=choice(EventOutcome),
+        parser=choice(STORED_OUTCOMES),
         metavar="OUTCOME",
-        help=f"Only the events with this outcome: {choices(EventOutcome)}, in any case.",
+        help=f"Only the events with this outcome: {choices(STORED_OUTCOMES)}, in any case.",
     ),
     limit: int = typer.Option(20, min=1, max=1000, help="At most this many events."),
     as_json: bool = typer.Option(
@@ -40,8 +40,8 @@ def events(
 ) -> None:
     """Webhook events received, newest first, with what became of each and why."""
     with open_client() as client, client.runtime.reads() as session:
-        if outcome is not None and outcome not in set(EventOutcome):
-            raise InvalidInput("outcome", outcome, "is not one of applied, ignored, rejected")
+        if outcome is not None and outcome not in STORED_OUTCOMES:
+            raise InvalidInput("outcome", outcome, f"is not one of {', '.join(STORED_OUTCOMES)}")
         data = listing.events(session, outcome, limit, with_payload=as_json)
     if as_json:
         print_json(data)

@@ -64,6 +64,10 @@ class Receipt(NamedTuple):
     retry_after: int | None = None
 
 
+#: The outcomes an event is stored with (a duplicate is answered, never stored).
+STORED_OUTCOMES = (Outcome.APPLIED, Outcome.IGNORED, Outcome.REJECTED)
+
+
 class LinqInbox:
     """Turns signed Linq deliveries into recorded, applied events."""
 
