@@ -119,3 +119,7 @@ def parse_field(parser: Callable[[str], T], field: str, value: str) -> T:
         return parser(value)
     except ValueError as exc:
         raise InvalidInput(field, value, str(exc)) from None
+
+
+#: What a line can be set to by hand: a reputation, or a status at the provider.
+LINE_STATES: tuple[LineReputation | LineStatus, ...] = (*LineReputation, *LineStatus)

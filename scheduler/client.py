@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from policies.errors import InvalidInput
 from policies.keywords import Inbound
-from policies.statuses import LineReputation, LineStatus
+from policies.statuses import LINE_STATES, LineStatus
 from policies.text import storable_time
 from scheduler import constants
 from scheduler.dispatch import Report, drain
@@ -138,11 +138,8 @@ class Healthgate:
         with self.runtime.sessions.begin() as session:
             sync_lines(session, self.runtime.policy, utcnow())
             policy = self.runtime.policy
-            known = [*LineReputation, *LineStatus]
-            if status not in {state.value for state in known}:
-                raise InvalidInput(
-                    "status", status, f"is not one of {', '.join(s.value for s in known)}"
-                )
+            if status not in LINE_STATES:
+                raise InvalidInput("status", status, f"is not one of {', '.join(LINE_STATES)}")
             if status in {s.value for s in LineStatus}:
                 return health.set_line_status(
                     session, policy, line, status, utcnow(), updated_at=updated_at

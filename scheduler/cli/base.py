@@ -25,24 +25,8 @@ from typer.core import TyperGroup
 from policies.durations import parse_duration as parse_duration
 from policies.durations import parse_time as parse_time
 from policies.errors import HealthgateError
-from policies.statuses import LineReputation, LineStatus
 from scheduler.client import Healthgate
 from scheduler.settings import Settings, masked_url
-
-
-class LineState(StrEnum):
-    """What ``health line`` sets: a line's reputation or its status at the provider."""
-
-    #: Reputation: good standing.
-    HEALTHY = LineReputation.HEALTHY.value
-    #: Reputation: run at a fraction of the caps.
-    AT_RISK = LineReputation.AT_RISK.value
-    #: Reputation: pause the line.
-    CRITICAL = LineReputation.CRITICAL.value
-    #: Status: the provider lets the line send.
-    ACTIVE = LineStatus.ACTIVE.value
-    #: Status: the provider has flagged the line.
-    FLAGGED = LineStatus.FLAGGED.value
 
 
 def choice(kind: Iterable[StrEnum]) -> Callable[[str], str]:

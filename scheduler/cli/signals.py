@@ -7,9 +7,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from policies.errors import InvalidInput
-from policies.statuses import ChatHealth
+from policies.statuses import LINE_STATES, ChatHealth
 from scheduler.cli.base import (
-    LineState,
     app,
     cells,
     choice,
@@ -107,9 +106,9 @@ def health_line(
     line: str = typer.Argument(..., help="The line, E.164."),
     status: str = typer.Argument(
         ...,
-        parser=choice(LineState),
+        parser=choice(LINE_STATES),
         metavar="STATUS",
-        help=f"A reputation, or a status at the provider: {choices(LineState)}, in any case.",
+        help=f"A reputation, or a status at the provider: {choices(LINE_STATES)}, in any case.",
     ),
 ) -> None:
     """Set a line's reputation (HEALTHY, AT_RISK, CRITICAL) or status (ACTIVE, FLAGGED)."""
