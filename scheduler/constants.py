@@ -12,6 +12,8 @@ PURGE_TASK = "healthgate.purge"
 #: does not import healthgate: the arguments are JSON, times ISO 8601 with an offset.
 ENQUEUE_TASK = "healthgate.enqueue"
 ENQUEUE_MANY_TASK = "healthgate.enqueue_many"
+#: Tells the application's callback of the messages that finished (the outbox).
+OUTCOMES_TASK = "healthgate.outcomes"
 
 #: A broker-side enqueue retries a database outage this many times, with Celery's
 #: exponential backoff (1 s, 2 s, 4 s ... capped at ``ENQUEUE_RETRY_BACKOFF_MAX`` s):
@@ -146,3 +148,26 @@ WORKER_STALE_TICKS = 5
 
 #: The name of the row holding the policy last applied to held messages.
 POLICY_APPLIED = "applied"
+
+#: The queue an outcome's callback task is sent to unless ``HEALTHGATE_OUTCOME_QUEUE``
+#: names another: Celery's own default, which an application's worker consumes.
+OUTCOME_QUEUE = "celery"
+
+#: Outcomes one delivery task tries at most; the rest wait for the next tick.
+OUTCOME_BATCH = 200
+
+#: How long a delivery task holds the outcomes it claimed. Its run stops trying after
+#: half of it (``OUTCOME_RUN_SECONDS``), so a slow callback never lets another task claim
+#: what this one is still delivering.
+OUTCOME_LEASE_SECONDS = 60.0
+OUTCOME_RUN_SECONDS = 30.0
+
+#: A failed delivery is tried again after 5 s, then 10 s, 20 s ... doubling up to an
+#: hour between attempts; after three days undelivered the outcome is given up on
+#: (Standard Webhooks' senders retry for about as long), and ``status`` says so.
+OUTCOME_RETRY_FIRST_SECONDS = 5.0
+OUTCOME_RETRY_MAX_SECONDS = 3600.0
+OUTCOME_GIVE_UP_SECONDS = 3 * 24 * 3600.0
+
+#: A webhook out is answered within this, or counts as failed and is tried again.
+OUTCOME_WEBHOOK_TIMEOUT_SECONDS = 10.0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterator
 from datetime import timedelta
 from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -22,7 +24,7 @@ UNREADABLE_URL = "(a URL healthgate cannot read; not shown)"
 _SECRET_WORDS = ("pass", "secret", "token", "key")
 #: The settings holding a URL: ``repr`` and ``str`` show them with the password masked.
 _URL_FIELDS = frozenset(
-    {"database_url", "broker_url", "redis_url", "linq_base_url", "d360_base_url"}
+    {"database_url", "broker_url", "redis_url", "linq_base_url", "d360_base_url", "outcome_url"}
 )
 
 
@@ -122,6 +124,16 @@ class Settings(BaseSettings):
     #: answered 503 with ``Retry-After``, and the provider delivers it again).
     sqlite_busy_timeout_seconds: float = Field(constants.SQLITE_BUSY_TIMEOUT_SECONDS, gt=0)
 
+    #: The application's Celery task told of every message that finishes (sent, dropped,
+    #: expired, failed, needs_review, cancelled): one argument, the outcome as a dict.
+    outcome_task: str | None = None
+    #: The queue that task is sent to; the application's worker consumes it.
+    outcome_queue: str = constants.OUTCOME_QUEUE
+    #: Or, for an application outside Celery, a URL each outcome is POSTed to, signed
+    #: with ``outcome_secret`` (``whsec_...``) per Standard Webhooks.
+    outcome_url: str | None = None
+    outcome_secret: SecretStr | None = None
+
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
@@ -130,6 +142,27 @@ class Settings(BaseSettings):
         if not isinstance(names, list | tuple):
             return names
         return tuple(_host_pattern(name) for name in names)
+
+    @model_validator(mode="after")
+    def _one_callback(self) -> Settings:
+        """At most one callback on outcome, each with what it needs."""
+        if self.outcome_task is not None and not self.outcome_task.strip():
+            raise ValueError("HEALTHGATE_OUTCOME_TASK is empty: name a task, or unset it")
+        if self.outcome_task and self.outcome_url:
+            raise ValueError(
+                "HEALTHGATE_OUTCOME_TASK and HEALTHGATE_OUTCOME_URL are both set: "
+                "outcomes go to one callback, a task or a webhook"
+            )
+        if self.outcome_url is not None:
+            _check_webhook_url(self.outcome_url)
+            if self.outcome_secret is None:
+                raise ValueError(
+                    "HEALTHGATE_OUTCOME_URL needs HEALTHGATE_OUTCOME_SECRET (whsec_...): "
+                    "every webhook out is signed"
+                )
+        if self.outcome_secret is not None:
+            _check_webhook_secret(self.outcome_secret.get_secret_value())
+        return self
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """What ``repr`` and ``str`` show: every URL with its password masked."""
@@ -168,6 +201,52 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no server is needed at all."""
         return self.database.startswith("sqlite") and self.broker == "filesystem://"
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """A refused setting in one line a problem: the variable, the value as given (masked
+    when it is a URL, left out when it is a secret), and what is wrong."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:
+            lines.append(message)
+            continue
+        name = str(error["loc"][0])
+        value = error.get("input")
+        if any(word in name for word in _SECRET_WORDS):
+            shown = "(not shown)"
+        elif name in _URL_FIELDS and isinstance(value, str):
+            shown = repr(masked_url(value))
+        else:
+            shown = repr(value)[:100]
+        lines.append(f"HEALTHGATE_{name.upper()}={shown}: {message}")
+    return "; ".join(lines)
+
+
+def _check_webhook_url(url: str) -> None:
+    """An absolute http(s) URL with a host, or a ``ValueError`` naming the setting."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if scheme.lower() not in ("http", "https") or not host or any(c.isspace() for c in url):
+        raise ValueError(
+            f"HEALTHGATE_OUTCOME_URL={masked_url(url)!r}: not an http(s) URL with a host"
+        )
+
+
+def _check_webhook_secret(secret: str) -> None:
+    """A Standard Webhooks secret (``whsec_`` and base64 of at least 24 bytes), or a
+    ``ValueError`` naming the setting, never the value."""
+    body = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) < 24:
+        raise ValueError(
+            "HEALTHGATE_OUTCOME_SECRET is not a webhook secret: whsec_ and the base64 of "
+            "24 to 64 random bytes"
+        )
 
 
 def _host_pattern(name: object) -> object:

@@ -17,6 +17,7 @@ from scheduler.settings import Settings, masked_url
 from tasks import intake
 from tasks.dispatch import register
 from tasks.logs import quiet
+from tasks.outcomes import register_outcomes
 from tasks.poll import register_poll
 from tasks.retention import register_purge
 
@@ -70,6 +71,7 @@ def register_all(app: Celery, settings: Settings) -> None:
     intake.register(app, holder.get, settings)
     register_poll(app, holder.get)
     register_purge(app, holder.get)
+    register_outcomes(app, holder.get, settings)
 
     @worker_process_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
@@ -79,7 +81,8 @@ def register_all(app: Celery, settings: Settings) -> None:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Beat's entries for healthgate: the tick, the provider poll and the daily purge."""
+    """Beat's entries for healthgate: the tick, the provider poll, the delivery of
+    outcomes and the daily purge."""
     return {
         "healthgate-tick": {
             "task": constants.TICK_TASK,
@@ -91,6 +94,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.poll_seconds,
             # A poll still queued when the next is due is stale: drop it.
             "options": {"expires": settings.poll_seconds},
+        },
+        # The application's callback is told of finished messages from the outbox.
+        "healthgate-outcomes": {
+            "task": constants.OUTCOMES_TASK,
+            "schedule": settings.tick_seconds,
+            "options": {"expires": constants.TICK_EXPIRES_SECONDS},
         },
         "healthgate-purge": {
             "task": constants.PURGE_TASK,

@@ -25,6 +25,7 @@ TASK_NAMES = (
     constants.PURGE_TASK,
     constants.ENQUEUE_TASK,
     constants.ENQUEUE_MANY_TASK,
+    constants.OUTCOMES_TASK,
 )
 
 #: What each of them runs with: acknowledged after it ran, handed back if its worker dies

@@ -23,7 +23,8 @@ def register_purge(app: Celery, runtime: Callable[[], Runtime]) -> None:
     def purge() -> dict[str, int]:
         """Empty the bodies older than ``HEALTHGATE_RETENTION_DAYS``."""
         purged = Healthgate(runtime=runtime()).purge()._asdict()
-        done = summary({f"{name} bodies": n for name, n in purged.items()})
+        bodies = ("messages", "webhook_events")
+        done = summary({f"{n} bodies" if n in bodies else n: k for n, k in purged.items()})
         if done:
             log.info("purge: %s", done)
         return purged

@@ -92,7 +92,7 @@ def postgres_database() -> Iterator[str]:
 
 
 TABLES = (
-    "decisions, messages, consent_facts, opt_outs, chats, lines, webhook_events, "
+    "outcomes, decisions, messages, consent_facts, opt_outs, chats, lines, webhook_events, "
     "policy_state, workers"
 )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.markup import escape
@@ -26,7 +27,7 @@ from policies.durations import parse_duration as parse_duration
 from policies.durations import parse_time as parse_time
 from policies.errors import HealthgateError
 from scheduler.client import Healthgate
-from scheduler.settings import Settings, masked_url
+from scheduler.settings import Settings, masked_url, settings_problem
 
 
 def choice(kind: Iterable[StrEnum]) -> Callable[[str], str]:
@@ -64,6 +65,10 @@ class Commands(TyperGroup):
             return super().invoke(ctx)
         except HealthgateError as exc:
             fail(str(exc))
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            fail(settings_problem(exc))
         except OSError as exc:
             fail(_file_problem(exc))
         except DBAPIError as exc:

@@ -177,6 +177,10 @@ def _write(connection: Connection, rows: _Rows, now: datetime) -> None:
             {"attempts": 0, "created_at": now, "updated_at": now},
         )
     transitions.write_decisions(connection, rows.decisions)
+    # A message dropped as it came (its recipient opted out) is finished already.
+    transitions.settle(
+        connection, [(m.id, m.state, m.last_code, m.last_reason) for m in rows.messages], now
+    )
 
 
 #: The columns of a new chat's row, in ``KnownChat``'s order.

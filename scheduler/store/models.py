@@ -227,6 +227,8 @@ FINISHED_UNPURGED_SQL = "purged_at IS NULL AND state IN ({})".format(
 )
 #: Webhook events whose body is still kept.
 UNPURGED_SQL = "purged_at IS NULL"
+#: Outcomes the application has not been told of yet, and has not been given up on.
+UNDELIVERED_SQL = "delivered_at IS NULL AND abandoned_at IS NULL"
 
 
 class Message(Base):
@@ -387,6 +389,47 @@ class DecisionRecord(Base):
     last_at: Mapped[datetime | None]
     #: Who or what asked, for a decision taken by hand (``cli:alice``, ``client``).
     actor: Mapped[str | None] = mapped_column(String(200))
+
+
+class Outcome(Base):
+    """A message that reached a final state, to be told to the application's callback
+    (a Celery task, or a signed webhook): the outbox of final states.
+
+    Written in the transaction that finishes the message, so a crash between that and
+    the callback loses nothing: the row waits until a delivery is acknowledged.
+    """
+
+    __tablename__ = "outcomes"
+    __table_args__ = (
+        # What the delivery task claims, in the order it tries them.
+        Index(
+            "ix_outcomes_undelivered",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text(UNDELIVERED_SQL),
+            sqlite_where=text(UNDELIVERED_SQL),
+        ),
+        Index("ix_outcomes_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"), index=True)
+    #: The final state reached (sent, dropped, expired, failed, needs_review, cancelled),
+    #: and its code and reason as the message stores them.
+    state: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    #: When the message reached it.
+    at: Mapped[datetime]
+    #: Deliveries tried and failed; the next is not tried before ``next_attempt_at``.
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime]
+    #: Held by one delivery task until then, so two never send it at once.
+    lease_expires_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    #: Given up on after failing for ``OUTCOME_GIVE_UP_SECONDS`` (``last_error`` says why).
+    abandoned_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class WebhookEvent(Base):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from policies.config import Policy
 from policies.errors import InvalidInput
-from scheduler.store import backlog
+from scheduler.store import backlog, outcomes
 from scheduler.store.models import WAITING_STATES, Chat, Line, Message
 from scheduler.store.policy_state import applied, workers
 from scheduler.store.transitions import (
@@ -73,6 +73,8 @@ def status(session: Session, now: datetime, policy: Policy, tick: timedelta) -> 
         # The policy applied to held messages, and the one each worker runs.
         "policy": {"applied": fingerprint},
         "workers": seen,
+        # The outbox of final states: what the application's callback has not taken yet.
+        "outcomes": outcomes.summary(session, now),
     }
 
 
@@ -118,6 +120,8 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
         # Why the line holds the message, in the provider's words, while it does.
         "line_health": _line_health(line) if held_by_line and line else None,
         "decisions": [_decision(d) for d in _with_enqueue(message, line, decisions)],
+        # Each final state it reached, and whether the application's callback has it.
+        "outcomes": outcomes.of_message(session, message_id),
     }
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import CursorResult, Select, Update, case, delete, null, select,
 from sqlalchemy.orm import Session, sessionmaker
 
 from scheduler import constants
+from scheduler.store import outcomes
 from scheduler.store.models import FINAL_STATES, Message, WebhookEvent, WorkerSeen
 
 
@@ -30,6 +31,8 @@ class Purged(NamedTuple):
     webhook_events: int
     #: Worker processes not seen since before the cut-off: gone (``healthgate workers``).
     workers: int = 0
+    #: Outcomes told to the application's callback (or given up on) before the cut-off.
+    outcomes: int = 0
 
 
 def purge(
@@ -74,7 +77,8 @@ def purge(
             CursorResult[Any],
             session.execute(delete(WorkerSeen).where(WorkerSeen.last_seen < before)),
         )
-    return Purged(messages, events, gone.rowcount)
+        told = outcomes.purge(session, before)
+    return Purged(messages, events, gone.rowcount, told)
 
 
 def _in_batches(

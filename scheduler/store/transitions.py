@@ -21,9 +21,11 @@ from policies.decision import Decision
 from policies.errors import HealthgateError
 from policies.statuses import Action
 from scheduler import metrics
+from scheduler.store import outcomes
 from scheduler.store.bulk import columns_of, insert_columns, update_rows
 from scheduler.store.models import (
     CANCELLABLE_STATES,
+    FINAL_STATES,
     RETRYABLE_STATES,
     WAITING_STATES,
     Chat,
@@ -53,6 +55,8 @@ def _row(
 
 _S = MessageState
 _WAITING = frozenset(WAITING_STATES)
+#: States a message finishes in: reaching one puts it in the outbox of outcomes.
+_FINAL = frozenset(state.value for state in FINAL_STATES)
 
 #: Every move a message may make; the README's "How a message moves" is this table.
 TABLE: tuple[Transition, ...] = (
@@ -259,6 +263,24 @@ def write_decisions(connection: Connection, rows: Sequence[DecisionRow]) -> None
         metrics.count_decisions(connection, ((r.action, r.code, r.line) for r in rows))
 
 
+def settle(
+    connection: Connection,
+    moved: Iterable[tuple[str, str, str | None, str | None]],
+    now: datetime,
+) -> None:
+    """Put each of ``moved`` (a message's id, new state, code and reason) that reached a
+    final state in the outbox of outcomes, in the transaction that moved it: the
+    application's callback is told of it from there (``scheduler.outcomes``)."""
+    outcomes.write(
+        connection,
+        [
+            outcomes.Settled(message_id, state, code or "", reason or "", now)
+            for message_id, state, code, reason in moved
+            if state in _FINAL
+        ],
+    )
+
+
 #: The latest record of one code on one message, counted once more.
 _REPEAT = (
     update(_DECISIONS)
@@ -309,20 +331,20 @@ def apply(
 ) -> None:
     """Move one loaded message as ``decision`` says, and record it."""
     source = MessageState(message.state)
-    _assign(
-        message,
-        changes(
-            decision.action,
-            source,
-            now,
-            decision.code,
-            decision.reason,
-            not_before=decision.not_before,
-            **columns,
-        ),
+    moved = changes(
+        decision.action,
+        source,
+        now,
+        decision.code,
+        decision.reason,
+        not_before=decision.not_before,
+        **columns,
     )
+    _assign(message, moved)
     session.flush()
-    write_decisions(session.connection(), [decided(message.id, decision, now, line)])
+    connection = session.connection()
+    write_decisions(connection, [decided(message.id, decision, now, line)])
+    settle(connection, [(message.id, moved["state"], decision.code, decision.reason)], now)
 
 
 def move_one(
@@ -342,11 +364,12 @@ def move_one(
     with ``mark``, ``code`` and ``reason`` become the message's last ones."""
     source = MessageState(message.state)
     last = (code, reason) if mark else (None, None)
-    _assign(message, changes(action, source, now, *last, to=to, **columns))
+    moved = changes(action, source, now, *last, to=to, **columns)
+    _assign(message, moved)
     session.flush()
-    write_decisions(
-        session.connection(), [record(message.id, action, code, reason, now, line=line)]
-    )
+    connection = session.connection()
+    write_decisions(connection, [record(message.id, action, code, reason, now, line=line)])
+    settle(connection, [(message.id, moved["state"], code, reason)], now)
 
 
 def _assign(message: Message, columns: Mapping[str, Any]) -> None:
@@ -385,6 +408,7 @@ def move_where(
             session.connection(),
             [record(i, action, code, reason, now, actor=actor) for i in ids],
         )
+    settle(session.connection(), [(i, moved["state"], code, reason) for i in ids], now)
     return ids
 
 
@@ -443,6 +467,7 @@ def sent(connection: Connection, accepted: Sequence[Accepted], now: datetime) ->
         for message_id, provider, provider_id in accepted
     ]
     update_rows(connection, _MESSAGES, moving)
+    settle(connection, _settled(moving), now)
 
 
 @dataclass
@@ -511,10 +536,16 @@ class Moves:
     def write(self, connection: Connection) -> None:
         """Write every row the batch's decisions leave."""
         update_rows(connection, _MESSAGES, self.updates)
+        settle(connection, _settled(self.updates), self.now)
         started = [{"id": i, "first_sent_at": at} for i, at in self.started.items()]
         update_rows(connection, _CHATS, started)
         write_decisions(connection, self.decisions)
         count_repeats(connection, self.repeats)
+
+
+def _settled(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, str | None, str | None]]:
+    """Messages' new rows as ``settle`` takes them."""
+    return [(row["id"], row["state"], row.get("last_code"), row.get("last_reason")) for row in rows]
 
 
 def _repeats(message: Message, decision: Decision) -> bool:
