@@ -1,0 +1,357 @@
+"""The outbox of final states and its delivery to the application's callback."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from freezegun.api import FrozenDateTimeFactory
+from pydantic import ValidationError
+from sqlalchemy import select
+from standardwebhooks import Webhook
+
+from scheduler import constants
+from scheduler.client import Healthgate
+from scheduler.outcomes import CallbackFailed, deliver
+from scheduler.outcomes.webhook import WebhookCallback, shown_url
+from scheduler.runtime import Runtime, utcnow
+from scheduler.settings import Settings
+from scheduler.store.models import Outcome
+from tests.conftest import START
+from tests.outcome_world import FINAL, finish_one_of_each, stored_outcomes
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+class Recording:
+    """The application's side: takes every outcome, or fails while ``down``."""
+
+    target = "test callback"
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+        self.down = False
+        self.tries = 0
+
+    def deliver(self, outcome: dict[str, Any], now: datetime) -> None:
+        self.tries += 1
+        if self.down:
+            raise CallbackFailed("connection refused")
+        self.got.append(outcome)
+
+    def close(self) -> None:
+        pass
+
+
+def by_id(got: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outcomes in the outbox's order (delivery goes by due time first)."""
+    return sorted(got, key=lambda outcome: int(outcome["id"].removeprefix("out_")))
+
+
+def rows(runtime: Runtime) -> list[Outcome]:
+    with runtime.sessions() as session:
+        return list(session.scalars(select(Outcome).order_by(Outcome.id)))
+
+
+def test_each_final_state_puts_one_outcome_in_the_outbox_as_stored(hg: Healthgate) -> None:
+    ids = finish_one_of_each(hg, START)
+
+    outbox = rows(hg.runtime)
+
+    assert sorted(row.state for row in outbox) == sorted(FINAL)
+    assert {row.message_id for row in outbox} == set(ids.values())
+    stored = {o["message_id"]: o for o in stored_outcomes(hg)}
+    for row in outbox:
+        message = stored[row.message_id]
+        assert (row.state, row.code, row.reason, row.at.isoformat()) == (
+            message["state"],
+            message["code"],
+            message["reason"],
+            message["at"],
+        )
+        assert row.next_attempt_at == row.at
+        assert (row.attempts, row.delivered_at) == (0, None)
+
+
+def test_waiting_and_moving_messages_put_nothing_in_the_outbox(
+    hg: Healthgate, clock: FrozenDateTimeFactory
+) -> None:
+    hg.enqueue(to="+14155550140", body="later", send_at=START + timedelta(hours=1))
+    hg.enqueue(to="+14155550141", body="now")
+    hg.drain()  # sent: one outcome
+
+    assert [row.state for row in rows(hg.runtime)] == ["sent"]
+
+
+def test_delivery_hands_each_outcome_once_as_stored(hg: Healthgate) -> None:
+    finish_one_of_each(hg, START)
+    callback = Recording()
+    now = START + timedelta(hours=1)
+
+    first = deliver(hg.runtime, callback, now)
+    again = deliver(hg.runtime, callback, now)
+
+    assert by_id(callback.got) == stored_outcomes(hg)
+    assert first == {"delivered": len(FINAL)}
+    assert again == {}
+    assert all(row.delivered_at == now for row in rows(hg.runtime))
+    assert hg.status()["outcomes"]["undelivered"] == 0
+
+
+def one_sent(hg: Healthgate) -> str:
+    message_id = hg.enqueue(to="+14155550142", body="hello", idempotency_key="order-7")
+    hg.drain()
+    return message_id
+
+
+def test_a_failing_callback_is_retried_with_doubling_delays(
+    hg: Healthgate, clock: FrozenDateTimeFactory
+) -> None:
+    message_id = one_sent(hg)
+    callback = Recording()
+    callback.down = True
+    now = START
+
+    for delay in (5, 10, 20, 40, 80):
+        assert deliver(hg.runtime, callback, now) == {"failed": 1}
+        # Not tried again before its time.
+        assert deliver(hg.runtime, callback, now + timedelta(seconds=delay - 1)) == {}
+        (row,) = rows(hg.runtime)
+        assert row.next_attempt_at == now + timedelta(seconds=delay)
+        now = row.next_attempt_at
+
+    assert callback.tries == 5
+    status = hg.status()["outcomes"]
+    assert (status["undelivered"], status["retrying"]) == (1, 1)
+    assert status["last_error"] == {
+        "message_id": message_id,
+        "error": "CallbackFailed: connection refused",
+    }
+    assert hg.explain(message_id)["outcomes"][0]["attempts"] == 5
+
+    callback.down = False
+    assert deliver(hg.runtime, callback, now) == {"delivered": 1}
+    assert callback.got == stored_outcomes(hg)
+    assert callback.got[0]["key"] == "order-7"
+
+
+def test_a_run_stops_at_its_first_failure(hg: Healthgate) -> None:
+    finish_one_of_each(hg, START)
+    callback = Recording()
+    callback.down = True
+
+    deliver(hg.runtime, callback, START + timedelta(hours=1))
+
+    assert callback.tries == 1
+    assert sorted(row.attempts for row in rows(hg.runtime)) == [0] * (len(FINAL) - 1) + [1]
+    assert all(row.lease_expires_at is None for row in rows(hg.runtime))
+
+
+def test_the_delay_between_attempts_stops_growing_at_an_hour(
+    hg: Healthgate, clock: FrozenDateTimeFactory
+) -> None:
+    one_sent(hg)
+    callback = Recording()
+    callback.down = True
+    now = START
+    for _ in range(15):
+        deliver(hg.runtime, callback, now)
+        (row,) = rows(hg.runtime)
+        delay, now = row.next_attempt_at - now, row.next_attempt_at
+    assert row.attempts == 15
+    assert delay == timedelta(hours=1)
+
+
+def test_an_outcome_undelivered_for_three_days_is_given_up_and_shown(hg: Healthgate) -> None:
+    finish_one_of_each(hg, START)
+    callback = Recording()
+    callback.down = True
+    deliver(hg.runtime, callback, START + timedelta(minutes=1))
+    late = START + timedelta(seconds=constants.OUTCOME_GIVE_UP_SECONDS, hours=1)
+
+    with hg.runtime.sessions() as session:
+        before = session.scalar(select(Outcome.last_error).where(Outcome.attempts == 1))
+
+    counts = deliver(hg.runtime, callback, late)
+
+    assert counts == {"abandoned": len(FINAL)}
+    assert all(row.abandoned_at == late for row in rows(hg.runtime))
+    with freeze(late):
+        status = hg.status()["outcomes"]
+    assert (status["undelivered"], status["abandoned_24h"]) == (0, len(FINAL))
+    assert status["last_error"]["error"] == before
+
+
+def freeze(at: datetime) -> Any:
+    from freezegun import freeze_time
+
+    return freeze_time(at)
+
+
+def test_a_claimed_outcome_is_not_handed_out_twice_until_its_lease_ends(hg: Healthgate) -> None:
+    finish_one_of_each(hg, START)
+    from scheduler.store import outcomes
+
+    lease = timedelta(seconds=constants.OUTCOME_LEASE_SECONDS)
+    now = START + timedelta(hours=1)
+    with hg.runtime.sessions.begin() as session:
+        taken = outcomes.claim(session, now, 3, lease)
+    other = Recording()
+
+    deliver(hg.runtime, other, now)
+    assert {o["id"] for o in other.got}.isdisjoint({f"out_{t.id}" for t in taken})
+    assert len(other.got) == len(FINAL) - 3
+
+    # The first delivery task died: after its lease the rest go out.
+    deliver(hg.runtime, other, now + lease)
+    assert by_id(other.got) == stored_outcomes(hg)
+
+
+def test_without_a_callback_outcomes_are_not_kept(hg: Healthgate) -> None:
+    finish_one_of_each(hg, START)
+
+    assert deliver(hg.runtime, None, START + timedelta(hours=1)) == {"discarded": len(FINAL)}
+    assert rows(hg.runtime) == []
+
+
+def test_purge_forgets_delivered_outcomes_after_retention(hg: Healthgate) -> None:
+    finish_one_of_each(hg, START)
+    deliver(hg.runtime, Recording(), START + timedelta(hours=1))
+
+    assert hg.purge(timedelta(days=1), now=START + timedelta(hours=2)).outcomes == 0
+    assert hg.purge(timedelta(days=1), now=START + timedelta(days=2)).outcomes == len(FINAL)
+    assert rows(hg.runtime) == []
+
+
+# Webhooks out, signed per Standard Webhooks, to a real HTTP server.
+
+
+class Receiver(ThreadingHTTPServer):
+    """Answers each POST with the next of ``answers`` (then 204), keeping what came."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.answers: list[int] = []
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        #: When set, the first POST is kept waiting for it (``holding`` says it came).
+        self.hold: threading.Event | None = None
+        self.holding = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hooks/healthgate?token=abc"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.server.got.append((dict(self.headers), body))
+        if self.server.hold is not None and not self.server.holding.is_set():
+            self.server.holding.set()
+            self.server.hold.wait()
+        status = self.server.answers.pop(0) if self.server.answers else 204
+        self.send_response(status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_out_is_signed_and_verifies_with_the_secret(
+    settings: Settings, receiver: Receiver
+) -> None:
+    # Real time: the receiver checks the signature's timestamp against its clock, so
+    # everything finishes within seconds of it.
+    client = Healthgate(settings.model_copy(update={"reconcile_after_seconds": 1.0}))
+    client.sync_lines()
+    try:
+        start = utcnow()
+        finish_one_of_each(client, start)
+        now = start + timedelta(seconds=10)
+        receiver.answers = [500]
+        callback = WebhookCallback(receiver.url, SECRET)
+
+        assert deliver(client.runtime, callback, now) == {"failed": 1}
+        assert deliver(client.runtime, callback, now + timedelta(seconds=5)) == {
+            "delivered": len(FINAL)
+        }
+        callback.close()
+
+        verifier = Webhook(SECRET)
+        bodies = [verifier.verify(body, headers) for headers, body in receiver.got]
+        assert by_id([b["data"] for b in bodies[1:]]) == stored_outcomes(client)
+        assert all(b["type"] == b["data"]["type"] for b in bodies)
+        # The retry of the refused delivery carries the same webhook-id.
+        refused = receiver.got[0][0]["webhook-id"]
+        assert [h["webhook-id"] for h, _ in receiver.got[1:]].count(refused) == 1
+        tampered = receiver.got[1][1].replace(b"message.", b"massage.")
+        with pytest.raises(Exception, match="signature"):
+            verifier.verify(tampered, receiver.got[1][0])
+        assert "500" in rows(client.runtime)[0].last_error
+    finally:
+        client.close()
+
+
+def test_the_webhook_target_shows_no_path_or_query() -> None:
+    assert shown_url("https://hooks.example.com/T0/B0/secret?token=x") == (
+        "https://hooks.example.com/…"
+    )
+    assert shown_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("environment", "named"),
+    [
+        ({"outcome_url": "ftp://example.com/x", "outcome_secret": SECRET}, "OUTCOME_URL"),
+        ({"outcome_url": "https://example.com/x"}, "OUTCOME_SECRET"),
+        ({"outcome_url": "https://example.com/x", "outcome_secret": "whsec_c2hvcnQ="}, "SECRET"),
+        ({"outcome_task": "shop.outcome", "outcome_url": "https://example.com/x"}, "both set"),
+        ({"outcome_task": "  "}, "OUTCOME_TASK is empty"),
+    ],
+)
+def test_callback_settings_are_refused_naming_the_setting(
+    environment: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ValidationError, match=named) as refused:
+        Settings(**environment)
+    assert "c2hvcnQ" not in str(refused.value).split("input_value")[0]
+
+
+def test_status_and_explain_show_where_an_outcome_stands(hg: Healthgate) -> None:
+    ids = finish_one_of_each(hg, START)
+    assert hg.status()["outcomes"]["undelivered"] == len(FINAL)
+    assert hg.status()["outcomes"]["oldest_undelivered"] is not None
+
+    deliver(hg.runtime, Recording(), START + timedelta(minutes=1))
+
+    shown = hg.explain(ids["sent"])["outcomes"]
+    assert shown == [
+        {
+            "state": "sent",
+            "at": shown[0]["at"],
+            "attempts": 0,
+            "delivered_at": (START + timedelta(minutes=1)).isoformat(),
+            "abandoned_at": None,
+            "next_attempt_at": None,
+            "last_error": None,
+        }
+    ]
+    assert json.dumps(hg.status()["outcomes"])
