@@ -185,8 +185,9 @@ class Healthgate:
 
     def status(self) -> dict[str, Any]:
         with self.runtime.reads() as session:
+            settings = self.runtime.settings
             return reports.status(
-                session, utcnow(), self.runtime.policy, self.runtime.settings.tick
+                session, utcnow(), self.runtime.policy, settings.tick, settings.outcome_callback
             )
 
     def explain(self, message_id: str) -> dict[str, Any]:

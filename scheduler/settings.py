@@ -9,6 +9,7 @@ from datetime import timedelta
 from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -198,6 +199,16 @@ class Settings(BaseSettings):
         return self.send_log or self.data_dir / constants.SEND_LOG_FILE
 
     @property
+    def outcome_callback(self) -> str | None:
+        """Where outcomes go, fit to show in ``status``: ``task NAME (queue Q)``,
+        ``webhook https://host/…`` or None."""
+        if self.outcome_task:
+            return f"task {self.outcome_task} (queue {self.outcome_queue})"
+        if self.outcome_url:
+            return f"webhook {shown_url(self.outcome_url)}"
+        return None
+
+    @property
     def embedded(self) -> bool:
         """True when no server is needed at all."""
         return self.database.startswith("sqlite") and self.broker == "filesystem://"
@@ -222,6 +233,14 @@ def settings_problem(exc: ValidationError) -> str:
             shown = repr(value)[:100]
         lines.append(f"HEALTHGATE_{name.upper()}={shown}: {message}")
     return "; ".join(lines)
+
+
+def shown_url(url: str) -> str:
+    """Where a webhook goes, fit to print: its scheme, host and port only, since a path or
+    query may carry a token (``https://hooks.example.com/T0/B0/secret``)."""
+    parts = urlsplit(url)
+    rest = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{rest}"
 
 
 def _check_webhook_url(url: str) -> None:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pydantic.v1  # noqa: F401  FastAPI imports it lazily, which fails once freezegun fakes date
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 from pydantic import ValidationError
@@ -18,12 +19,15 @@ from standardwebhooks import Webhook
 from scheduler import constants
 from scheduler.client import Healthgate
 from scheduler.outcomes import CallbackFailed, deliver
-from scheduler.outcomes.webhook import WebhookCallback, shown_url
+from scheduler.outcomes.webhook import WebhookCallback
 from scheduler.runtime import Runtime, utcnow
-from scheduler.settings import Settings
+from scheduler.settings import Settings, shown_url
 from scheduler.store.models import Outcome
+from scheduler.web import create_app
 from tests.conftest import START
 from tests.outcome_world import FINAL, finish_one_of_each, stored_outcomes
+from tests.test_cli import Run, cli, enqueue  # noqa: F401
+from tests.web_client import reader, web_settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -355,3 +359,65 @@ def test_status_and_explain_show_where_an_outcome_stands(hg: Healthgate) -> None
         }
     ]
     assert json.dumps(hg.status()["outcomes"])
+
+
+# What an operator sees: the CLI's status and explain, the status page.
+
+
+def test_cli_status_and_explain_show_undelivered_outcomes(
+    cli: Run,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HEALTHGATE_OUTCOME_TASK", "shop.message_outcome")
+    message_id = enqueue(cli, "+14155550123")
+    assert cli("drain")[0] == 0
+
+    code, shown = cli("status")
+    assert code == 0, shown
+    assert (
+        "outcomes to task shop.message_outcome (queue celery): 1 undelivered (oldest finished "
+        "2026-11-22T09:00:00+00:00)" in " ".join(shown.split())
+    )
+    code, shown = cli("explain", message_id)
+    assert "outcome sent: not told yet, next try at 2026-11-22T09:00:00+00:00" in shown
+
+
+def test_cli_refuses_a_bad_callback_setting_in_one_line_without_the_secret(
+    cli: Run,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HEALTHGATE_OUTCOME_URL", "https://app.example.com/hooks")
+    monkeypatch.setenv("HEALTHGATE_OUTCOME_SECRET", "whsec_dG9vc2hvcnQ=")
+
+    code, shown = cli("status")
+
+    assert code == 2
+    assert shown.strip().splitlines() == [
+        "error: HEALTHGATE_OUTCOME_SECRET is not a webhook secret: whsec_ and the base64 "
+        "of 24 to 64 random bytes"
+    ]
+    assert "dG9vc2hvcnQ" not in shown
+
+
+def test_status_page_shows_the_callback_and_its_last_error_escaped(
+    settings: Settings, hg: Healthgate
+) -> None:
+    one_sent(hg)
+    failing = Recording()
+    failing.deliver = lambda outcome, now: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        CallbackFailed("<script>alert(1)</script> answered 502")
+    )
+    deliver(hg.runtime, failing, START)
+    configured = web_settings(settings).model_copy(
+        update={"outcome_url": "https://app.example.com/hooks/x?token=secret"}
+    )
+
+    with reader(create_app(configured)) as client:
+        page = client.get("/", headers={"Accept": "text/html"}).text
+
+    section = page[page.index('<section id="outcomes">') :]
+    section = section[: section.index("</section>")]
+    assert "webhook https://app.example.com/…" in section
+    assert "token=secret" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; answered 502" in section
+    assert "<script>alert" not in page

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.markup import escape
 
@@ -91,6 +93,20 @@ def explain(
             markup=False,
             soft_wrap=True,
         )
+    for told in data["outcomes"]:
+        out.print(f"  outcome {told['state']}: {_told(told)}", markup=False, highlight=False)
+
+
+def _told(outcome: dict[str, Any]) -> str:
+    """How the delivery of one outcome to the application's callback stands."""
+    if outcome["delivered_at"]:
+        return f"told to the application at {outcome['delivered_at']}"
+    if outcome["abandoned_at"]:
+        return f"given up at {outcome['abandoned_at']} ({outcome['last_error']})"
+    tried = f", {outcome['attempts']} attempt(s) failed: {outcome['last_error']}"
+    return f"not told yet, next try at {outcome['next_attempt_at']}" + (
+        tried if outcome["attempts"] else ""
+    )
 
 
 @app.command()

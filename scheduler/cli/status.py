@@ -82,6 +82,23 @@ def _reasons(data: dict[str, Any]) -> Table:
     return table
 
 
+def outcomes_line(outcomes: dict[str, Any]) -> str:
+    """Where the outcomes of finished messages go and how their delivery stands; empty
+    when no callback is configured and none waits."""
+    callback, waiting = outcomes["callback"], outcomes["undelivered"]
+    if callback is None and not waiting:
+        return ""
+    said = f"outcomes to {callback or '(no callback configured)'}: {waiting} undelivered"
+    if waiting:
+        said += f" (oldest finished {outcomes['oldest_undelivered']}"
+        said += f", {outcomes['retrying']} retrying)" if outcomes["retrying"] else ")"
+    if outcomes["abandoned_24h"]:
+        said += f"; {outcomes['abandoned_24h']} given up in the last 24 h"
+    if error := outcomes["last_error"]:
+        said += f"; last error, on {error['message_id']}: {error['error']}"
+    return said
+
+
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
@@ -111,6 +128,8 @@ def status(
         out.print(f"{data['waiting']['without_line']} waiting for a line to take them")
     if data["workers"]:
         out.print(workers_table(data["workers"]))
+    if said := outcomes_line(data["outcomes"]):
+        out.print(said, markup=False, highlight=False, soft_wrap=True)
     applied = data["policy"]["applied"]
     out.print(f"policy applied to held messages: {applied or '(none yet)'}", highlight=False)
     for title, counts in (

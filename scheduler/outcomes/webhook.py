@@ -13,6 +13,7 @@ from standardwebhooks import Webhook
 
 from scheduler import constants
 from scheduler.outcomes import CallbackFailed
+from scheduler.settings import shown_url
 
 #: A 2xx answer is taken as delivered; anything else, or no answer, is tried again.
 _TIMEOUT = httpx.Timeout(constants.OUTCOME_WEBHOOK_TIMEOUT_SECONDS, connect=5.0)
@@ -54,12 +55,3 @@ class WebhookCallback:
 
     def close(self) -> None:
         self._client.close()
-
-
-def shown_url(url: str) -> str:
-    """Where a webhook goes, fit to print: its scheme, host and port only, since a path or
-    query may carry a token (``https://hooks.example.com/T0/B0/secret``)."""
-    parsed = httpx.URL(url)
-    port = f":{parsed.port}" if parsed.port else ""
-    rest = "/…" if parsed.path.strip("/") or parsed.query else ""
-    return f"{parsed.scheme}://{parsed.host}{port}{rest}"

@@ -26,9 +26,16 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def status(session: Session, now: datetime, policy: Policy, tick: timedelta) -> dict[str, Any]:
+def status(
+    session: Session,
+    now: datetime,
+    policy: Policy,
+    tick: timedelta,
+    callback: str | None = None,
+) -> dict[str, Any]:
     """Lines with their reputation, caps in use, queue and estimate; chats by health,
-    messages by state, and the waiting messages of every line by state and reason."""
+    messages by state, the waiting messages of every line by state and reason; and the
+    outcomes not yet told to ``callback`` (the application's, as settings name it)."""
     sent_today = dict(
         session.execute(
             select(Message.line_id, func.count())
@@ -74,7 +81,7 @@ def status(session: Session, now: datetime, policy: Policy, tick: timedelta) -> 
         "policy": {"applied": fingerprint},
         "workers": seen,
         # The outbox of final states: what the application's callback has not taken yet.
-        "outcomes": outcomes.summary(session, now),
+        "outcomes": {"callback": callback, **outcomes.summary(session, now)},
     }
 
 

@@ -82,13 +82,16 @@ def status_routes(
     """``/status`` and ``/`` on the reads router; the login, logout and static files on
     the app (they read nothing of the store)."""
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    settings = runtime.settings
 
     @reads.get("/status", tags=["read"])
     def status() -> dict[str, Any]:
         """Lines with their caps in use, queue by state and reason, oldest waiting message
         and estimated drain time; chats by health; messages by state; totals by reason."""
         with runtime.reads() as session:
-            return reports.status(session, utcnow(), runtime.policy, runtime.settings.tick)
+            return reports.status(
+                session, utcnow(), runtime.policy, settings.tick, settings.outcome_callback
+            )
 
     @reads.get("/", include_in_schema=False)
     def page(message: str | None = None) -> HTMLResponse:
@@ -96,7 +99,9 @@ def status_routes(
         found: dict[str, Any] | None = None
         missing = None
         with runtime.reads() as session:
-            data = reports.status(session, now, runtime.policy, runtime.settings.tick)
+            data = reports.status(
+                session, now, runtime.policy, settings.tick, settings.outcome_callback
+            )
             hours = backlog.activity(session, now)
             recent = backlog.recent_decisions(session, RECENT)
             if message:
