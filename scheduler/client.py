@@ -181,7 +181,10 @@ class Healthgate:
             before = now - older_than
         except OverflowError:
             raise InvalidInput("older_than", older_than, "reaches before year 1") from None
-        return purge(self.runtime.sessions, before, now)
+        settings = self.runtime.settings
+        return purge(
+            self.runtime.sessions, before, now, undelivered=settings.outcome_callback is None
+        )
 
     def status(self) -> dict[str, Any]:
         with self.runtime.reads() as session:

@@ -60,6 +60,12 @@ WEBHOOKS = Counter(
     "unverified, unavailable).",
     ["source", "outcome"],
 )
+OUTCOME_DELIVERIES = Counter(
+    "healthgate_outcome_deliveries_total",
+    "Outcomes handed to the application's callback, by result (delivered, failed, "
+    "abandoned).",
+    ["result"],
+)
 SEND_LATENCY = Histogram(
     "healthgate_send_latency_seconds",
     "From enqueue to the provider's acceptance, in seconds.",

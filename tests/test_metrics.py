@@ -335,3 +335,21 @@ def test_a_worker_child_that_exits_leaves_no_live_gauge(
     metrics.process_exited(4242)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_4242.db"]
+
+
+def test_outcome_deliveries_are_counted_by_result(client: TestClient, hg: Healthgate) -> None:
+    from scheduler.outcomes import deliver
+    from tests.test_outcomes import Recording
+
+    hg.enqueue(to="+14155550150", body="one")
+    hg.enqueue(to="+14155550151", body="two")
+    hg.drain(START)
+    before = of(scrape(client), "healthgate_outcome_deliveries_total", "result")
+    callback = Recording()
+    callback.down = True
+    deliver(hg.runtime, callback, START)
+    callback.down = False
+    deliver(hg.runtime, callback, START + timedelta(minutes=1))
+
+    after = of(scrape(client), "healthgate_outcome_deliveries_total", "result")
+    assert delta(after, before) == {("failed",): 1.0, ("delivered",): 2.0}

@@ -421,3 +421,23 @@ def test_status_page_shows_the_callback_and_its_last_error_escaped(
     assert "token=secret" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; answered 502" in section
     assert "<script>alert" not in page
+
+
+def test_without_a_callback_purge_forgets_outcomes_nobody_took(hg: Healthgate) -> None:
+    # (No worker's delivery task ran: only the command line was used.)
+    finish_one_of_each(hg, START)
+
+    assert hg.purge(timedelta(days=1), now=START + timedelta(days=2)).outcomes == len(FINAL)
+    assert rows(hg.runtime) == []
+
+
+def test_with_a_callback_purge_keeps_outcomes_not_yet_told(settings: Settings) -> None:
+    configured = Healthgate(settings.model_copy(update={"outcome_task": "shop.outcome"}))
+    configured.sync_lines()
+    try:
+        finish_one_of_each(configured, utcnow())
+        purged = configured.purge(timedelta(days=1), now=utcnow() + timedelta(days=2))
+        assert purged.outcomes == 0
+        assert len(rows(configured.runtime)) == len(FINAL)
+    finally:
+        configured.close()

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from policies.errors import HealthgateError, cut
-from scheduler import constants
+from scheduler import constants, metrics
 from scheduler.runtime import Runtime
 from scheduler.store import outcomes
 from scheduler.store.outcomes import Pending
@@ -122,7 +122,8 @@ def deliver(
                 error,
             )
         outcomes.unclaim(connection, [outcome.id for outcome in due[tried:]])
-    counts = {"delivered": len(done), "failed": int(failure is not None)}
-    if abandoned:
-        counts["abandoned"] = abandoned
+    counts = {"delivered": len(done), "failed": int(failure is not None), "abandoned": abandoned}
+    for result, n in counts.items():
+        if n:
+            metrics.OUTCOME_DELIVERIES.labels(result=result).inc(n)
     return {name: n for name, n in counts.items() if n}

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, and_, delete, func, or_, select, text, update
+from sqlalchemy import Connection, Table, and_, delete, false, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from scheduler.store.bulk import columns_of, insert_columns, update_rows
@@ -147,14 +147,17 @@ def discard(session: Session, limit: int) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def purge(session: Session, before: datetime) -> int:
-    """Forget outcomes delivered or given up on before ``before``; how many."""
+def purge(session: Session, before: datetime, undelivered: bool = False) -> int:
+    """Forget outcomes delivered or given up on before ``before``, and with
+    ``undelivered`` (no callback is configured) those still waiting that finished before
+    it; how many."""
     result = session.execute(
         delete(Outcome)
         .where(
             or_(
                 and_(Outcome.delivered_at.is_not(None), Outcome.delivered_at < before),
                 and_(Outcome.abandoned_at.is_not(None), Outcome.abandoned_at < before),
+                and_(_UNDELIVERED, Outcome.at < before) if undelivered else false(),
             )
         )
         .execution_options(synchronize_session=False)
