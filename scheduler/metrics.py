@@ -62,8 +62,7 @@ WEBHOOKS = Counter(
 )
 OUTCOME_DELIVERIES = Counter(
     "healthgate_outcome_deliveries_total",
-    "Outcomes handed to the application's callback, by result (delivered, failed, "
-    "abandoned).",
+    "Outcomes handed to the application's callback, by result (delivered, failed, abandoned).",
     ["result"],
 )
 SEND_LATENCY = Histogram(
