@@ -44,6 +44,7 @@ from scheduler.store.models import (
     Message,
     MessageState,
     OptOut,
+    Outcome,
 )
 from tests.conftest import HYPOTHESIS_PROFILE, LINE_A, LINE_B, POLICY, START, TABLES, examples
 
@@ -383,6 +384,24 @@ class SendPipeline(RuleBasedStateMachine):
                 assert state == self.final[message_id], f"{message_id} left its final state"
             elif state in FINAL:
                 self.final[message_id] = state
+
+    @invariant()
+    def each_finished_message_is_in_the_outbox_once_as_stored(self) -> None:
+        with self.hg.runtime.sessions() as session:
+            outbox = session.execute(
+                select(Outcome.message_id, Outcome.state, Outcome.code, Outcome.reason)
+            ).all()
+            finished = session.execute(
+                select(Message.id, Message.state, Message.last_code, Message.last_reason).where(
+                    Message.state.in_(FINAL)
+                )
+            ).all()
+        # No message here leaves a final state, so each is told of once, and nothing
+        # unfinished is told of at all.
+        assert Counter(row[0] for row in outbox) == Counter(row[0] for row in finished)
+        assert {row[0]: tuple(row[1:]) for row in outbox} == {
+            row[0]: tuple(row[1:]) for row in finished
+        }
 
     @invariant()
     def the_send_log_and_the_sent_messages_agree(self) -> None:
