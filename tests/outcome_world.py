@@ -14,6 +14,7 @@ from scheduler.dispatch.reconcile import reconcile
 from scheduler.providers import Outbound, Sent
 from scheduler.providers.base import SendFailed
 from scheduler.providers.log import LogProvider
+from scheduler.runtime import utcnow
 from scheduler.store.models import Message, Outcome
 from tests.conftest import LINE_A
 
@@ -56,9 +57,10 @@ def finish_one_of_each(
     hg: Healthgate, now: datetime, step: timedelta = timedelta(seconds=1)
 ) -> dict[str, str]:
     """Bring one message to each final state, at times from ``now`` to a few ``step``s
-    after it (the clock is passed in, never read); their ids by state. The reconciler
-    must wait no longer than ``step`` (``reconcile_after_seconds``) when ``step`` is
-    shorter than its default."""
+    after it; their ids by state. Under a frozen clock every time is ``now``'s; under
+    the real one (a worker in another thread or process reads it), a busy machine may
+    take longer than ``step`` to enqueue, so each pass runs at the later of its planned
+    time and the clock's."""
     inner = hg.runtime.providers.get("log")
     assert isinstance(inner, LogProvider)
     hg.runtime.providers._clients["log"] = Scripted(inner)
@@ -76,14 +78,15 @@ def finish_one_of_each(
             ),
         }
         hg.cancel(ids["cancelled"], actor="test")
-        later = now + 2 * step
+        later = max(now + 2 * step, utcnow())
         hg.drain(later)
         # Alone in its batch: the worker "dies" during its provider call.
         ids["needs_review"] = hg.enqueue(to=REVIEW_TO, body="lost answer", line=LINE_A)
+        dying = max(later, utcnow())
         with contextlib.suppress(WorkerDied):
-            hg.drain(later)
+            hg.drain(dying)
         after = timedelta(seconds=hg.runtime.settings.reconcile_after_seconds)
-        reconcile(hg.runtime, later + after + step, 10)
+        reconcile(hg.runtime, dying + after + step, 10)
     finally:
         hg.runtime.providers._clients["log"] = inner
     states = {state: hg.explain(message_id)["state"] for state, message_id in ids.items()}

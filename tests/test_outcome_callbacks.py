@@ -157,8 +157,8 @@ def test_a_broker_that_refuses_the_call_keeps_the_outcome_for_later(settings: Se
     hg = Healthgate(settings.model_copy(update={"reconcile_after_seconds": 1.0}))
     hg.sync_lines()
     try:
+        finish_one_of_each(hg, utcnow())
         now = utcnow()
-        finish_one_of_each(hg, now)
         down = Celery("down", broker="redis://127.0.0.1:9/0", set_as_current=False)
         down.conf.broker_connection_timeout = 1
         callback = TaskCallback(down, notifications_app.CALLBACK, notifications_app.QUEUE)

@@ -469,7 +469,7 @@ def test_purge_empties_old_finished_bodies_and_keeps_the_trail(
 
     # Then the old finished messages' and the old events' bodies are gone, marked
     messages, events = rows(hg)
-    assert purged == (2, 3, 0)
+    assert purged == (2, 3, 0, 0)
     for message_id in history["old_finished"]:
         message, before = messages[message_id], messages_before[message_id]
         assert (message.body, message.purged_at) == ("", now)
@@ -496,7 +496,7 @@ def test_purge_empties_old_finished_bodies_and_keeps_the_trail(
         assert events[event_id].payload == events_before[event_id].payload
         assert events[event_id].purged_at is None
     # ...and a second purge finds nothing left
-    assert purge(hg.runtime.sessions, now - timedelta(days=30), now, batch) == (0, 0, 0)
+    assert purge(hg.runtime.sessions, now - timedelta(days=30), now, batch) == (0, 0, 0, 0)
 
 
 def test_the_client_purges_past_the_retention_setting(
@@ -504,7 +504,8 @@ def test_the_client_purges_past_the_retention_setting(
 ) -> None:
     assert hg.runtime.settings.retention_days == 30
 
-    assert hg.purge() == (2, 3, 0)
+    # (No callback is configured: their outcomes, never to be told, go too.)
+    assert hg.purge() == (2, 3, 0, 2)
     assert (
         hg.explain(history["old_finished"][0])["purged_at"]
         == (START + timedelta(days=40)).isoformat()
@@ -524,6 +525,7 @@ def test_beat_purges_daily_with_the_retention_setting(
         "messages": 2,
         "webhook_events": 3,
         "workers": 0,
+        "outcomes": 2,
     }
 
 
@@ -556,14 +558,20 @@ def test_the_purge_command_purges_and_prints_counts(embedded_cli: Path) -> None:
         # When bodies older than 32 days are purged, nothing goes; older than 30, it does
         assert cli("purge", "--older-than", "32d") == (
             0,
-            "purged: 0 message bodies, 0 webhook bodies, 0 worker(s) gone\n",
+            "purged: 0 message bodies, 0 webhook bodies, 0 worker(s) gone, "
+            "0 outcome(s) forgotten\n",
         )
         assert body_of(embedded_cli) == "Dr Okafor moved your visit"
         code, output = cli("purge", "--older-than", "12h", "--json")
 
     # Then it prints the counts, and the body is gone
     assert code == 0, output
-    assert json.loads(output) == {"messages": 1, "webhook_events": 0, "workers": 0}
+    assert json.loads(output) == {
+        "messages": 1,
+        "webhook_events": 0,
+        "workers": 0,
+        "outcomes": 1,
+    }
     assert body_of(embedded_cli) == ""
 
 

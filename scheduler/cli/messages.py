@@ -126,5 +126,6 @@ def purge(
     else:
         out.print(
             f"purged: {purged.messages} message bodies, {purged.webhook_events} webhook bodies, "
-            f"{purged.workers} worker(s) gone"
+            f"{purged.workers} worker(s) gone, {purged.outcomes} outcome(s) forgotten",
+            soft_wrap=True,
         )
