@@ -48,6 +48,11 @@ def examples(count: int) -> int:
     return count * 25 if HYPOTHESIS_PROFILE == "thorough" else count
 
 
+def budget(seconds: int) -> int:
+    """A property test's time limit, as much longer as its examples are many."""
+    return examples(seconds)
+
+
 LINE_A = "+14155550100"
 LINE_B = "+14155550101"
 START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)

@@ -29,11 +29,11 @@ from scheduler.client import Healthgate
 from scheduler.settings import Settings
 from scheduler.signals.webhooks.inbox import LinqInbox
 from scheduler.store.models import Chat, Line, OptOut
-from tests.conftest import LINE_A, LINE_B, POLICY, START, TABLES, examples
+from tests.conftest import LINE_A, LINE_B, POLICY, START, TABLES, budget, examples
 from tests.linq_events import SECRET, chat_created, chat_health_event, line_event, signed
 from tests.linq_events import message_event as inbound_event
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(budget(300))
 
 RECIPIENTS = ("+14155550123", "+14155550124")
 LINES = (LINE_A, LINE_B)

@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from policies.errors import IdempotencyConflict, InvalidInput
 from scheduler.client import Healthgate
 from scheduler.store.models import DecisionRecord, Message
-from tests.conftest import LINE_A, LINE_B, START, examples
+from tests.conftest import LINE_A, LINE_B, START, budget, examples
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(budget(90))
 
 FIELDS = ("to", "body", "line", "chat_id", "idempotency_key", "send_at", "expires_at")
 

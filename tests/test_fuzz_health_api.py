@@ -13,9 +13,9 @@ from sqlalchemy import select
 from policies.errors import InvalidInput
 from scheduler.client import Healthgate
 from scheduler.store.models import Chat, Line, Message, OptOut
-from tests.conftest import LINE_A, LINE_B, START, examples
+from tests.conftest import LINE_A, LINE_B, START, budget, examples
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(budget(90))
 
 FUZZ = settings(
     max_examples=examples(60),

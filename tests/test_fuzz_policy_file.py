@@ -20,9 +20,9 @@ from policies.gate import ChatFacts, LineFacts, MessageFacts, decide, limits_for
 from policies.outcome import Failure, after_failure
 from policies.statuses import ChatHealth, LineReputation
 from policies.usage import LineUsage
-from tests.conftest import START, examples
+from tests.conftest import START, budget, examples
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(budget(60))
 
 STARTER = files("policies").joinpath("starter.toml").read_text(encoding="utf-8")
 

@@ -25,7 +25,7 @@ from scheduler.client import Healthgate
 from scheduler.settings import Settings
 from scheduler.store import listing
 from scheduler.web import create_app
-from tests.conftest import LINE_A, LINE_B, START, examples
+from tests.conftest import LINE_A, LINE_B, START, budget, examples
 from tests.linq_events import (
     SECRET,
     chat_created,
@@ -36,7 +36,7 @@ from tests.linq_events import (
 )
 from tests.web_client import BASE_URL
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(budget(120))
 
 BOB = "+14155550123"
 REFUSED = {400, 413, 422}

@@ -15,9 +15,9 @@ from policies.decision import Decision
 from policies.gate import ChatFacts, LineFacts, MessageFacts, decide
 from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
 from policies.usage import DAY, HOUR, MINUTE, LineUsage
-from tests.conftest import LINE_A, START, examples
+from tests.conftest import LINE_A, START, budget, examples
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(budget(60))
 
 RECIPIENTS = ("+14155550123", "+14155550124", "+14155550125", "+14155550126")
 BODIES = ("a" * 32, "b" * 32)

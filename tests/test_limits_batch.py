@@ -22,7 +22,7 @@ from policies.usage import DAY, HOUR
 from scheduler.limits import MemoryLimiter, RedisLimiter, Ticket
 from scheduler.limits.redis import HIT
 from scheduler.store.models import Chat, Message
-from tests.conftest import examples
+from tests.conftest import budget, examples
 from tests.services import require_redis
 from tests.test_limits import (
     BOB,
@@ -41,7 +41,7 @@ from tests.test_limits import (
 
 __all__ = ["backend"]  # the parametrised fixture, shared with the single-send suite
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(budget(300))
 
 OTHER_LINE = "+14155550101"
 LINES = (LINE, OTHER_LINE, "+14155550102")

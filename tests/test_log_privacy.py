@@ -24,13 +24,13 @@ from scheduler.cli import app
 from scheduler.client import Healthgate
 from scheduler.settings import Settings
 from scheduler.web import create_app
-from tests.conftest import LINE_A, LINE_B, START
+from tests.conftest import LINE_A, LINE_B, START, budget
 from tests.fakes import PROVIDER_POLICY, FakeProvider, answer, fails, linq_ok
 from tests.linq_events import SECRET, line_event, message_event, signed
 from tests.test_polling import phone
 from tests.web_client import BASE_URL
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(budget(60))
 
 RECIPIENTS = ("+14155550123", "+14155550124", "+14155550125", "+14155550126")
 BODIES = ("Parcel 7781 for Ms Quinlan", "Dr Okafor moved your visit", "Balance on acct 55213")

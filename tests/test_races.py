@@ -27,10 +27,10 @@ from scheduler.intake import enqueue as intake
 from scheduler.providers.log import read_send_log
 from scheduler.runtime import utcnow
 from scheduler.settings import Settings
-from tests.conftest import LINE_A, POLICY, TABLES
+from tests.conftest import LINE_A, POLICY, TABLES, budget
 from tests.test_e2e import wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(budget(60))
 
 BOB = "+14155550123"
 

@@ -46,9 +46,18 @@ from scheduler.store.models import (
     OptOut,
     Outcome,
 )
-from tests.conftest import HYPOTHESIS_PROFILE, LINE_A, LINE_B, POLICY, START, TABLES, examples
+from tests.conftest import (
+    HYPOTHESIS_PROFILE,
+    LINE_A,
+    LINE_B,
+    POLICY,
+    START,
+    TABLES,
+    budget,
+    examples,
+)
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(budget(120))
 
 RECIPIENTS = ("+14155550123", "+14155550124", "+14155550125")
 LINES = (LINE_A, LINE_B)
