@@ -181,10 +181,7 @@ class Healthgate:
             before = now - older_than
         except OverflowError:
             raise InvalidInput("older_than", older_than, "reaches before year 1") from None
-        settings = self.runtime.settings
-        return purge(
-            self.runtime.sessions, before, now, undelivered=settings.outcome_callback is None
-        )
+        return purge(self.runtime.sessions, before, now)
 
     def status(self) -> dict[str, Any]:
         with self.runtime.reads() as session:

@@ -153,7 +153,8 @@ POLICY_APPLIED = "applied"
 #: names another: Celery's own default, which an application's worker consumes.
 OUTCOME_QUEUE = "celery"
 
-#: Outcomes one delivery task tries at most; the rest wait for the next tick.
+#: Outcomes one delivery run claims at a time; it claims again while any are due and
+#: its time lasts (``OUTCOME_RUN_SECONDS``).
 OUTCOME_BATCH = 200
 
 #: How long a delivery task holds the outcomes it claimed. Its run stops trying after
@@ -169,5 +170,15 @@ OUTCOME_RETRY_FIRST_SECONDS = 5.0
 OUTCOME_RETRY_MAX_SECONDS = 3600.0
 OUTCOME_GIVE_UP_SECONDS = 3 * 24 * 3600.0
 
-#: A webhook out is answered within this, or counts as failed and is tried again.
+#: A webhook out is answered within this, all of it (connecting, sending, the answer's
+#: status), or counts as failed and is tried again: a receiver that trickles its answer
+#: holds a worker no longer. The answer's body is never read.
 OUTCOME_WEBHOOK_TIMEOUT_SECONDS = 10.0
+
+#: A delivery task is stopped by its worker after this (prefork pool), whatever it is
+#: doing: longer than a run and one more call, shorter than its lease.
+OUTCOME_TASK_TIME_LIMIT_SECONDS = 50
+
+#: A callback no worker has delivered to for this long no longer counts as listening:
+#: then, and only then, outcomes nobody takes are discarded.
+OUTCOME_LISTENER_STALE_SECONDS = 86_400.0

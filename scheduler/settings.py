@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         """At most one callback on outcome, each with what it needs."""
         if self.outcome_task is not None and not self.outcome_task.strip():
             raise ValueError("HEALTHGATE_OUTCOME_TASK is empty: name a task, or unset it")
+        if self.outcome_queue == constants.DEFAULT_QUEUE:
+            raise ValueError(
+                f"HEALTHGATE_OUTCOME_QUEUE={self.outcome_queue!r}: healthgate's own queue, "
+                "whose worker does not know your callback task and would drop every call; "
+                "name the queue your worker consumes"
+            )
         if self.outcome_task and self.outcome_url:
             raise ValueError(
                 "HEALTHGATE_OUTCOME_TASK and HEALTHGATE_OUTCOME_URL are both set: "
@@ -168,7 +174,9 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """What ``repr`` and ``str`` show: every URL with its password masked."""
         for name, value in super().__repr_args__():
-            if name in _URL_FIELDS and isinstance(value, str):
+            if name == "outcome_url" and isinstance(value, str):
+                value = shown_url(value)
+            elif name in _URL_FIELDS and isinstance(value, str):
                 value = masked_url(value)
             yield name, value
 
@@ -227,6 +235,8 @@ def settings_problem(exc: ValidationError) -> str:
         value = error.get("input")
         if any(word in name for word in _SECRET_WORDS):
             shown = "(not shown)"
+        elif name == "outcome_url" and isinstance(value, str):
+            shown = repr(shown_url(value))
         elif name in _URL_FIELDS and isinstance(value, str):
             shown = repr(masked_url(value))
         else:
@@ -249,7 +259,7 @@ def _check_webhook_url(url: str) -> None:
     host = rest.split("/", 1)[0].rpartition("@")[2]
     if scheme.lower() not in ("http", "https") or not host or any(c.isspace() for c in url):
         raise ValueError(
-            f"HEALTHGATE_OUTCOME_URL={masked_url(url)!r}: not an http(s) URL with a host"
+            f"HEALTHGATE_OUTCOME_URL={shown_url(url)!r}: not an http(s) URL with a host"
         )
 
 
@@ -261,7 +271,7 @@ def _check_webhook_secret(secret: str) -> None:
         key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
     except (binascii.Error, ValueError):
         key = b""
-    if len(key) < 24:
+    if not 24 <= len(key) <= 64:
         raise ValueError(
             "HEALTHGATE_OUTCOME_SECRET is not a webhook secret: whsec_ and the base64 of "
             "24 to 64 random bytes"

@@ -18,6 +18,9 @@ from typing import Any
 _PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 #: Alembic's "Context impl SQLiteImpl." on every worker process that checks the schema.
 _SCHEMA_LOGGER = "alembic"
+#: httpx's "HTTP Request: POST <url>" for every call: the whole URL, where a webhook's
+#: path or query may hold a token.
+_HTTP_LOGGERS = ("httpx", "httpcore")
 #: Beat's "Scheduler: Sending due task ...", logged once for every task it sends.
 _BEAT_LOGGER = "celery.beat"
 _BEAT_SENDING = "Scheduler: Sending due task"
@@ -44,7 +47,7 @@ def quiet(loglevel: int | str | None = None, **_: Any) -> None:
     level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
     if isinstance(level, int) and level <= logging.DEBUG:
         return
-    for name in (*_PER_TASK_LOGGERS, _SCHEMA_LOGGER):
+    for name in (*_PER_TASK_LOGGERS, _SCHEMA_LOGGER, *_HTTP_LOGGERS):
         logging.getLogger(name).setLevel(logging.WARNING)
     beat = logging.getLogger(_BEAT_LOGGER)
     if _NOT_SENDING not in beat.filters:

@@ -71,7 +71,14 @@ def register_outcomes(app: Celery, runtime: Callable[[], Runtime], settings: Set
     callbacks: dict[str, Callback | None] = {}
 
     # Not shared: another app in the same process (tests) must not inherit this closure.
-    @app.task(name=constants.OUTCOMES_TASK, ignore_result=True, shared=False, bind=True)
+    @app.task(
+        name=constants.OUTCOMES_TASK,
+        ignore_result=True,
+        shared=False,
+        bind=True,
+        # Stopped by its worker before its lease ends, whatever a callback does (prefork).
+        time_limit=constants.OUTCOME_TASK_TIME_LIMIT_SECONDS,
+    )
     def outcomes(task: Task[Any, Any]) -> dict[str, int]:
         """Hand the outcomes due to the application's callback; a failure waits its turn."""
         if "callback" not in callbacks:

@@ -97,8 +97,8 @@ def postgres_database() -> Iterator[str]:
 
 
 TABLES = (
-    "outcomes, decisions, messages, consent_facts, opt_outs, chats, lines, webhook_events, "
-    "policy_state, workers"
+    "outcome_listeners, outcomes, decisions, messages, consent_facts, opt_outs, chats, "
+    "lines, webhook_events, policy_state, workers"
 )
 
 

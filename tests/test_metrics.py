@@ -348,8 +348,13 @@ def test_outcome_deliveries_are_counted_by_result(client: TestClient, hg: Health
     callback = Recording()
     callback.down = True
     deliver(hg.runtime, callback, START)
+
+    waiting = scrape(client)
+    assert waiting[("healthgate_outcomes_undelivered", ())] == 2.0
+    assert waiting[("healthgate_oldest_outcome_due_age_seconds", ())] == 0.0
     callback.down = False
     deliver(hg.runtime, callback, START + timedelta(minutes=1))
 
     after = of(scrape(client), "healthgate_outcome_deliveries_total", "result")
     assert delta(after, before) == {("failed",): 1.0, ("delivered",): 2.0}
+    assert scrape(client)[("healthgate_outcomes_undelivered", ())] == 0.0

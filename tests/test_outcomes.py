@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import resource
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +16,7 @@ import pydantic.v1  # noqa: F401  FastAPI imports it lazily, which fails once fr
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from standardwebhooks import Webhook
 
 from scheduler import constants
@@ -171,30 +174,23 @@ def test_the_delay_between_attempts_stops_growing_at_an_hour(
     assert delay == timedelta(hours=1)
 
 
-def test_an_outcome_undelivered_for_three_days_is_given_up_and_shown(hg: Healthgate) -> None:
-    finish_one_of_each(hg, START)
+def test_an_outcome_failing_for_three_days_is_given_up_and_shown(
+    hg: Healthgate, clock: FrozenDateTimeFactory
+) -> None:
+    one_sent(hg)
     callback = Recording()
     callback.down = True
-    deliver(hg.runtime, callback, START + timedelta(minutes=1))
+    deliver(hg.runtime, callback, START)
     late = START + timedelta(seconds=constants.OUTCOME_GIVE_UP_SECONDS, hours=1)
 
-    with hg.runtime.sessions() as session:
-        before = session.scalar(select(Outcome.last_error).where(Outcome.attempts == 1))
+    assert deliver(hg.runtime, callback, late) == {"abandoned": 1}
 
-    counts = deliver(hg.runtime, callback, late)
-
-    assert counts == {"abandoned": len(FINAL)}
-    assert all(row.abandoned_at == late for row in rows(hg.runtime))
-    with freeze(late):
-        status = hg.status()["outcomes"]
-    assert (status["undelivered"], status["abandoned_24h"]) == (0, len(FINAL))
-    assert status["last_error"]["error"] == before
-
-
-def freeze(at: datetime) -> Any:
-    from freezegun import freeze_time
-
-    return freeze_time(at)
+    (row,) = rows(hg.runtime)
+    assert row.abandoned_at == late
+    clock.move_to(late)
+    status = hg.status()["outcomes"]
+    assert (status["undelivered"], status["abandoned_24h"]) == (0, 1)
+    assert status["last_error"]["error"] == "CallbackFailed: connection refused"
 
 
 def test_a_claimed_outcome_is_not_handed_out_twice_until_its_lease_ends(hg: Healthgate) -> None:
@@ -208,19 +204,52 @@ def test_a_claimed_outcome_is_not_handed_out_twice_until_its_lease_ends(hg: Heal
     other = Recording()
 
     deliver(hg.runtime, other, now)
-    assert {o["id"] for o in other.got}.isdisjoint({f"out_{t.id}" for t in taken})
+    assert {o["id"] for o in other.got}.isdisjoint({f"out_{t.id}" for t in taken.due})
     assert len(other.got) == len(FINAL) - 3
 
-    # The first delivery task died: after its lease the rest go out.
+    # The first delivery run died: after its lease the rest go out.
     deliver(hg.runtime, other, now + lease)
     assert by_id(other.got) == stored_outcomes(hg)
 
+    # ...and should it come back late, what it records changes nothing.
+    with hg.runtime.sessions.begin() as session:
+        connection = session.connection()
+        outcomes.failed(connection, taken, taken.due[0], "late", now + lease)
+        outcomes.delivered(connection, taken, [t.id for t in taken.due], now + 2 * lease)
+    assert all(
+        row.delivered_at == now + lease
+        for row in rows(hg.runtime)
+        if row.id in {t.id for t in taken.due}
+    )
+    assert all(row.last_error is None for row in rows(hg.runtime))
 
-def test_without_a_callback_outcomes_are_not_kept(hg: Healthgate) -> None:
+
+def test_without_a_callback_anywhere_outcomes_are_not_kept(hg: Healthgate) -> None:
     finish_one_of_each(hg, START)
 
     assert deliver(hg.runtime, None, START + timedelta(hours=1)) == {"discarded": len(FINAL)}
     assert rows(hg.runtime) == []
+
+
+def test_a_worker_without_a_callback_leaves_outcomes_to_one_that_has_it(
+    hg: Healthgate, caplog: pytest.LogCaptureFixture
+) -> None:
+    finish_one_of_each(hg, START)
+    listening = Recording()
+    listening.down = True
+    deliver(hg.runtime, listening, START + timedelta(hours=1))  # one failed, noted as listening
+
+    with caplog.at_level(logging.WARNING, logger="scheduler.outcomes"):
+        assert deliver(hg.runtime, None, START + timedelta(hours=2)) == {}
+    assert len(rows(hg.runtime)) == len(FINAL)
+    assert "test callback" in caplog.text
+    assert hg.status()["outcomes"]["listening"] == ["test callback"]
+    # The purge keeps them too, told or not, while a worker listens.
+    assert hg.purge(timedelta(hours=1), now=START + timedelta(hours=3)).outcomes == 0
+
+    # A day after the last worker with a callback went, nobody is waiting for them.
+    late = START + timedelta(hours=1, seconds=constants.OUTCOME_LISTENER_STALE_SECONDS + 1)
+    assert deliver(hg.runtime, None, late) == {"discarded": len(FINAL)}
 
 
 def test_purge_forgets_delivered_outcomes_after_retention(hg: Healthgate) -> None:
@@ -230,6 +259,60 @@ def test_purge_forgets_delivered_outcomes_after_retention(hg: Healthgate) -> Non
     assert hg.purge(timedelta(days=1), now=START + timedelta(hours=2)).outcomes == 0
     assert hg.purge(timedelta(days=1), now=START + timedelta(days=2)).outcomes == len(FINAL)
     assert rows(hg.runtime) == []
+
+
+def test_one_run_delivers_claim_after_claim_while_any_are_due(hg: Healthgate) -> None:
+    finish_one_of_each(hg, START)
+    callback = Recording()
+
+    assert deliver(hg.runtime, callback, START + timedelta(hours=1), limit=2) == {
+        "delivered": len(FINAL)
+    }
+
+
+def test_outcomes_of_one_message_are_told_in_the_order_they_happened(
+    hg: Healthgate, clock: FrozenDateTimeFactory
+) -> None:
+    # A send handed to a person, then settled by the provider's late answer.
+    message_id = one_sent(hg)
+    with hg.runtime.sessions.begin() as session:
+        session.execute(update(Outcome).values(state="needs_review", code="send_unconfirmed"))
+        from scheduler.store import outcomes
+
+        outcomes.write(
+            session.connection(),
+            [outcomes.Settled(message_id, "sent", "sent", "accepted late", START)],
+        )
+    callback = Recording()
+    callback.down = True
+    deliver(hg.runtime, callback, START)  # the first fails: the second must wait for it
+    callback.down = False
+
+    assert deliver(hg.runtime, callback, START + timedelta(seconds=1)) == {}
+    deliver(hg.runtime, callback, START + timedelta(seconds=5))
+    assert [o["state"] for o in callback.got] == ["needs_review", "sent"]
+
+
+def test_an_outcome_id_is_never_given_twice_even_after_a_purge(hg: Healthgate) -> None:
+    one_sent(hg)
+    deliver(hg.runtime, Recording(), START)
+    (first,) = rows(hg.runtime)
+    assert hg.purge(timedelta(seconds=0), now=START + timedelta(hours=1)).outcomes == 1
+
+    hg.enqueue(to="+14155550143", body="again")
+    hg.drain()
+
+    (second,) = rows(hg.runtime)
+    assert second.id > first.id
+
+
+def test_give_up_counts_from_failures_not_from_an_outage(hg: Healthgate) -> None:
+    # No worker ran for four days: the outcome is tried, not given up untried.
+    one_sent(hg)
+    callback = Recording()
+    late = START + timedelta(days=4)
+
+    assert deliver(hg.runtime, callback, late) == {"delivered": 1}
 
 
 # Webhooks out, signed per Standard Webhooks, to a real HTTP server.
@@ -245,6 +328,10 @@ class Receiver(ThreadingHTTPServer):
         #: When set, the first POST is kept waiting for it (``holding`` says it came).
         self.hold: threading.Event | None = None
         self.holding = threading.Event()
+        #: How to answer: plainly, a byte at a time (``trickle``), or with a body too
+        #: big to read (``huge``); ``stop`` ends either.
+        self.manner = "plain"
+        self.stop = threading.Event()
 
     @property
     def url(self) -> str:
@@ -261,7 +348,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.holding.set()
             self.server.hold.wait()
         status = self.server.answers.pop(0) if self.server.answers else 204
+        if self.server.manner == "trickle":
+            # The status line a byte at a time, each within any read timeout.
+            for byte in b"HTTP/1.1 200 OK\r\n":
+                if self.server.stop.wait(0.2):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            return
         self.send_response(status)
+        if self.server.manner == "huge":
+            # A gigabyte announced, a megabyte sent, the rest never: nothing reads it.
+            self.send_header("content-length", str(10**9))
+            self.end_headers()
+            self.wfile.write(b"x" * 2**20)
+            self.server.stop.wait(30)
+            return
         self.send_header("content-length", "0")
         self.end_headers()
 
@@ -275,6 +377,7 @@ def receiver() -> Iterator[Receiver]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
+    server.stop.set()
     server.shutdown()
     server.server_close()
 
@@ -314,6 +417,42 @@ def test_webhook_out_is_signed_and_verifies_with_the_secret(
         client.close()
 
 
+def test_a_webhook_answering_a_byte_at_a_time_fails_at_the_deadline(
+    settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scheduler.outcomes import webhook
+
+    monkeypatch.setattr(webhook, "_DEADLINE", 1.0)
+    # The real clock (a frozen one never reaches a deadline).
+    hg = Healthgate(settings)
+    hg.sync_lines()
+    hg.enqueue(to="+14155550142", body="hello")
+    hg.drain()
+    receiver.manner = "trickle"
+    callback = WebhookCallback(receiver.url, SECRET)
+    started = time.monotonic()
+    try:
+        assert deliver(hg.runtime, callback, utcnow()) == {"failed": 1}
+        # Each byte came within any read timeout; the whole call was cut at the deadline.
+        assert time.monotonic() - started < 3.0
+        assert "no answer within 1 s" in (rows(hg.runtime)[0].last_error or "")
+    finally:
+        callback.close()
+        hg.close()
+
+
+def test_a_webhook_answer_body_is_never_read(hg: Healthgate, receiver: Receiver) -> None:
+    one_sent(hg)
+    receiver.manner = "huge"
+    callback = WebhookCallback(receiver.url, SECRET)
+    try:
+        assert deliver(hg.runtime, callback, START) == {"delivered": 1}
+    finally:
+        callback.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert peak_mb < 900  # a gigabyte read would be past it
+
+
 def test_the_webhook_target_shows_no_path_or_query() -> None:
     assert shown_url("https://hooks.example.com/T0/B0/secret?token=x") == (
         "https://hooks.example.com/…"
@@ -329,6 +468,11 @@ def test_the_webhook_target_shows_no_path_or_query() -> None:
         ({"outcome_url": "https://example.com/x", "outcome_secret": "whsec_c2hvcnQ="}, "SECRET"),
         ({"outcome_task": "shop.outcome", "outcome_url": "https://example.com/x"}, "both set"),
         ({"outcome_task": "  "}, "OUTCOME_TASK is empty"),
+        ({"outcome_task": "shop.outcome", "outcome_queue": "healthgate"}, "OUTCOME_QUEUE"),
+        (
+            {"outcome_url": "https://example.com/x", "outcome_secret": "whsec_" + "A" * 100},
+            "OUTCOME_SECRET",
+        ),
     ],
 )
 def test_callback_settings_are_refused_naming_the_setting(
@@ -423,21 +567,32 @@ def test_status_page_shows_the_callback_and_its_last_error_escaped(
     assert "<script>alert" not in page
 
 
-def test_without_a_callback_purge_forgets_outcomes_nobody_took(hg: Healthgate) -> None:
-    # (No worker's delivery task ran: only the command line was used.)
+def test_without_a_worker_listening_purge_forgets_outcomes_nobody_took(
+    hg: Healthgate,
+) -> None:
+    # (No worker's delivery ran: only the command line was used.)
     finish_one_of_each(hg, START)
 
     assert hg.purge(timedelta(days=1), now=START + timedelta(days=2)).outcomes == len(FINAL)
     assert rows(hg.runtime) == []
 
 
-def test_with_a_callback_purge_keeps_outcomes_not_yet_told(settings: Settings) -> None:
-    configured = Healthgate(settings.model_copy(update={"outcome_task": "shop.outcome"}))
-    configured.sync_lines()
+def test_a_webhook_url_shows_no_path_in_repr_errors_or_http_logs() -> None:
+    from scheduler.settings import settings_problem
+    from tasks.logs import quiet
+
+    url = "https://hooks.example.com/services/T0/B0/XOXSECRET?sig=abc"
+    assert "XOXSECRET" not in repr(Settings(outcome_url=url, outcome_secret=SECRET))
+    with pytest.raises(ValidationError) as refused:
+        Settings(outcome_url="ftp://hooks.example.com/XOXSECRET", outcome_secret=SECRET)
+    assert "XOXSECRET" not in settings_problem(refused.value)
+    names = ("httpx", "httpcore", "celery.worker.strategy", "celery.app.trace", "alembic")
+    levels = {name: logging.getLogger(name).level for name in names}
+    beat_filters = list(logging.getLogger("celery.beat").filters)
     try:
-        finish_one_of_each(configured, utcnow())
-        purged = configured.purge(timedelta(days=1), now=utcnow() + timedelta(days=2))
-        assert purged.outcomes == 0
-        assert len(rows(configured.runtime)) == len(FINAL)
+        quiet(logging.INFO)
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
     finally:
-        configured.close()
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        logging.getLogger("celery.beat").filters[:] = beat_filters

@@ -86,9 +86,11 @@ def outcomes_line(outcomes: dict[str, Any]) -> str:
     """Where the outcomes of finished messages go and how their delivery stands; empty
     when no callback is configured and none waits."""
     callback, waiting = outcomes["callback"], outcomes["undelivered"]
-    if callback is None and not waiting:
+    # This process's setting, else what the workers deliver to.
+    target = callback or ", ".join(outcomes["listening"]) or "(no callback configured)"
+    if target.startswith("(") and not waiting:
         return ""
-    said = f"outcomes to {callback or '(no callback configured)'}: {waiting} undelivered"
+    said = f"outcomes to {target}: {waiting} undelivered"
     if waiting:
         said += f" (oldest finished {outcomes['oldest_undelivered']}"
         said += f", {outcomes['retrying']} retrying)" if outcomes["retrying"] else ")"

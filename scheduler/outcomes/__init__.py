@@ -11,7 +11,9 @@ the outcome is delivered again, never lost: delivery is at least once, and the p
 
 A failed delivery is tried again with a doubling delay, and the run stops at the first
 failure: a callback that is down costs one attempt a tick, not one a message, and never
-holds up dispatch, which runs in tasks of its own.
+holds up dispatch, which runs in tasks of its own. Each claim is leased with a token:
+only the run that holds it records how a delivery went, and a run ends well before its
+lease does, so two runs never hand out one outcome at once.
 """
 
 from __future__ import annotations
@@ -74,28 +76,62 @@ def deliver(
     limit: int = constants.OUTCOME_BATCH,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, int]:
-    """Hand the outcomes due to ``callback``, oldest first; what was done, by result.
+    """Hand the outcomes due to ``callback``, oldest first, ``limit`` claimed at a time
+    while any are due and the run's time lasts; what was done, by result.
 
-    Without a callback nobody is waiting for outcomes: they are discarded as they come.
+    Without a callback here, outcomes are left for the worker that has one; when no
+    worker has delivered any for a day, nobody is waiting and they are discarded.
     """
     if callback is None:
         with runtime.sessions.begin() as session:
-            discarded = outcomes.discard(session, limit)
+            discarded = outcomes.discard(session, now)
+            others = outcomes.listeners(session, now) if not discarded else []
+        if others:
+            _warn_once(others)
         return {"discarded": discarded} if discarded else {}
     give_up = timedelta(seconds=constants.OUTCOME_GIVE_UP_SECONDS)
+    lease = timedelta(seconds=constants.OUTCOME_LEASE_SECONDS)
     with runtime.sessions.begin() as session:
+        outcomes.listening(session, callback.target, now)
         abandoned = outcomes.abandon(session, now, give_up)
-        due = outcomes.claim(
-            session, now, limit, timedelta(seconds=constants.OUTCOME_LEASE_SECONDS)
-        )
     if abandoned:
         log.warning(
-            "gave up on %d outcomes undelivered for %s to %s", abandoned, give_up, callback.target
+            "gave up on %d outcomes whose delivery to %s failed for %s",
+            abandoned,
+            callback.target,
+            give_up,
         )
+    counts = {"delivered": 0, "failed": 0, "abandoned": abandoned}
+    started = clock()
+    while clock() - started < constants.OUTCOME_RUN_SECONDS:
+        with runtime.sessions.begin() as session:
+            claimed = outcomes.claim(session, now, limit, lease)
+        sent, failed = _deliver_claimed(runtime, callback, claimed, now, started, clock)
+        counts["delivered"] += sent
+        counts["failed"] += failed
+        # Claimed again after a short claim too: what waited behind an outcome of the
+        # same message just delivered is due now.
+        if failed or not sent:
+            break
+    for result, n in counts.items():
+        if n:
+            metrics.OUTCOME_DELIVERIES.labels(result=result).inc(n)
+    return {name: n for name, n in counts.items() if n}
+
+
+def _deliver_claimed(
+    runtime: Runtime,
+    callback: Callback,
+    claimed: outcomes.Claimed,
+    now: datetime,
+    started: float,
+    clock: Callable[[], float],
+) -> tuple[int, int]:
+    """Hand one claim's outcomes to ``callback`` until the first failure or the end of
+    the run's time; record how it went. How many were delivered, and failed."""
     done: list[int] = []
     failure: tuple[Pending, str] | None = None
-    started = clock()
-    for outcome in due:
+    for outcome in claimed.due:
         if clock() - started > constants.OUTCOME_RUN_SECONDS:
             break
         try:
@@ -107,11 +143,11 @@ def deliver(
     tried = len(done) + (failure is not None)
     with runtime.sessions.begin() as session:
         connection = session.connection()
-        outcomes.delivered(connection, done, now)
+        outcomes.delivered(connection, claimed, done, now)
         if failure is not None:
             outcome, error = failure
             retry_at = now + retry_delay(outcome.attempts + 1)
-            outcomes.failed(connection, outcome, error, retry_at, now)
+            outcomes.failed(connection, claimed, outcome, error, retry_at)
             log.warning(
                 "outcome %s of %s not delivered to %s (attempt %d, next at %s): %s",
                 outcome.id,
@@ -121,9 +157,19 @@ def deliver(
                 retry_at.isoformat(),
                 error,
             )
-        outcomes.unclaim(connection, [outcome.id for outcome in due[tried:]])
-    counts = {"delivered": len(done), "failed": int(failure is not None), "abandoned": abandoned}
-    for result, n in counts.items():
-        if n:
-            metrics.OUTCOME_DELIVERIES.labels(result=result).inc(n)
-    return {name: n for name, n in counts.items() if n}
+        outcomes.unclaim(connection, claimed, [outcome.id for outcome in claimed.due[tried:]])
+    return len(done), int(failure is not None)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(others: list[str]) -> None:
+    """Say once per process that outcomes are left for another worker's callback."""
+    if new := [target for target in others if target not in _warned]:
+        _warned.update(new)
+        log.warning(
+            "no callback configured here (HEALTHGATE_OUTCOME_TASK, HEALTHGATE_OUTCOME_URL): "
+            "outcomes are left to the workers that deliver them to %s",
+            ", ".join(new),
+        )

@@ -4,6 +4,7 @@ which the receiver checks with the same secret and any Standard Webhooks library
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Any
@@ -15,18 +16,30 @@ from scheduler import constants
 from scheduler.outcomes import CallbackFailed
 from scheduler.settings import shown_url
 
-#: A 2xx answer is taken as delivered; anything else, or no answer, is tried again.
-_TIMEOUT = httpx.Timeout(constants.OUTCOME_WEBHOOK_TIMEOUT_SECONDS, connect=5.0)
+#: The whole call, from connecting to the answer's status line, must fit in this.
+_DEADLINE = constants.OUTCOME_WEBHOOK_TIMEOUT_SECONDS
 
 
 class WebhookCallback:
-    """POSTs each outcome to ``url``, signed with ``secret`` (``whsec_...``)."""
+    """POSTs each outcome to ``url``, signed with ``secret`` (``whsec_...``).
 
-    def __init__(self, url: str, secret: str, client: httpx.Client | None = None) -> None:
+    A 2xx answer is a delivery; anything else, or no answer within the deadline, is
+    tried again later. The deadline covers the whole call, so a receiver that answers a
+    byte at a time holds the worker no longer than that; the answer's body is never
+    read, so a huge one costs nothing.
+    """
+
+    def __init__(
+        self, url: str, secret: str, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.url = url
         self.target = f"webhook {shown_url(url)}"
         self._signer = Webhook(secret)
-        self._client = client or httpx.Client(timeout=_TIMEOUT, follow_redirects=False)
+        # One event loop and client per callback: the connection is kept between calls.
+        self._loop = asyncio.new_event_loop()
+        self._client = httpx.AsyncClient(
+            timeout=_DEADLINE, follow_redirects=False, transport=transport
+        )
 
     def deliver(self, outcome: dict[str, Any], now: datetime) -> None:
         """POST ``outcome`` as ``{"type", "timestamp", "data"}``; raise unless answered 2xx.
@@ -47,11 +60,22 @@ class WebhookCallback:
             "user-agent": "healthgate",
         }
         try:
-            answer = self._client.post(self.url, content=body, headers=headers)
+            status = self._loop.run_until_complete(
+                asyncio.wait_for(self._post(body, headers), _DEADLINE)
+            )
+        except TimeoutError as exc:
+            raise CallbackFailed(f"{self.target}: no answer within {_DEADLINE:g} s") from exc
         except httpx.HTTPError as exc:
-            raise CallbackFailed(f"{self.target}: {type(exc).__name__}: {exc}") from exc
-        if not answer.is_success:
-            raise CallbackFailed(f"{self.target} answered {answer.status_code}")
+            said = str(exc).replace(self.url, shown_url(self.url))
+            raise CallbackFailed(f"{self.target}: {type(exc).__name__}: {said}") from exc
+        if not 200 <= status < 300:
+            raise CallbackFailed(f"{self.target} answered {status}")
+
+    async def _post(self, body: str, headers: dict[str, str]) -> int:
+        """The answer's status; its body is left unread."""
+        async with self._client.stream("POST", self.url, content=body, headers=headers) as r:
+            return r.status_code
 
     def close(self) -> None:
-        self._client.close()
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.close()

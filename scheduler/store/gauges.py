@@ -13,7 +13,16 @@ from typing import NamedTuple
 from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
-from scheduler.store.models import OPEN_SQL, UNHEALTHY_CHAT_SQL, WAITING_SQL, Chat, Line, Message
+from scheduler.store.models import (
+    OPEN_SQL,
+    UNDELIVERED_SQL,
+    UNHEALTHY_CHAT_SQL,
+    WAITING_SQL,
+    Chat,
+    Line,
+    Message,
+    Outcome,
+)
 
 
 class Levels(NamedTuple):
@@ -27,6 +36,9 @@ class Levels(NamedTuple):
     chats: dict[tuple[str, str], int]
     #: Seconds since the message due longest became due (0 when none is due).
     oldest_due_seconds: float
+    #: Outcomes not yet told to the application, and the age of the oldest (0: none).
+    outcomes_undelivered: int = 0
+    oldest_outcome_seconds: float = 0.0
 
 
 def levels(session: Session, now: datetime) -> Levels:
@@ -60,4 +72,9 @@ def levels(session: Session, now: datetime) -> Levels:
         select(func.min(Message.not_before)).where(text(WAITING_SQL), Message.not_before <= now)
     )
     waited = (now - oldest).total_seconds() if oldest is not None else 0.0
-    return Levels(queue, lines, chats, max(0.0, waited))
+    # Over the outbox's own partial index of what is undelivered.
+    told, first = session.execute(
+        select(func.count(), func.min(Outcome.next_attempt_at)).where(text(UNDELIVERED_SQL))
+    ).one()
+    since = (now - first).total_seconds() if first is not None else 0.0
+    return Levels(queue, lines, chats, max(0.0, waited), told, max(0.0, since))

@@ -229,6 +229,8 @@ FINISHED_UNPURGED_SQL = "purged_at IS NULL AND state IN ({})".format(
 UNPURGED_SQL = "purged_at IS NULL"
 #: Outcomes the application has not been told of yet, and has not been given up on.
 UNDELIVERED_SQL = "delivered_at IS NULL AND abandoned_at IS NULL"
+#: Outcomes waiting whose last delivery failed.
+FAILING_SQL = "last_error IS NOT NULL AND delivered_at IS NULL"
 
 
 class Message(Base):
@@ -409,7 +411,24 @@ class Outcome(Base):
             postgresql_where=text(UNDELIVERED_SQL),
             sqlite_where=text(UNDELIVERED_SQL),
         ),
+        # The purge: outcomes that finished before its cut-off.
         Index("ix_outcomes_at", "at"),
+        # ``status``: the ones given up on lately, and the latest error of one waiting.
+        Index(
+            "ix_outcomes_abandoned",
+            "abandoned_at",
+            postgresql_where=text("abandoned_at IS NOT NULL"),
+            sqlite_where=text("abandoned_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_outcomes_failing",
+            "id",
+            postgresql_where=text(FAILING_SQL),
+            sqlite_where=text(FAILING_SQL),
+        ),
+        # An id is never given twice, even after the newest rows are purged: the
+        # application deduplicates on it.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -424,12 +443,25 @@ class Outcome(Base):
     #: Deliveries tried and failed; the next is not tried before ``next_attempt_at``.
     attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime]
-    #: Held by one delivery task until then, so two never send it at once.
+    #: Held by one delivery run until then, which alone may record how it went (its
+    #: token), so two never send it at once and a late one changes nothing.
     lease_expires_at: Mapped[datetime | None]
+    lease_token: Mapped[str | None] = mapped_column(String(32))
     delivered_at: Mapped[datetime | None]
     #: Given up on after failing for ``OUTCOME_GIVE_UP_SECONDS`` (``last_error`` says why).
     abandoned_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class OutcomeListener(Base):
+    """A callback some worker delivers outcomes to, and when it last did: a process whose
+    own settings name none leaves the outcomes alone while another one listens."""
+
+    __tablename__ = "outcome_listeners"
+
+    #: As ``status`` shows it: ``task NAME (queue Q)`` or ``webhook https://host/…``.
+    callback: Mapped[str] = mapped_column(String(300), primary_key=True)
+    last_seen: Mapped[datetime]
 
 
 class WebhookEvent(Base):

@@ -4,19 +4,41 @@ callback has taken it (``scheduler.outcomes``)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, and_, delete, false, func, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
-from scheduler.store.bulk import columns_of, insert_columns, update_rows
-from scheduler.store.models import UNDELIVERED_SQL, Message, Outcome
+from scheduler import constants
+from scheduler.store.bulk import columns_of, insert_columns
+from scheduler.store.models import (
+    FAILING_SQL,
+    UNDELIVERED_SQL,
+    Message,
+    Outcome,
+    OutcomeListener,
+)
 
 _OUTCOMES = cast(Table, Outcome.__table__)
-#: The partial index's predicate, as literal text, so the planner uses it.
+#: The partial indexes' predicates, as literal text, so the planner uses them.
 _UNDELIVERED = text(UNDELIVERED_SQL)
+_FAILING = text(FAILING_SQL)
+#: A callback not delivered to for this long no longer counts as listening.
+_LISTENING = timedelta(seconds=constants.OUTCOME_LISTENER_STALE_SECONDS)
 
 
 class Settled(NamedTuple):
@@ -54,9 +76,28 @@ class Pending(NamedTuple):
     attempts: int
 
 
-def claim(session: Session, now: datetime, limit: int, lease: timedelta) -> list[Pending]:
+class Claimed(NamedTuple):
+    """Outcomes leased to one delivery run, which records how each went with ``token``."""
+
+    token: str
+    due: list[Pending]
+
+
+def claim(session: Session, now: datetime, limit: int, lease: timedelta) -> Claimed:
     """Up to ``limit`` outcomes due for a delivery, oldest first, leased to the caller
-    until ``now + lease`` so another delivery task leaves them alone meanwhile."""
+    until ``now + lease`` so another delivery run leaves them alone meanwhile.
+
+    An outcome waits while an earlier one of its message is undelivered (a
+    ``needs_review`` that a late answer turned ``sent``): the application hears them in
+    the order they happened.
+    """
+    earlier = aliased(Outcome)
+    before_it = exists().where(
+        earlier.message_id == Outcome.message_id,
+        earlier.id < Outcome.id,
+        earlier.delivered_at.is_(None),
+        earlier.abandoned_at.is_(None),
+    )
     due = list(
         session.execute(
             select(
@@ -74,101 +115,136 @@ def claim(session: Session, now: datetime, limit: int, lease: timedelta) -> list
                 _UNDELIVERED,
                 Outcome.next_attempt_at <= now,
                 or_(Outcome.lease_expires_at.is_(None), Outcome.lease_expires_at <= now),
+                ~before_it,
             )
             .order_by(Outcome.next_attempt_at, Outcome.id)
             .limit(limit)
             .with_for_update(skip_locked=True, of=Outcome)
         )
     )
+    token = uuid.uuid4().hex
     if due:
         session.execute(
             update(Outcome)
             .where(Outcome.id.in_([row.id for row in due]))
-            .values(lease_expires_at=now + lease)
+            .values(lease_expires_at=now + lease, lease_token=token)
             .execution_options(synchronize_session=False)
         )
-    return [Pending._make(row) for row in due]
+    return Claimed(token, [Pending._make(row) for row in due])
 
 
-def abandon(session: Session, now: datetime, older: timedelta) -> int:
-    """Give up on outcomes still undelivered ``older`` after their message finished; how
-    many. Their last error stays, for ``status``."""
-    result = session.execute(
-        update(Outcome)
-        .where(_UNDELIVERED, Outcome.at < now - older)
-        .values(abandoned_at=now, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+def _held(claimed: Claimed, ids: Sequence[int]) -> Any:
+    """The rows of ``ids`` still leased to ``claimed``'s run."""
+    return and_(Outcome.id.in_(list(ids)), Outcome.lease_token == claimed.token)
 
 
-def delivered(connection: Connection, ids: Sequence[int], now: datetime) -> None:
-    """The callback took these: done."""
-    update_rows(
-        connection,
-        _OUTCOMES,
-        [{"id": i, "delivered_at": now, "lease_expires_at": None} for i in ids],
-    )
+def delivered(connection: Connection, claimed: Claimed, ids: Sequence[int], now: datetime) -> None:
+    """The callback took these: done (unless the lease passed to another run)."""
+    if ids:
+        connection.execute(
+            update(Outcome)
+            .where(_held(claimed, ids))
+            .values(delivered_at=now, lease_expires_at=None, lease_token=None)
+        )
 
 
 def failed(
-    connection: Connection, outcome: Pending, error: str, retry_at: datetime, now: datetime
+    connection: Connection,
+    claimed: Claimed,
+    outcome: Pending,
+    error: str,
+    retry_at: datetime,
 ) -> None:
     """A delivery of ``outcome`` failed: tried again at ``retry_at``."""
     connection.execute(
         update(Outcome)
-        .where(Outcome.id == outcome.id)
+        .where(_held(claimed, [outcome.id]))
         .values(
             attempts=outcome.attempts + 1,
             next_attempt_at=retry_at,
             lease_expires_at=None,
+            lease_token=None,
             last_error=error,
         )
     )
 
 
-def unclaim(connection: Connection, ids: Sequence[int]) -> None:
+def unclaim(connection: Connection, claimed: Claimed, ids: Sequence[int]) -> None:
     """Hand back outcomes claimed but not tried (the run stopped at a failure)."""
     if ids:
         connection.execute(
-            update(Outcome).where(Outcome.id.in_(list(ids))).values(lease_expires_at=None)
+            update(Outcome)
+            .where(_held(claimed, ids))
+            .values(lease_expires_at=None, lease_token=None)
         )
 
 
-def discard(session: Session, limit: int) -> int:
-    """Remove up to ``limit`` undelivered outcomes: no callback is configured, so nobody
-    is waiting for them. How many."""
-    ids = select(Outcome.id).where(_UNDELIVERED).order_by(Outcome.id).limit(limit)
+def abandon(session: Session, now: datetime, older: timedelta) -> int:
+    """Give up on outcomes whose deliveries have failed since ``older`` after their
+    message finished; how many. Their last error stays, for ``status``. One never tried
+    (no worker ran meanwhile) is tried first."""
     result = session.execute(
-        delete(Outcome)
-        .where(Outcome.id.in_(ids.scalar_subquery()))
+        update(Outcome)
+        .where(_FAILING, Outcome.abandoned_at.is_(None), Outcome.at < now - older)
+        .values(abandoned_at=now, lease_expires_at=None, lease_token=None)
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def purge(session: Session, before: datetime, undelivered: bool = False) -> int:
-    """Forget outcomes delivered or given up on before ``before``, and with
-    ``undelivered`` (no callback is configured) those still waiting that finished before
-    it; how many."""
+def listening(session: Session, callback: str, now: datetime) -> None:
+    """Note that a worker delivers outcomes to ``callback`` now."""
+    updated = session.execute(
+        update(OutcomeListener)
+        .where(OutcomeListener.callback == callback)
+        .values(last_seen=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(updated, "rowcount", 0):
+        session.merge(OutcomeListener(callback=callback, last_seen=now))
+
+
+def listeners(session: Session, now: datetime) -> list[str]:
+    """The callbacks some worker delivered outcomes to lately."""
+    return list(
+        session.scalars(
+            select(OutcomeListener.callback)
+            .where(OutcomeListener.last_seen > now - _LISTENING)
+            .order_by(OutcomeListener.callback)
+        )
+    )
+
+
+def discard(session: Session, now: datetime) -> int:
+    """Remove the undelivered outcomes, when no worker has delivered any lately: nobody
+    is waiting for them. How many."""
+    if listeners(session, now):
+        return 0
     result = session.execute(
         delete(Outcome)
-        .where(
-            or_(
-                and_(Outcome.delivered_at.is_not(None), Outcome.delivered_at < before),
-                and_(Outcome.abandoned_at.is_not(None), Outcome.abandoned_at < before),
-                and_(_UNDELIVERED, Outcome.at < before) if undelivered else false(),
-            )
-        )
+        .where(_UNDELIVERED, Outcome.at <= now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def purge(session: Session, before: datetime, now: datetime) -> int:
+    """Forget outcomes of messages finished before ``before`` that were delivered or
+    given up on, and those nobody took while no worker listened; how many."""
+    told = or_(Outcome.delivered_at.is_not(None), Outcome.abandoned_at.is_not(None))
+    forgotten = told if listeners(session, now) else None
+    result = session.execute(
+        delete(Outcome)
+        .where(Outcome.at < before, *([forgotten] if forgotten is not None else []))
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
 
 def summary(session: Session, now: datetime) -> dict[str, Any]:
-    """What ``status`` shows of the outbox: undelivered outcomes, those whose delivery
-    failed at least once, the oldest one's time, the ones given up on in the last day,
-    and the latest error."""
+    """What ``status`` shows of the outbox: the callbacks workers deliver to, the
+    undelivered outcomes, those whose delivery failed at least once, the oldest one's
+    time, the ones given up on in the last day, and the latest error."""
     undelivered, retrying, oldest = session.execute(
         select(
             func.count(),
@@ -177,15 +253,18 @@ def summary(session: Session, now: datetime) -> dict[str, Any]:
         ).where(_UNDELIVERED)
     ).one()
     abandoned = session.scalar(
-        select(func.count()).where(Outcome.abandoned_at > now - timedelta(days=1))
+        select(func.count()).where(
+            Outcome.abandoned_at.is_not(None), Outcome.abandoned_at > now - timedelta(days=1)
+        )
     )
     error = session.execute(
         select(Outcome.last_error, Outcome.message_id)
-        .where(Outcome.last_error.is_not(None), Outcome.delivered_at.is_(None))
+        .where(_FAILING)
         .order_by(Outcome.id.desc())
         .limit(1)
     ).first()
     return {
+        "listening": listeners(session, now),
         "undelivered": undelivered,
         "retrying": retrying,
         "oldest_undelivered": oldest.isoformat() if oldest else None,

@@ -40,12 +40,11 @@ def purge(
     before: datetime,
     now: datetime,
     batch: int = constants.PURGE_BATCH,
-    undelivered: bool = False,
 ) -> Purged:
     """Empty the bodies of messages finished before ``before`` and of webhook events
-    received before it; ``now`` is stamped as ``purged_at``. Outcomes told to the
-    application before it are forgotten, and with ``undelivered`` (no callback is
-    configured, nobody waits for them) those never told too."""
+    received before it; ``now`` is stamped as ``purged_at``. Outcomes of messages
+    finished before it are forgotten once told to the application, or at once when no
+    worker delivers outcomes."""
     finished = (
         Message.purged_at.is_(None),
         Message.state.in_([state.value for state in FINAL_STATES]),
@@ -80,7 +79,7 @@ def purge(
             CursorResult[Any],
             session.execute(delete(WorkerSeen).where(WorkerSeen.last_seen < before)),
         )
-        told = outcomes.purge(session, before, undelivered)
+        told = outcomes.purge(session, before, now)
     return Purged(messages, events, gone.rowcount, told)
 
 

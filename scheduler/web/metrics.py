@@ -58,6 +58,16 @@ class StoreCollector(Collector):
             "How long the waiting message due longest has been due (0: none is due).",
             value=seen.oldest_due_seconds,
         )
+        yield GaugeMetricFamily(
+            "healthgate_outcomes_undelivered",
+            "Outcomes of finished messages not yet told to the application's callback.",
+            value=seen.outcomes_undelivered,
+        )
+        yield GaugeMetricFamily(
+            "healthgate_oldest_outcome_due_age_seconds",
+            "How long the undelivered outcome due longest has been due (0: none waits).",
+            value=seen.oldest_outcome_seconds,
+        )
 
 
 class _Own(Collector):
