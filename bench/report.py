@@ -10,6 +10,8 @@ GOALS = {
     "gate_p99_us": 50,
     "scale_ratio": 1.2,
     "rss_growth_percent": 10,
+    #: ``healthgate --help`` at most this many seconds slower than ``python -c pass``.
+    "cli_over_python_seconds": 0.3,
 }
 
 
@@ -29,6 +31,15 @@ def markdown(r: dict[str, Any]) -> str:
     if r.get("note"):
         text += f"Conditions: {r['note']}\n\n"
     text += "| measure | result | goal | |\n|---|---|---|---|\n"
+    if "cli" in r:
+        c = r["cli"]
+        text += _row(
+            f"`healthgate --help` vs `python -c pass`, median of {c['runs']}",
+            f"{c['help_seconds']} s vs {c['python_seconds']} s "
+            f"(+{c['over_python_seconds']} s, {c['ratio']}x)",
+            "≤ +0.3 s",
+            c["over_python_seconds"] <= GOALS["cli_over_python_seconds"],
+        )
     if "enqueue" in r:
         e = r["enqueue"]
         text += _row(

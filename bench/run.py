@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy
 
 from bench.backlog import bench_recovery, bench_scale_point
+from bench.cli import bench_cli
 from bench.endtoend import bench_baseline, bench_gated
 from bench.enqueue import bench_enqueue
 from bench.gate import bench_gate
@@ -90,6 +91,9 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="healthgate-bench-") as tmp:
         root = Path(tmp)
+        if wanted("cli"):
+            results["cli"] = bench_cli(root, size.cli_runs)
+            _say("cli", results["cli"])
         if wanted("gate"):
             policy = write_policy(root / "gate.toml", size.lines)
             results["gate"] = bench_gate(policy, size.gate_evaluations)
@@ -146,7 +150,7 @@ def _say(name: str, figures: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--only", nargs="*", help="gate enqueue end_to_end scale recovery")
+    parser.add_argument("--only", nargs="*", help="cli gate enqueue end_to_end scale recovery")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--batch", type=int, help="messages per dispatch task (a setting)")
     parser.add_argument("--note", default="", help="conditions of the run, kept with it")

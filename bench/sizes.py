@@ -26,6 +26,8 @@ class Size:
     scale_due: int
     #: The deferred backlog released when its line recovers.
     recovery: int
+    #: Starts of ``healthgate --help`` (and of bare Python beside each).
+    cli_runs: int = 10
     lines: int = 10
     chats: int = 5000
 
@@ -42,6 +44,7 @@ SIZES = {
         scale_waiting=(1_000, 10_000),
         scale_due=200,
         recovery=500,
+        cli_runs=3,
         chats=500,
     ),
     "full": Size(
@@ -55,5 +58,6 @@ SIZES = {
         scale_waiting=(10_000, 1_000_000),
         scale_due=5_000,
         recovery=100_000,
+        cli_runs=15,
     ),
 }
