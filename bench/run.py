@@ -20,6 +20,7 @@ from bench.cli import bench_cli
 from bench.endtoend import bench_baseline, bench_gated
 from bench.enqueue import bench_enqueue
 from bench.gate import bench_gate
+from bench.history import append, commit, plot
 from bench.report import GOALS, markdown
 from bench.sizes import SIZES, Size
 from bench.store import CAPS, fresh_database, migrate, write_policy
@@ -82,6 +83,7 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "size": size.name,
+        "commit": commit(),
         "machine": machine(),
         "sizes": {k: v for k, v in vars(size).items() if k != "name"},
     }
@@ -107,6 +109,7 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
                 size.enqueue_chunk,
                 size.lines,
                 size.enqueue_rounds,
+                size.enqueue_routed,
             )
             _say("enqueue", results["enqueue"])
         if wanted("end_to_end"):
@@ -164,9 +167,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = run(SIZES[args.size], set(args.only) if args.only else None)
     results["note"] = args.note
     args.out.mkdir(parents=True, exist_ok=True)
+    history = args.out / "history.csv"
+    append(history, results)
+    plot(history, args.out / f"history-{args.size}.png", args.size)
     (args.out / f"{args.size}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{args.size}.md").write_text(markdown(results))
-    print(markdown(results))
+    text = markdown(results, history)
+    (args.out / f"{args.size}.md").write_text(text)
+    print(text)
     return results
 
 

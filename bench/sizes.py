@@ -17,6 +17,8 @@ class Size:
     enqueue_bulk: int
     enqueue_chunk: int
     enqueue_rounds: int
+    #: Messages given to ``enqueue_many`` with no line named (the router picks).
+    enqueue_routed: int
     #: Pure gate evaluations timed one by one.
     gate_evaluations: int
     #: Messages through real workers, gated and baseline each.
@@ -39,6 +41,7 @@ SIZES = {
         enqueue_bulk=500,
         enqueue_chunk=250,
         enqueue_rounds=1,
+        enqueue_routed=200,
         gate_evaluations=2_000,
         end_to_end=300,
         scale_waiting=(1_000, 10_000),
@@ -53,6 +56,7 @@ SIZES = {
         enqueue_bulk=20_000,
         enqueue_chunk=1_000,
         enqueue_rounds=5,
+        enqueue_routed=2_000,
         gate_evaluations=50_000,
         end_to_end=20_000,
         scale_waiting=(10_000, 1_000_000),
