@@ -48,6 +48,8 @@ def commit() -> str:
 
 def figures(results: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
     """(measure, parameter, value) for every figure of a run worth following."""
+    for moment, load in results.get("load", {}).items():
+        yield "load_average", moment, load
     if "cli" in results:
         yield "cli_over_python_seconds", "", results["cli"]["over_python_seconds"]
     if "gate" in results:

@@ -46,6 +46,12 @@ def markdown(r: dict[str, Any], history: Path | None = None) -> str:
     )
     if r.get("note"):
         text += f"Conditions: {r['note']}\n\n"
+    if "load" in r:
+        load = r["load"]
+        text += (
+            f"One-minute load average: {load.get('start')} at the start, {load.get('end')} at "
+            f"the end ({m['cores']} cores).\n\n"
+        )
     text += "| measure | result | goal | |\n|---|---|---|---|\n"
     text += _cli(r) + _enqueue(r) + _gate(r) + _end_to_end(r, history) + _scale(r)
     text += _recovery(r)

@@ -86,6 +86,9 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
         "commit": commit(),
         "machine": machine(),
         "sizes": {k: v for k, v in vars(size).items() if k != "name"},
+        # Other work on the machine shows in every figure: its one-minute load average
+        # at the start and the end of the run says how much there was.
+        "load": {"start": round(os.getloadavg()[0], 2)},
     }
 
     def wanted(name: str) -> bool:
@@ -143,6 +146,7 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
             results["recovery"] = bench_recovery(settings, size.chats, size.recovery, size.lines)
             _say("recovery", results["recovery"])
     results["goals"] = GOALS
+    results["load"]["end"] = round(os.getloadavg()[0], 2)
     return results
 
 
