@@ -16,9 +16,11 @@ from typing import Any
 import sqlalchemy
 
 from bench.backlog import bench_recovery, bench_scale_point
+from bench.cli import bench_cli
 from bench.endtoend import bench_baseline, bench_gated
 from bench.enqueue import bench_enqueue
 from bench.gate import bench_gate
+from bench.history import append, commit, plot
 from bench.report import GOALS, markdown
 from bench.sizes import SIZES, Size
 from bench.store import CAPS, fresh_database, migrate, write_policy
@@ -81,8 +83,12 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "size": size.name,
+        "commit": commit(),
         "machine": machine(),
         "sizes": {k: v for k, v in vars(size).items() if k != "name"},
+        # Other work on the machine shows in every figure: its one-minute load average
+        # at the start and the end of the run says how much there was.
+        "load": {"start": round(os.getloadavg()[0], 2)},
     }
 
     def wanted(name: str) -> bool:
@@ -90,6 +96,9 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="healthgate-bench-") as tmp:
         root = Path(tmp)
+        if wanted("cli"):
+            results["cli"] = bench_cli(root, size.cli_runs)
+            _say("cli", results["cli"])
         if wanted("gate"):
             policy = write_policy(root / "gate.toml", size.lines)
             results["gate"] = bench_gate(policy, size.gate_evaluations)
@@ -103,6 +112,7 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
                 size.enqueue_chunk,
                 size.lines,
                 size.enqueue_rounds,
+                size.enqueue_routed,
             )
             _say("enqueue", results["enqueue"])
         if wanted("end_to_end"):
@@ -136,6 +146,7 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
             results["recovery"] = bench_recovery(settings, size.chats, size.recovery, size.lines)
             _say("recovery", results["recovery"])
     results["goals"] = GOALS
+    results["load"]["end"] = round(os.getloadavg()[0], 2)
     return results
 
 
@@ -146,7 +157,7 @@ def _say(name: str, figures: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--only", nargs="*", help="gate enqueue end_to_end scale recovery")
+    parser.add_argument("--only", nargs="*", help="cli gate enqueue end_to_end scale recovery")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--batch", type=int, help="messages per dispatch task (a setting)")
     parser.add_argument("--note", default="", help="conditions of the run, kept with it")
@@ -160,9 +171,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = run(SIZES[args.size], set(args.only) if args.only else None)
     results["note"] = args.note
     args.out.mkdir(parents=True, exist_ok=True)
+    history = args.out / "history.csv"
+    append(history, results)
+    plot(history, args.out / f"history-{args.size}.png", args.size)
     (args.out / f"{args.size}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{args.size}.md").write_text(markdown(results))
-    print(markdown(results))
+    text = markdown(results, history)
+    (args.out / f"{args.size}.md").write_text(text)
+    print(text)
     return results
 
 

@@ -17,6 +17,8 @@ class Size:
     enqueue_bulk: int
     enqueue_chunk: int
     enqueue_rounds: int
+    #: Messages given to ``enqueue_many`` with no line named (the router picks).
+    enqueue_routed: int
     #: Pure gate evaluations timed one by one.
     gate_evaluations: int
     #: Messages through real workers, gated and baseline each.
@@ -26,6 +28,8 @@ class Size:
     scale_due: int
     #: The deferred backlog released when its line recovers.
     recovery: int
+    #: Starts of ``healthgate --help`` (and of bare Python beside each).
+    cli_runs: int = 10
     lines: int = 10
     chats: int = 5000
 
@@ -37,11 +41,13 @@ SIZES = {
         enqueue_bulk=500,
         enqueue_chunk=250,
         enqueue_rounds=1,
+        enqueue_routed=200,
         gate_evaluations=2_000,
         end_to_end=300,
         scale_waiting=(1_000, 10_000),
         scale_due=200,
         recovery=500,
+        cli_runs=3,
         chats=500,
     ),
     "full": Size(
@@ -50,10 +56,12 @@ SIZES = {
         enqueue_bulk=20_000,
         enqueue_chunk=1_000,
         enqueue_rounds=5,
+        enqueue_routed=2_000,
         gate_evaluations=50_000,
         end_to_end=20_000,
         scale_waiting=(10_000, 1_000_000),
         scale_due=5_000,
         recovery=100_000,
+        cli_runs=15,
     ),
 }

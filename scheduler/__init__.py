@@ -6,14 +6,17 @@ first use; build a :class:`Healthgate` yourself to choose the settings explicitl
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policies.errors import HealthgateError, IdempotencyConflict, InvalidInput, PolicyFileError
-from scheduler.client import Healthgate
-from scheduler.intake.messages import NewMessage
-from scheduler.settings import Settings
+
+if TYPE_CHECKING:
+    from scheduler.client import Healthgate
+    from scheduler.intake.messages import NewMessage
+    from scheduler.settings import Settings
 
 __all__ = [
     "Healthgate",
@@ -30,12 +33,31 @@ __all__ = [
     "set_line_health",
 ]
 
+#: Names imported on first use: ``import scheduler`` (and so every ``healthgate`` command,
+#: ``--help`` first) does not pay for the database, the dispatcher and the web layer.
+_LAZY = {
+    "Healthgate": "scheduler.client",
+    "NewMessage": "scheduler.intake.messages",
+    "Settings": "scheduler.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'scheduler' has no attribute {name!r}")
+
+
 _default: Healthgate | None = None
 
 
 def configure(settings: Settings | None = None) -> Healthgate:
     """Replace the client behind the module-level functions (closing the old one)."""
     global _default
+    from scheduler.client import Healthgate
+
     if _default is not None:
         _default.close()
     _default = Healthgate(settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -14,7 +14,6 @@ from policies.keywords import Inbound
 from policies.statuses import LINE_STATES, LineStatus
 from policies.text import storable_time
 from scheduler import constants
-from scheduler.dispatch import Report, drain
 from scheduler.intake.enqueue import check_same_database, enqueue_many
 from scheduler.intake.messages import NewMessage
 from scheduler.operate import Acted, actions
@@ -22,11 +21,14 @@ from scheduler.operate.finding import Moment, find_messages
 from scheduler.runtime import Runtime, utcnow
 from scheduler.settings import Settings
 from scheduler.signals import consent, health
-from scheduler.signals.polling import PollReport, poll
 from scheduler.store import reports
 from scheduler.store.db import has_schema, upgrade
 from scheduler.store.lines import sync_lines
 from scheduler.store.retention import Purged, purge
+
+if TYPE_CHECKING:
+    from scheduler.dispatch import Report
+    from scheduler.signals.polling import PollReport
 
 #: Who asks, on a decision taken through the Python API without naming anyone.
 CLIENT_ACTOR = "client"
@@ -163,10 +165,16 @@ class Healthgate:
 
     def drain(self, now: datetime | None = None) -> Report:
         """Dispatch everything due now in this process."""
+        # Dispatch and polling load the providers: imported when asked for, so the
+        # commands that only read start without them.
+        from scheduler.dispatch import drain
+
         return drain(self.runtime, now)
 
     def poll(self, now: datetime | None = None) -> PollReport:
         """Ask every provider once how the lines stand, and apply what changed."""
+        from scheduler.signals.polling import poll
+
         return poll(self.runtime, now)
 
     def purge(self, older_than: timedelta | None = None, now: datetime | None = None) -> Purged:

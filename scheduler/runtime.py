@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,9 +17,11 @@ from policies.changes import described, diff, fingerprint, normalised
 from policies.config import Policy, load_policy
 from policies.errors import InvalidInput, PolicyFileError
 from scheduler.limits import DatabaseLimiter, Limiter, RedisLimiter
-from scheduler.providers import Provider, Providers
 from scheduler.settings import Settings, masked_url
 from scheduler.store.db import engine_for, read_sessions, session_factory
+
+if TYPE_CHECKING:
+    from scheduler.providers import Provider, Providers
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,9 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, providers: dict[str, Provider] | None = None) -> Runtime:
+        # Imported here: a command that only reads (status, explain) loads no provider code.
+        from scheduler.providers import Providers
+
         engine = engine_for(settings)
         policies = PolicySource(settings.policy_file)
         try:

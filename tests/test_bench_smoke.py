@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
+from bench.history import RATIOS, read
 from bench.run import main
 from tests.services import require_postgres, require_redis
 
@@ -36,11 +37,16 @@ def test_smoke_run_writes_every_measure_to_markdown_and_json(
 
     # Then both files hold every measure, and every gated message was decided
     results = json.loads((tmp_path / "smoke.json").read_text())
-    assert {"gate", "enqueue", "end_to_end", "scale", "recovery", "machine"} <= set(results)
+    assert {"cli", "gate", "enqueue", "end_to_end", "scale", "recovery", "machine"} <= set(results)
     states = results["end_to_end"]["gated"]["states_after"]
     assert sum(states.values()) == results["sizes"]["end_to_end"]
     assert not {"queued", "claimed", "sending"} & set(states)
     assert results["recovery"]["states_after"] == {"sent": results["sizes"]["recovery"]}
     table = (tmp_path / "smoke.md").read_text()
-    assert "ratio, same run" in table
+    assert "/ bare Celery task per message, this run" in table
+    assert "/ COPY of the same rows" in table
     assert "waiting" in table
+    # And the run's ratios were appended to the history, and plotted
+    measures = {row["measure"] for row in read(tmp_path / "history.csv")}
+    assert set(RATIOS) | {"load_average"} <= measures
+    assert (tmp_path / "history-smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -457,11 +457,9 @@ def test_oversized_body_is_413_and_not_stored(hg: Healthgate, post: Post) -> Non
     assert events(hg) == []
 
 
-def test_concurrent_delivery_of_the_same_event_is_applied_once(
-    settings: Settings, hg: Healthgate
-) -> None:
-    if settings.database.startswith("sqlite"):
-        pytest.skip("SQLite serializes writers at BEGIN: the second delivery cannot race")
+# PostgreSQL only: SQLite serializes writers at BEGIN, so the second delivery cannot race.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_concurrent_delivery_of_the_same_event_is_applied_once(hg: Healthgate) -> None:
     # Given a delivery of event evt_race whose transaction has written its record, not yet
     # committed, and a second delivery of the same event arriving meanwhile
     message_id = hg.enqueue(to=BOB, body="hi", line=LINE_A)

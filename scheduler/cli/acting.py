@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import getpass
+from typing import TYPE_CHECKING
 
 import typer
 
 from scheduler.cli.base import app, open_client, out, print_json
-from scheduler.operate import Acted
+
+if TYPE_CHECKING:
+    from scheduler.operate import Acted
 
 
 def actor(given: str | None) -> str:

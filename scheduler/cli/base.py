@@ -5,29 +5,30 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
-from redis.exceptions import RedisError
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 from typer import _click
 from typer.core import TyperGroup
 
 from policies.durations import parse_duration as parse_duration
 from policies.durations import parse_time as parse_time
 from policies.errors import HealthgateError
-from scheduler.client import Healthgate
-from scheduler.settings import Settings, masked_url, settings_problem
+
+if TYPE_CHECKING:
+    from scheduler.client import Healthgate
+
+# The commands import the client, the database and Redis when they run, never at start:
+# ``healthgate --help`` costs little more than Python itself (see the CLI's import test).
 
 
 def choice(kind: Iterable[StrEnum]) -> Callable[[str], str]:
@@ -65,16 +66,13 @@ class Commands(TyperGroup):
             return super().invoke(ctx)
         except HealthgateError as exc:
             fail(str(exc))
-        except ValidationError as exc:
-            if exc.title != Settings.__name__:
-                raise
-            fail(settings_problem(exc))
         except OSError as exc:
             fail(_file_problem(exc))
-        except DBAPIError as exc:
-            fail(_service_problem("the database", _setting("database"), exc.orig or exc))
-        except RedisError as exc:
-            fail(_service_problem("Redis", _setting("redis_url"), exc))
+        except Exception as exc:
+            problem = _service_failure(exc)
+            if problem is None:
+                raise
+            fail(problem)
 
 
 app = typer.Typer(
@@ -135,8 +133,31 @@ def one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+def _service_failure(exc: Exception) -> str | None:
+    """What a database or Redis error, or a refused ``HEALTHGATE_*`` setting, says in one
+    line; None for any other error.
+
+    The libraries' error classes are looked up among the modules already loaded: an
+    error of a library the command never imported cannot have been raised by it.
+    """
+    refused = getattr(sys.modules.get("pydantic_core"), "ValidationError", None)
+    if refused is not None and isinstance(exc, refused) and exc.title == "Settings":
+        from scheduler.settings import settings_problem
+
+        return settings_problem(exc)
+    dbapi = getattr(sys.modules.get("sqlalchemy.exc"), "DBAPIError", None)
+    if dbapi is not None and isinstance(exc, dbapi):
+        return _service_problem("the database", _setting("database"), exc.orig or exc)
+    redis_error = getattr(sys.modules.get("redis.exceptions"), "RedisError", None)
+    if redis_error is not None and isinstance(exc, redis_error):
+        return _service_problem("Redis", _setting("redis_url"), exc)
+    return None
+
+
 def _setting(name: str) -> str | None:
     """A URL setting, or None when the settings themselves cannot be read."""
+    from scheduler.settings import Settings
+
     try:
         value: str | None = getattr(Settings(), name)
     except Exception:  # the settings' own error was reported where it was raised
@@ -151,6 +172,8 @@ def _file_problem(exc: OSError) -> str:
     if path is None:
         return problem
     named = f"{path}: {problem}"
+    from scheduler.settings import Settings
+
     try:
         settings = Settings()
     except Exception:
@@ -170,6 +193,10 @@ def _file_problem(exc: OSError) -> str:
 def _service_problem(service: str, url: str | None, exc: BaseException) -> str:
     """``cannot use the database <masked URL>: <the driver's first line>``, with the
     URL's password removed from the driver's words too."""
+    from sqlalchemy.engine import make_url
+
+    from scheduler.settings import masked_url
+
     detail = one_line(str(exc)) or type(exc).__name__
     where = ""
     if url:
@@ -186,6 +213,9 @@ def _service_problem(service: str, url: str | None, exc: BaseException) -> str:
 @contextmanager
 def open_client(migrate: bool = True) -> Iterator[Healthgate]:
     """A client for this command; every deliberate error becomes one line and exit code 2."""
+    from scheduler.client import Healthgate
+    from scheduler.settings import Settings
+
     try:
         client = Healthgate(Settings())
         try:

@@ -8,7 +8,7 @@ from rich.text import Text
 
 from scheduler import constants
 from scheduler.cli.base import app, open_client, out, print_json
-from scheduler.store.models import WAITING_STATES, MessageState
+from scheduler.store.states import WAITING_STATES, MessageState
 
 _WAITING = {state.value for state in WAITING_STATES}
 

@@ -15,7 +15,6 @@ from scheduler.cli.base import (
     parse_time,
     print_json,
 )
-from scheduler.store import reports
 
 
 @app.command()
@@ -67,6 +66,8 @@ def explain(
     if as_json:
         print_json(data)
         return
+    from scheduler.store import reports
+
     out.print(
         f"{escape(data['id'])} to {escape(data['to'])} on "
         f"{escape(data['line'] or '(no line yet)')}: [bold]{escape(data['state'])}[/bold]",

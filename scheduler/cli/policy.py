@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tomli_w
 import typer
 
-from policies.changes import fingerprint, normalised
-from policies.config import Policy, load_policy
 from scheduler.cli.base import (
     out,
     policy_app,
     print_json,
 )
-from scheduler.settings import Settings
+
+if TYPE_CHECKING:
+    from policies.config import Policy
 
 
 def _load(file: Path | None) -> Policy:
     """The policy of ``file`` (default: the settings' file). A file that does not validate
     is named, with its key, in one line and exit 2 (``base.Commands``)."""
+    from policies.config import load_policy
+    from scheduler.settings import Settings
+
     return load_policy(file or Settings().policy_file)
 
 
@@ -43,6 +45,8 @@ def policy_show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of TOML."),
 ) -> None:
     """The policy in force, every default filled in, and its fingerprint."""
+    from policies.changes import fingerprint, normalised
+
     normal = normalised(_load(file))
     mark = fingerprint(normal)
     if as_json:
@@ -58,6 +62,8 @@ def as_toml(normal: dict[str, Any]) -> str:
     """A normal form as a policy file that loads back to the same policy."""
     lines = [{"number": number, **_present(config)} for number, config in normal["lines"].items()]
     sections = {key: _present(value) for key, value in normal.items() if key != "lines"}
+    import tomli_w
+
     return tomli_w.dumps({"lines": lines, **sections})
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
 from policies.errors import HealthgateError
-from scheduler import access, constants, runner
+from scheduler import constants
 from scheduler.cli.base import (
     app,
     db_app,
@@ -17,8 +18,9 @@ from scheduler.cli.base import (
     open_client,
     out,
 )
-from scheduler.settings import Settings, masked_url
-from scheduler.signals.webhooks.inbox import check_secrets
+
+if TYPE_CHECKING:
+    from scheduler.settings import Settings
 
 
 @app.command()
@@ -27,6 +29,9 @@ def init(
 ) -> None:
     """Write a commented starter policy file, create the database, and write an API token
     to the data directory unless HEALTHGATE_API_TOKEN is set."""
+    from scheduler import access
+    from scheduler.settings import Settings, masked_url
+
     settings = Settings()
     path = settings.policy_file
     if path.exists() and not force:
@@ -55,6 +60,9 @@ def run(
     web: bool = typer.Option(True, "--web/--no-web", help="Start the web process too."),
 ) -> None:
     """Start the main job: a Celery worker, beat and the web process, until interrupted."""
+    from scheduler import runner
+    from scheduler.settings import Settings, masked_url
+
     settings = Settings()
     if web:
         refuse_exposure(settings)
@@ -92,6 +100,8 @@ def web_command() -> None:
     """
     import uvicorn
 
+    from scheduler.settings import Settings
+
     settings = Settings()
     refuse_exposure(settings)
     uvicorn.run(
@@ -102,6 +112,9 @@ def web_command() -> None:
 def refuse_exposure(settings: Settings) -> None:
     """Stop, with the setting named, before the web process would face the network
     unguarded, or start with a webhook secret no delivery could verify under."""
+    from scheduler import access
+    from scheduler.signals.webhooks.inbox import check_secrets
+
     try:
         access.check_exposure(settings)
         check_secrets(settings.linq_webhook_secret)

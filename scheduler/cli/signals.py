@@ -20,8 +20,7 @@ from scheduler.cli.base import (
     parse_time,
     print_json,
 )
-from scheduler.signals.webhooks.inbox import STORED_OUTCOMES
-from scheduler.store import listing
+from scheduler.signals.webhooks.outcomes import STORED_OUTCOMES
 
 
 @app.command()
@@ -38,6 +37,8 @@ def events(
     ),
 ) -> None:
     """Webhook events received, newest first, with what became of each and why."""
+    from scheduler.store import listing
+
     with open_client() as client, client.runtime.reads() as session:
         if outcome is not None and outcome not in STORED_OUTCOMES:
             raise InvalidInput("outcome", outcome, f"is not one of {', '.join(STORED_OUTCOMES)}")

@@ -16,7 +16,6 @@ from scheduler.cli.base import (
     print_json,
 )
 from scheduler.cli.workers import workers_table
-from scheduler.store import backlog, reports
 
 #: The width of a cap's usage bar, in characters.
 BAR = 10
@@ -57,6 +56,8 @@ def _oldest(data: dict[str, Any]) -> Table:
 
 
 def _estimate(estimate: dict[str, Any]) -> str:
+    from scheduler.store import backlog
+
     if not estimate["drains_at"]:
         return "nothing due"
     wait = backlog.duration(estimate["seconds"])
@@ -112,6 +113,8 @@ def status(
     if as_json:
         print_json(data)
         return
+    from scheduler.store import reports
+
     out.print(_lines(data))
     for line in data["lines"]:
         for reason in reports.reasons(line["detail"]):

@@ -9,8 +9,6 @@ import typer
 from rich.table import Table
 
 from scheduler.cli.base import app, cells, open_client, out, print_json
-from scheduler.runtime import utcnow
-from scheduler.store.reports import policy_in_force
 
 
 @app.command("workers")
@@ -18,6 +16,9 @@ def list_workers(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Each worker process, the policy fingerprint it runs and when it was last seen."""
+    from scheduler.runtime import utcnow
+    from scheduler.store.reports import policy_in_force
+
     with open_client() as client, client.runtime.reads() as session:
         applied_fingerprint, listed = policy_in_force(
             session, utcnow(), client.runtime.settings.tick

@@ -53,6 +53,8 @@ class Batch:
     recipients_by_line: dict[int, frozenset[str]] = field(default_factory=dict)
     #: New recipients whose line the router chose: they may move to another line.
     movable: frozenset[str] = frozenset()
+    #: Recipients with one message in the batch (see ``Limiter.windows``).
+    single: frozenset[str] = frozenset()
     limiter: Limiter | None = None
     #: The end of each queue of held messages the batch holds messages on, once read.
     queue_ends: dict[QueueKey, datetime | None] = field(default_factory=dict)
@@ -122,7 +124,15 @@ class Batch:
         whom = {line.id: self.recipients_by_line.get(line.id, self.movable) for line in lines}
         self.usage.update(
             batch_usage(
-                session, lines, self.policy, self.now, self.size, whom, self.digests, self.limiter
+                session,
+                lines,
+                self.policy,
+                self.now,
+                self.size,
+                whom,
+                self.digests,
+                self.limiter,
+                self.single,
             )
         )
 
@@ -178,10 +188,20 @@ def load_batch(
         size=len(messages),
         recipients_by_line=_recipients_by_line(messages),
         movable=movable,
+        single=_single(messages),
         limiter=runtime.limiter,
     )
     batch.load_usage(session, used)
     return batch
+
+
+def _single(messages: Sequence[Message]) -> frozenset[str]:
+    """The recipients with one message in the batch."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for message in messages:
+        (repeated if message.recipient in seen else seen).add(message.recipient)
+    return frozenset(seen - repeated)
 
 
 def is_new_chat(chat: Chat | None) -> bool:
@@ -202,6 +222,7 @@ def batch_usage(
     recipients: Mapping[int, Collection[str]],
     digests: Collection[str] = (),
     limiter: Limiter | None = None,
+    single: Collection[str] = (),
 ) -> dict[int, LineUsage]:
     """Usage of ``lines`` under each line's caps as they apply at ``now``, for up to
     ``headroom`` sends to ``recipients`` (by line id) with bodies of ``digests``.
@@ -212,7 +233,9 @@ def batch_usage(
     limits = {line.id: limits_for(line_facts(line), policy, now) for line in lines}
     body_limit = policy.content.same_body_max_recipients_per_hour
     numbers = {line.id: line.number for line in lines}
-    windows = limiter.windows(numbers, limits, now, headroom, recipients) if limiter else None
+    windows = (
+        limiter.windows(numbers, limits, now, headroom, recipients, single) if limiter else None
+    )
     everyone = set().union(*recipients.values()) if recipients else set()
     if windows is None:
         return load_usage(session, lines, limits, now, headroom, everyone, digests, body_limit)

@@ -25,6 +25,7 @@ from scheduler.dispatch.report import Report
 from scheduler.dispatch.sending import Send, send_batch
 from scheduler.limits import Ticket
 from scheduler.runtime import Runtime, utcnow
+from scheduler.store.bulk import one_of
 from scheduler.store.lines import claim_probe
 from scheduler.store.models import Chat, Message, MessageState
 from scheduler.store.router import chat_for, eligible_lines, rank
@@ -47,14 +48,15 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
     with runtime.sessions.begin() as session:
         # The chats first, in id order, then the messages: the order an opt-out takes
         # them (its chat, then the messages it drops), so the two never deadlock.
-        chat_ids = select(Message.chat_id).where(Message.id.in_(claim.ids)).scalar_subquery()
+        claimed = one_of(runtime.engine.dialect, Message.id, claim.ids)
+        chat_ids = select(Message.chat_id).where(claimed).scalar_subquery()
         session.execute(
             select(Chat.id).where(Chat.id.in_(chat_ids)).order_by(Chat.id).with_for_update()
         )
         messages = session.scalars(
             select(Message)
             .where(
-                Message.id.in_(claim.ids),
+                claimed,
                 Message.state == MessageState.CLAIMED,
                 Message.claim_token == claim.token,
             )

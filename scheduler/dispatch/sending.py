@@ -21,6 +21,7 @@ from scheduler.providers import Outbound, SendFailed, Sent
 from scheduler.runtime import Runtime, utcnow
 from scheduler.signals import consent, health
 from scheduler.store import transitions
+from scheduler.store.bulk import one_of, pipelined
 from scheduler.store.models import Chat, Line, Message, MessageState
 
 log = logging.getLogger(__name__)
@@ -122,12 +123,13 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
     if not accepted:
         return
     now = utcnow()
+    ids = [a.send.outbound.message_id for a in accepted]
     with runtime.sessions.begin() as session:
         sending = set(
             session.scalars(
                 select(Message.id)
                 .where(
-                    Message.id.in_([a.send.outbound.message_id for a in accepted]),
+                    one_of(runtime.engine.dialect, Message.id, ids),
                     # A late answer also settles a send a reconciler flagged for a person.
                     Message.state.in_([MessageState.SENDING, MessageState.NEEDS_REVIEW]),
                 )
@@ -136,17 +138,6 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
             )
         )
         moving = [a for a in accepted if a.send.outbound.message_id in sending]
-        # Locked above and still SENDING (or flagged for review): one statement for all.
-        transitions.sent(
-            session.connection(),
-            [
-                transitions.Accepted(
-                    a.send.outbound.message_id, a.send.provider, a.sent.provider_message_id
-                )
-                for a in moving
-            ],
-            now,
-        )
         _unblock(session, accepted)
         for a in accepted:
             if a.sent.provider_chat_id:
@@ -160,21 +151,40 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
                     .values(provider_chat_id=a.sent.provider_chat_id)
                     .execution_options(synchronize_session=False)
                 )
-        transitions.write_decisions(
-            session.connection(),
-            [
-                transitions.record(
-                    a.send.outbound.message_id,
-                    Action.SENT,
-                    Code.SENT,
-                    f"accepted by {a.send.provider}"
-                    + (f" as {a.sent.provider_message_id}" if a.sent.provider_message_id else ""),
-                    now,
-                    line=a.send.outbound.line,
-                )
-                for a in accepted
-            ],
-        )
+        connection = session.connection()
+        # The two writes go out without waiting for each other: the server updates the
+        # messages while the decisions' rows are built.
+        with pipelined(connection):
+            # Locked above and still SENDING (or flagged for review): one statement for all.
+            transitions.sent(
+                connection,
+                [
+                    transitions.Accepted(
+                        a.send.outbound.message_id, a.send.provider, a.sent.provider_message_id
+                    )
+                    for a in moving
+                ],
+                now,
+            )
+            transitions.write_decisions(
+                connection,
+                [
+                    transitions.record(
+                        a.send.outbound.message_id,
+                        Action.SENT,
+                        Code.SENT,
+                        f"accepted by {a.send.provider}"
+                        + (
+                            f" as {a.sent.provider_message_id}"
+                            if a.sent.provider_message_id
+                            else ""
+                        ),
+                        now,
+                        line=a.send.outbound.line,
+                    )
+                    for a in accepted
+                ],
+            )
     report.add(Action.SENT, len(moving))
     for a in moving:
         metrics.SEND_LATENCY.observe(max(0.0, (now - a.send.enqueued_at).total_seconds()))

@@ -75,11 +75,16 @@ class Limiter(ABC):
         now: datetime,
         headroom: int,
         recipients: Mapping[int, Collection[str]],
+        single: Collection[str] = (),
     ) -> dict[int, LineUsage] | None:
         """The caps' windows of ``lines`` (numbers by line id) as this limiter counts them,
         for a batch of up to ``headroom`` sends to ``recipients`` (by line id): counts,
         and times only near a cap of ``limits``, as :func:`scheduler.store.usage.load_usage`
         reads the store. None (the default): the store's count is the one to read.
+
+        ``single``: recipients with one send in the batch. A limiter whose :meth:`hit`
+        gives the verdict the gate would give may leave their own windows unread while
+        their line is far from its caps (the gate then passes them, the hit decides).
         """
         return None
 

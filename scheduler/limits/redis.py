@@ -63,8 +63,19 @@ for i = 1, count do
   end
 end
 
-local function earliest(key, limit, window)
-  local inside = redis.call('ZCOUNT', key, since[window], '+inf')
+-- The line's windows, counted once a call: every send of the call is at now, so each
+-- one it takes adds what its ZADD adds (a member already there adds nothing).
+local line = {
+  minute = redis.call('ZCOUNT', KEYS[1], since[MINUTE], '+inf'),
+  day = redis.call('ZCOUNT', KEYS[1], since[DAY], '+inf'),
+  new = redis.call('ZCOUNT', KEYS[2], since[DAY], '+inf'),
+  recipients = redis.call('ZCOUNT', KEYS[3], since[HOUR], '+inf'),
+}
+
+-- The earliest moment one more fits under limit in key's window; inside: the window's
+-- count when known.
+local function earliest(key, limit, window, inside)
+  inside = inside or redis.call('ZCOUNT', key, since[window], '+inf')
   if inside < limit then
     return now
   end
@@ -86,8 +97,8 @@ local function hit(i)
     return 1, now, 0
   end
   local allowed = {
-    earliest(KEYS[1], tonumber(ARGV[caps + 1]), MINUTE),
-    earliest(KEYS[1], tonumber(ARGV[caps + 2]), DAY),
+    earliest(KEYS[1], tonumber(ARGV[caps + 1]), MINUTE, line.minute),
+    earliest(KEYS[1], tonumber(ARGV[caps + 2]), DAY, line.day),
     earliest(to, tonumber(ARGV[caps + 3]), MINUTE),
     earliest(to, tonumber(ARGV[caps + 4]), DAY),
     now,
@@ -95,10 +106,10 @@ local function hit(i)
   }
   local last = redis.call('ZSCORE', KEYS[3], recipient)
   if not (last and tonumber(last) > now - HOUR) then
-    allowed[5] = earliest(KEYS[3], tonumber(ARGV[caps + 5]), HOUR)
+    allowed[5] = earliest(KEYS[3], tonumber(ARGV[caps + 5]), HOUR, line.recipients)
   end
   if new_chat then
-    allowed[6] = earliest(KEYS[2], tonumber(ARGV[caps + 6]), DAY)
+    allowed[6] = earliest(KEYS[2], tonumber(ARGV[caps + 6]), DAY, line.new)
   end
   local best, cap = now, 0
   for c = 1, CAPS do
@@ -109,12 +120,17 @@ local function hit(i)
   if cap > 0 then
     return 0, best, cap
   end
-  redis.call('ZADD', KEYS[1], now, member)
+  if redis.call('ZADD', KEYS[1], now, member) == 1 then
+    line.minute, line.day = line.minute + 1, line.day + 1
+  else
+    -- Already there (from earlier in the day): it moved into the minute.
+    line.minute = redis.call('ZCOUNT', KEYS[1], since[MINUTE], '+inf')
+  end
   redis.call('ZADD', to, now, member)
-  redis.call('ZADD', KEYS[3], now, recipient)
+  line.recipients = line.recipients + redis.call('ZADD', KEYS[3], now, recipient)
   expiring[KEYS[1]], expiring[to], expiring[KEYS[3]] = DAY, DAY, HOUR
   if new_chat then
-    redis.call('ZADD', KEYS[2], now, member)
+    line.new = line.new + redis.call('ZADD', KEYS[2], now, member)
     expiring[KEYS[2]] = DAY
   end
   redis.call('SET', marker, 1, 'PX', math.floor(DAY / 1000))
@@ -243,16 +259,26 @@ class RedisLimiter(Limiter):
         now: datetime,
         headroom: int,
         recipients: Mapping[int, Collection[str]],
+        single: Collection[str] = (),
     ) -> dict[int, LineUsage]:
         """The caps' windows as the script counts them: one round trip for every line's
-        counts and the batch recipients' sends, one more for the times of the windows
-        within ``headroom`` of a cap (never more times than the cap and the headroom),
-        a recipient's day among them."""
+        counts (and the per-recipient windows of the recipients not in ``single``), one
+        more for the times of the windows within ``headroom`` of a cap (never more times
+        than the cap and the headroom), a recipient's day among them.
+
+        A recipient in ``single`` has one send in the batch: while every window of its
+        line is farther than ``headroom`` from its cap, its own windows are not read. The
+        gate then sees none of its sends and lets it through to the script, which checks
+        every cap when it consumes and gives the verdict the gate would have given; and
+        the send the gate counted for it cannot bring a line cap in reach. Near a cap, its
+        windows are read as any other's.
+        """
         since = _Since.at(_micros(now))
         asked = [
             (line_id, f"{self.prefix}{{{number}}}:", sorted(recipients.get(line_id, ())))
             for line_id, number in lines.items()
         ]
+        alone = set(single)
         pipe = self.client.pipeline(transaction=False)
         for _, base, whom in asked:
             pipe.zcount(base + "sends", since.minute, "+inf")
@@ -260,44 +286,47 @@ class RedisLimiter(Limiter):
             pipe.zcount(base + "new", since.day, "+inf")
             pipe.zcount(base + "recipients", since.hour, "+inf")
             for recipient in whom:
-                pipe.zscore(base + "recipients", recipient)
-                pipe.zrangebyscore(base + f"to:{recipient}", since.minute, "+inf", withscores=True)
-                pipe.zcount(base + f"to:{recipient}", since.day, "+inf")
+                if recipient not in alone:
+                    _ask_recipient(pipe, base, recipient, since)
         replies = iter(pipe.execute())
         timed = self.client.pipeline(transaction=False)
         wanted: list[tuple[LineUsage, str]] = []
+        # Counts far from their caps are set once every recipient read is in: the hour's
+        # recipients not already known are the count less those read.
+        counted: list[tuple[LineUsage, str, int]] = []
         usage: dict[int, LineUsage] = {}
         for line_id, base, whom in asked:
             counts = [int(next(replies)) for _ in range(4)]
             entry = usage[line_id] = LineUsage(day_count=counts[1])
             daily = limits[line_id].sends_per_recipient_per_day
+            caps = _window_caps(limits[line_id])
+            near = any(count + headroom >= cap for count, cap in zip(counts, caps, strict=True))
             for recipient in whom:
-                last, recent, today = next(replies), next(replies), int(next(replies))
-                if recent:
-                    entry.by_recipient[recipient] = [_moment(int(at)) for _, at in recent]
-                elif last is not None and int(last) > since.now - _HOUR:
-                    entry.by_recipient[recipient] = [_moment(int(last))]
-                if today + headroom >= daily:
-                    to = f"to:{recipient}"
-                    timed.zrangebyscore(base + to, since.day, "+inf", withscores=True)
-                    wanted.append((entry, to))
-                elif today:
-                    entry.recipient_day_unloaded[recipient] = today
+                if recipient not in alone:
+                    got = (next(replies), next(replies), int(next(replies)))
+                    to = _read_recipient(entry, recipient, got, since, headroom, daily)
+                    if to is not None:
+                        timed.zrangebyscore(base + to, since.day, "+inf", withscores=True)
+                        wanted.append((entry, to))
+                elif near:
+                    # Near a line cap: its own windows too, in full, with the times.
+                    _ask_recipient(timed, base, recipient, since, whole_day=True)
+                    wanted.append((entry, f"whole:{recipient}"))
             for name, key, start, count, cap in zip(
                 ("recent", "day", "new_chats", "recipients"),
                 (base + "sends", base + "sends", base + "new", base + "recipients"),
                 (since.minute, since.day, since.day, since.hour),
                 counts,
-                _window_caps(limits[line_id]),
+                caps,
                 strict=True,
             ):
-                if count + headroom >= cap:
-                    timed.zrangebyscore(key, start, "+inf", withscores=True)
-                    wanted.append((entry, name))
-                else:
-                    _count_only(entry, name, count)
-        for (entry, name), reply in zip(wanted, timed.execute() if wanted else [], strict=True):
-            _fill(entry, name, reply)
+                _ask_window(
+                    timed, wanted, counted, entry, (name, key, start), count, cap - headroom
+                )
+        if wanted:
+            _fill_all(wanted, iter(timed.execute()), since)
+        for entry, name, count in counted:
+            _count_only(entry, name, count)
         return usage
 
     def close(self) -> None:
@@ -315,6 +344,73 @@ class _Since(NamedTuple):
     @classmethod
     def at(cls, now: int) -> _Since:
         return cls(now, f"({now - _MINUTE}", f"({now - _HOUR}", f"({now - _DAY}")
+
+
+def _ask_window(
+    timed: Any,
+    wanted: list[tuple[LineUsage, str]],
+    counted: list[tuple[LineUsage, str, int]],
+    entry: LineUsage,
+    window: tuple[str, str, str],
+    count: int,
+    reach: int,
+) -> None:
+    """Queue the times of a window whose ``count`` is within reach of its cap (``reach``:
+    the cap less the batch's headroom); else keep its count alone."""
+    name, key, start = window
+    if count >= reach:
+        timed.zrangebyscore(key, start, "+inf", withscores=True)
+        wanted.append((entry, name))
+    else:
+        counted.append((entry, name, count))
+
+
+def _ask_recipient(
+    pipe: Any, base: str, recipient: str, since: _Since, whole_day: bool = False
+) -> None:
+    """Queue the reads of one recipient's windows: its last send of the hour, its sends of
+    the minute, and its day's count (or, with ``whole_day``, the day's times)."""
+    pipe.zscore(base + "recipients", recipient)
+    pipe.zrangebyscore(base + f"to:{recipient}", since.minute, "+inf", withscores=True)
+    if whole_day:
+        pipe.zrangebyscore(base + f"to:{recipient}", since.day, "+inf", withscores=True)
+    else:
+        pipe.zcount(base + f"to:{recipient}", since.day, "+inf")
+
+
+def _read_recipient(
+    entry: LineUsage,
+    recipient: str,
+    got: tuple[Any, Any, int],
+    since: _Since,
+    headroom: int,
+    daily: int,
+) -> str | None:
+    """Fill ``entry`` with one recipient's windows; the key of its day's times when they
+    must be read too (its day within ``headroom`` of the cap)."""
+    last, recent, today = got
+    if recent:
+        entry.by_recipient[recipient] = [_moment(int(at)) for _, at in recent]
+    elif last is not None and int(last) > since.now - _HOUR:
+        entry.by_recipient[recipient] = [_moment(int(last))]
+    if today + headroom >= daily:
+        return f"to:{recipient}"
+    if today:
+        entry.recipient_day_unloaded[recipient] = today
+    return None
+
+
+def _fill_all(wanted: list[tuple[LineUsage, str]], replies: Any, since: _Since) -> None:
+    """Fill each entry with the second round trip's replies, in the order asked."""
+    for entry, name in wanted:
+        if name.startswith("whole:"):
+            recipient = name.removeprefix("whole:")
+            last, recent, day = next(replies), next(replies), next(replies)
+            _read_recipient(entry, recipient, (last, recent, 0), since, 0, 1)
+            if day:
+                entry.recipient_day[recipient] = [_moment(int(at)) for _, at in day]
+        else:
+            _fill(entry, name, next(replies))
 
 
 def _window_caps(limits: Limits) -> tuple[int, int, int, int]:

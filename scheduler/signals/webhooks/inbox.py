@@ -7,7 +7,6 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, NamedTuple
 
 from pydantic import SecretStr
@@ -32,6 +31,11 @@ from scheduler.signals.webhooks.linq import (
     event_type_of,
     parse_event,
 )
+
+# What became of an event lives in a module of its own, light enough for the command
+# line's help to list; re-exported here.
+from scheduler.signals.webhooks.outcomes import STORED_OUTCOMES as STORED_OUTCOMES
+from scheduler.signals.webhooks.outcomes import Outcome as Outcome
 from scheduler.store.lines import NOT_DECLARED, get_line, sync_lines
 from scheduler.store.models import Chat, Line, WebhookEvent
 from scheduler.store.router import chat_for
@@ -42,19 +46,6 @@ SOURCE = "linq"
 SECRET_SETTING = "HEALTHGATE_LINQ_WEBHOOK_SECRET"
 
 
-class Outcome(StrEnum):
-    """What became of one webhook event; kept in ``webhook_events.outcome``."""
-
-    #: It changed health, reputation or engagement.
-    APPLIED = "applied"
-    #: Valid, but nothing to do: an event type without a signal, or older than what is known.
-    IGNORED = "ignored"
-    #: Bad input: nothing changed; the detail names the field and the value.
-    REJECTED = "rejected"
-    #: Seen before under the same id: nothing changed (answered, never stored twice).
-    DUPLICATE = "duplicate"
-
-
 class Receipt(NamedTuple):
     """The HTTP answer to one delivery."""
 
@@ -62,10 +53,6 @@ class Receipt(NamedTuple):
     body: dict[str, Any]
     #: Seconds the provider should wait before delivering again (``Retry-After``).
     retry_after: int | None = None
-
-
-#: The outcomes an event is stored with (a duplicate is answered, never stored).
-STORED_OUTCOMES = (Outcome.APPLIED, Outcome.IGNORED, Outcome.REJECTED)
 
 
 class LinqInbox:
