@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
@@ -20,7 +21,7 @@ from scheduler.client import Healthgate
 from scheduler.providers.log import read_send_log
 from scheduler.settings import Settings
 from scheduler.store.db import create_db_engine, upgrade
-from tests.services import require_postgres
+from tests.services import require_postgres, require_redis
 
 #: Fixtures of the providers' fake HTTP side (linq, d360, provider_client).
 pytest_plugins = ["tests.provider_fixtures"]
@@ -134,6 +135,14 @@ def settings(tmp_path: Path, database_url: str, policy_text: str) -> Settings:
         database_url=database_url,
         broker_url="memory://",
     )
+
+
+@pytest.fixture
+def broker() -> str:
+    """A Redis database emptied for the test: a Celery broker's queues start empty."""
+    url = require_redis()
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy.exc import OperationalError
@@ -21,7 +20,6 @@ from tasks import install, intake
 from tasks.install import TASK_NAMES
 from tests.celery_app_example import make_app
 from tests.conftest import LINE_A
-from tests.services import require_redis
 
 # Celery's Redis result backend calls redis-py's deprecated ``setex`` (Celery 5.5).
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
@@ -30,13 +28,6 @@ TO = "+14155550123"
 #: Far ahead of any clock this suite runs under: no test reads the time.
 SEND_AT = "2099-01-05T09:00:00+00:00"
 EXPIRES_AT = "2099-01-06T09:00:00+01:00"
-
-
-@pytest.fixture
-def broker() -> str:
-    url = require_redis()
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 @pytest.fixture

@@ -34,7 +34,6 @@ from tasks import install
 from tests import notifications_app
 from tests.celery_app_example import make_app
 from tests.outcome_world import FINAL, finish_one_of_each, stored_outcomes
-from tests.services import require_redis
 from tests.test_outcomes import SECRET, Receiver, by_id, receiver  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
@@ -44,13 +43,6 @@ PATIENCE = 60.0
 ROOT = Path(__file__).parent.parent
 #: When every message of ``finish_one_of_each`` has finished, passed in as the time.
 LATER = timedelta(seconds=10)
-
-
-@pytest.fixture
-def broker() -> str:
-    url = require_redis()
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 @pytest.fixture

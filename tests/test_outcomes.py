@@ -55,6 +55,13 @@ class Recording:
         pass
 
 
+def failing() -> Recording:
+    """A callback that is down."""
+    callback = Recording()
+    callback.down = True
+    return callback
+
+
 def by_id(got: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Outcomes in the outbox's order (delivery goes by due time first)."""
     return sorted(got, key=lambda outcome: int(outcome["id"].removeprefix("out_")))
@@ -120,8 +127,7 @@ def test_a_failing_callback_is_retried_with_doubling_delays(
     hg: Healthgate, clock: FrozenDateTimeFactory
 ) -> None:
     message_id = one_sent(hg)
-    callback = Recording()
-    callback.down = True
+    callback = failing()
     now = START
 
     for delay in (5, 10, 20, 40, 80):
@@ -149,8 +155,7 @@ def test_a_failing_callback_is_retried_with_doubling_delays(
 
 def test_a_run_stops_at_its_first_failure(hg: Healthgate) -> None:
     finish_one_of_each(hg, START)
-    callback = Recording()
-    callback.down = True
+    callback = failing()
 
     deliver(hg.runtime, callback, START + timedelta(hours=1))
 
@@ -163,8 +168,7 @@ def test_the_delay_between_attempts_stops_growing_at_an_hour(
     hg: Healthgate, clock: FrozenDateTimeFactory
 ) -> None:
     one_sent(hg)
-    callback = Recording()
-    callback.down = True
+    callback = failing()
     now = START
     for _ in range(15):
         deliver(hg.runtime, callback, now)
@@ -178,8 +182,7 @@ def test_an_outcome_failing_for_three_days_is_given_up_and_shown(
     hg: Healthgate, clock: FrozenDateTimeFactory
 ) -> None:
     one_sent(hg)
-    callback = Recording()
-    callback.down = True
+    callback = failing()
     deliver(hg.runtime, callback, START)
     late = START + timedelta(seconds=constants.OUTCOME_GIVE_UP_SECONDS, hours=1)
 
@@ -283,8 +286,7 @@ def test_outcomes_of_one_message_are_told_in_the_order_they_happened(
             session.connection(),
             [outcomes.Settled(message_id, "sent", "sent", "accepted late", START)],
         )
-    callback = Recording()
-    callback.down = True
+    callback = failing()
     deliver(hg.runtime, callback, START)  # the first fails: the second must wait for it
     callback.down = False
 
