@@ -36,7 +36,12 @@ from tests.celery_app_example import make_app
 from tests.outcome_world import FINAL, finish_one_of_each, stored_outcomes
 from tests.test_outcomes import SECRET, Receiver, by_id, receiver  # noqa: F401
 
-pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning"),
+    # Workers and processes on the production store; the outbox itself is shown on both
+    # stores by tests/test_outcomes.py.
+    pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
+]
 
 #: Long enough for a busy machine; every wait ends as soon as what it waits for happens.
 PATIENCE = 60.0
