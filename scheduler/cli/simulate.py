@@ -62,7 +62,7 @@ def simulate(
     )
     if save_trace is not None:
         cli_runs.save(scenario, save_trace)
-    outcomes = cli_runs.run(scenario, policies, err)
+    outcomes = cli_runs.run(scenario, policies, err, parallel=not serial)
     written = cli_runs.write(report, outcomes, [c.policy for c in policies], source, plots)
     if as_json:
         print_json(_json(written["json"]))

@@ -26,7 +26,7 @@ from scheduler.simulate.run import (
 )
 from scheduler.simulate.trace import read_trace, when, write_trace
 from scheduler.simulate.world import WorldFileError, load_world
-from scheduler.store.db import engine_for, session_factory
+from scheduler.store.db import engine_for, read_sessions
 
 #: Names of the two policies in the report.
 CURRENT, CANDIDATE = "current", "candidate"
@@ -84,7 +84,7 @@ def _trace_scenario(path: Path) -> Scenario:
 
 def _history_scenario(settings: Settings, policy: Any, since: timedelta) -> Scenario:
     engine = engine_for(settings)
-    sessions = session_factory(engine)
+    sessions = read_sessions(engine)
     end = utcnow()
     start = end - since
     return Scenario(
@@ -101,7 +101,9 @@ def save(scenario: Scenario, path: Path) -> int:
         return write_trace(scenario.trace(), handle)
 
 
-def run(scenario: Scenario, policies: list[Candidate], console: Console) -> list[Outcome]:
+def run(
+    scenario: Scenario, policies: list[Candidate], console: Console, parallel: bool = True
+) -> list[Outcome]:
     """Every policy through the scenario, with a progress bar a policy."""
     columns = (
         TextColumn("{task.description}"),
@@ -115,7 +117,7 @@ def run(scenario: Scenario, policies: list[Candidate], console: Console) -> list
         def moved(name: str, share: float) -> None:
             bar.update(tasks[name], completed=share)
 
-        return compare(policies, scenario, Path(folder), moved)
+        return compare(policies, scenario, Path(folder), moved, parallel)
 
 
 def write(

@@ -189,25 +189,28 @@ class Simulation:
         hour_end = scenario.start + timedelta(hours=1)
         span = (scenario.end - scenario.start).total_seconds()
         while True:
+            due = _next_due(runtime)
             upcoming = [
-                t
-                for t in (trace.at(), model.next_at() if model else None, _next_due(runtime))
-                if t is not None
+                t for t in (trace.at(), model.next_at() if model else None, due) if t is not None
             ]
             moment = min([*upcoming, hour_end])
             tick = _tick_at(moment, scenario.start, scenario.tick, clock.now)
             if tick < scenario.end:
-                self._apply(runtime, trace, model, tick, outcome, same_day)
+                heard = self._apply(runtime, trace, model, tick, outcome, same_day)
                 clock.now = tick
-                self._dispatch(runtime, tick)
+                if heard or (due is not None and due <= tick):
+                    self._dispatch(runtime, tick)
                 self.progress((tick - scenario.start).total_seconds() / span)
             # An hour is read once everything before its end is written.
             while hour_end <= min(tick, scenario.end):
                 self._close_hour(runtime, outcome, hour_end)
                 hour_end += timedelta(hours=1)
             if tick >= scenario.end:
+                if hour_end > scenario.end:
+                    # The last hour, cut short by the end.
+                    self._close_hour(runtime, outcome, hour_end)
                 break
-        with runtime.sessions() as session:
+        with runtime.reads() as session:
             outcome.totals["waiting_at_end"] = (
                 session.scalar(select(func.count()).select_from(Message).where(text(WAITING_SQL)))
                 or 0
@@ -215,7 +218,7 @@ class Simulation:
         self.progress(1.0)
 
     def _close_hour(self, runtime: Runtime, outcome: Outcome, end: datetime) -> None:
-        with runtime.sessions() as session:
+        with runtime.reads() as session:
             read_hour(session, outcome, outcome.hours - 1, end - timedelta(hours=1))
         if end < self.scenario.end:
             outcome.grow()
@@ -228,9 +231,9 @@ class Simulation:
         tick: datetime,
         outcome: Outcome,
         same_day: SameDay,
-    ) -> None:
+    ) -> int:
         """Everything the trace and the world say up to ``tick``, in time order: the
-        enqueues of each moment together, as the application would call them."""
+        enqueues of each moment together, as the application would call them; how many."""
         from_world = list(model.due(tick)) if model else []
         events = _merged(trace.until(tick), from_world)
         batch: list[Enqueue] = []
@@ -247,6 +250,7 @@ class Simulation:
             self._signal(runtime, item, outcome, same_day)
         if batch:
             self._enqueue(runtime, batch, outcome)
+        return len(events)
 
     def _enqueue(self, runtime: Runtime, batch: list[Enqueue], outcome: Outcome) -> None:
         messages = [
@@ -320,7 +324,7 @@ def _line_report(session: Session, policy: Policy, item: LineReport, at: datetim
 
 
 def _next_due(runtime: Runtime) -> datetime | None:
-    with runtime.sessions() as session:
+    with runtime.reads() as session:
         due: datetime | None = session.scalar(
             select(func.min(Message.not_before)).where(text(WAITING_SQL))
         )

@@ -32,6 +32,12 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
+def _legend(ax: Any, **options: Any) -> None:
+    """A legend, when anything was drawn with a label."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**options)
+
+
 def _days(outcome: Outcome) -> list[float]:
     return [h / 24 for h in range(outcome.hours)]
 
@@ -46,7 +52,7 @@ def sends(outcomes: Sequence[Outcome], folder: Path) -> Path:
             ax.plot(_days(o), series, COLOURS[i], lw=0.8, label=o.name)
         ax.set_ylabel(line[-4:], rotation=0, labelpad=18)
     axes[0, 0].set_title("sends per line per hour (line's last 4 digits)")
-    axes[0, 0].legend(loc="upper right", fontsize="small")
+    _legend(axes[0, 0], loc="upper right", fontsize="small")
     axes[-1, 0].set_xlabel("day")
     return _save(figure, folder / "sends_per_line_per_hour.png")
 
@@ -72,7 +78,7 @@ def waiting(outcomes: Sequence[Outcome], folder: Path) -> Path:
             )
     ax.set_title("messages waiting at the end of each hour, by reason")
     ax.set_xlabel("day")
-    ax.legend(fontsize="x-small", ncol=2)
+    _legend(ax, fontsize="x-small", ncol=2)
     return _save(figure, folder / "waiting_by_reason.png")
 
 
@@ -90,7 +96,7 @@ def latency(outcomes: Sequence[Outcome], folder: Path) -> Path:
     ax.set_title("time from enqueue to send (CDF of sent messages)")
     ax.set_xlabel("seconds")
     ax.set_ylim(0, 1.02)
-    ax.legend()
+    _legend(ax)
     return _save(figure, folder / "enqueue_to_send_cdf.png")
 
 
@@ -107,7 +113,7 @@ def dropped(outcomes: Sequence[Outcome], folder: Path) -> Path:
             )
     ax.set_title("messages dropped and expired (cumulative)")
     ax.set_xlabel("day")
-    ax.legend()
+    _legend(ax)
     return _save(figure, folder / "dropped_and_expired.png")
 
 
@@ -130,7 +136,7 @@ def opt_outs(outcomes: Sequence[Outcome], folder: Path) -> Path:
         )
     ax.set_title("opt-outs (cumulative)")
     ax.set_xlabel("day")
-    ax.legend(fontsize="small")
+    _legend(ax, fontsize="small")
     return _save(figure, folder / "opt_outs.png")
 
 
@@ -161,8 +167,8 @@ def flags(outcomes: Sequence[Outcome], folder: Path) -> Path:
     top.set_yticks(range(len(numbers)), [n[-4:] for n in numbers])
     top.set_title("when the provider model moved each line")
     if numbers:
-        top.legend(fontsize="x-small", ncol=3)
+        _legend(top, fontsize="x-small", ncol=3)
     bottom.set_title("chats the provider model moved, per hour")
     bottom.set_xlabel("day")
-    bottom.legend(fontsize="x-small")
+    _legend(bottom, fontsize="x-small")
     return _save(figure, folder / "provider_flags.png")
