@@ -10,6 +10,8 @@ GOALS = {
     "gate_p99_us": 50,
     "scale_ratio": 1.2,
     "rss_growth_percent": 10,
+    #: A 30-day, 100,000-message world, two policies: in a minute.
+    "simulate_seconds": 60,
 }
 
 
@@ -108,4 +110,32 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             None,
         )
+    if "simulate" in r:
+        text += _simulate(r["simulate"])
+    return text
+
+
+def _simulate(s: dict[str, Any]) -> str:
+    text = _row(
+        f"simulate: {s['messages']:,} messages ({s['days']:g} days, {s['lines']} lines, "
+        "two policies in parallel)",
+        f"{s['wall_seconds']:,} s ({s['per_second']:,.0f} msg/s)",
+        "100,000 × 2 over 30 days in ≤ 60 s",
+        s["wall_seconds"] <= GOALS["simulate_seconds"] if s["messages"] >= 200_000 else None,
+    )
+    text += _row(
+        "simulate: ratio to decide()'s rate, same run",
+        f"{s['ratio_to_decide']} ({s['decide_per_second']:,} decide/s)",
+        "",
+        None,
+    )
+    for i, mem in enumerate(s["memory"]):
+        if mem["growth_percent"] is not None:
+            text += _row(
+                f"simulate: RSS of run {i + 1}, first vs last quarter",
+                f"{mem['first_quarter_mib']} → {mem['last_quarter_mib']} MiB "
+                f"({mem['growth_percent']:+}%)",
+                "flat (< 10%)",
+                mem["growth_percent"] < GOALS["rss_growth_percent"],
+            )
     return text

@@ -26,6 +26,9 @@ class Size:
     scale_due: int
     #: The deferred backlog released when its line recovers.
     recovery: int
+    #: Messages of the simulator's world, and the days they span (two policies each).
+    simulate_messages: int = 0
+    simulate_days: float = 1
     lines: int = 10
     chats: int = 5000
 
@@ -43,6 +46,8 @@ SIZES = {
         scale_due=200,
         recovery=500,
         chats=500,
+        simulate_messages=200,
+        simulate_days=0.1,
     ),
     "full": Size(
         name="full",
@@ -55,5 +60,8 @@ SIZES = {
         scale_waiting=(10_000, 1_000_000),
         scale_due=5_000,
         recovery=100_000,
+        # The goal: a 30-day world of 100,000 messages on 10 lines.
+        simulate_messages=100_000,
+        simulate_days=30,
     ),
 }

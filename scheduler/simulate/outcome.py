@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,6 +49,8 @@ class Outcome:
     chat_flags: dict[str, list[int]] = field(default_factory=dict)
     totals: Counter[str] = field(default_factory=Counter)
     wall_seconds: float = 0.0
+    #: The simulating process's resident memory (MiB) at the end of each hour.
+    memory: list[float] = field(default_factory=list)
 
     def grow(self) -> int:
         """Open the next hour in every series; its index."""
@@ -131,6 +134,16 @@ class Outcome:
         }
 
 
+def resident_mib() -> float:
+    """This process's resident memory, in MiB (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 class SameDay:
     """Sends to each recipient today, so an opt-out can count those that went before it."""
 
@@ -182,6 +195,7 @@ def read_hour(session: Session, outcome: Outcome, hour: int, begin: datetime) ->
             outcome.expired[hour] += count
         elif action == Action.FAIL.value:
             outcome.failed[hour] += count
+    outcome.memory.append(resident_mib())
     waiting = session.execute(
         select(Message.last_code, func.count()).where(text(WAITING_SQL)).group_by(Message.last_code)
     )
