@@ -120,7 +120,7 @@ def _simulate(s: dict[str, Any]) -> str:
         f"simulate: {s['messages']:,} messages ({s['days']:g} days, {s['lines']} lines, "
         "two policies in parallel)",
         f"{s['wall_seconds']:,} s ({s['per_second']:,.0f} msg/s)",
-        "100,000 × 2 over 30 days in ≤ 60 s",
+        "2 x 100,000 over 30 days in ≤ 60 s",
         s["wall_seconds"] <= GOALS["simulate_seconds"] if s["messages"] >= 200_000 else None,
     )
     text += _row(

@@ -19,8 +19,8 @@ from bench.backlog import bench_recovery, bench_scale_point
 from bench.endtoend import bench_baseline, bench_gated
 from bench.enqueue import bench_enqueue
 from bench.gate import bench_gate
-from bench.simulate import bench_simulate
 from bench.report import GOALS, markdown
+from bench.simulate import bench_simulate
 from bench.sizes import SIZES, Size
 from bench.store import CAPS, fresh_database, migrate, write_policy
 from policies.config import CAP_MAXIMA
