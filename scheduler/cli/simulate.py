@@ -37,6 +37,9 @@ def simulate(
     save_trace: Path | None = typer.Option(
         None, "--save-trace", help="Also write the trace used to this file (JSON lines)."
     ),
+    days: float | None = typer.Option(
+        None, "--days", help="With --world: run only its first DAYS days.", min=0.001
+    ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the PNG plots."),
     serial: bool = typer.Option(
         False, "--serial", help="Run the policies one after the other, not side by side."
@@ -59,6 +62,7 @@ def simulate(
         since=parse_duration(since, "--since") if from_history else None,
         policy=policy or settings.policy_file,
         candidate=candidate,
+        days=days,
     )
     if save_trace is not None:
         cli_runs.save(scenario, save_trace)

@@ -40,12 +40,17 @@ def prepare(
     since: timedelta | None,
     policy: Path,
     candidate: Path | None,
+    days: float | None = None,
 ) -> tuple[Scenario, dict[str, Any], list[Candidate]]:
     """The scenario, a description of its source, and the policies on its lines."""
     files = [(CURRENT, policy)] + ([(CANDIDATE, candidate)] if candidate else [])
     loaded = [(name, load_policy(path)) for name, path in files]
     if world is not None:
         found = load_world(world)
+        if days is not None and days < found.world.days:
+            found = found.model_copy(
+                update={"world": found.world.model_copy(update={"days": days})}
+            )
         scenario = world_scenario(found)
         source = {"kind": "world", "name": str(world)}
         policies = [

@@ -30,11 +30,11 @@ from policies.statuses import LineStatus
 from scheduler.dispatch import claim_due, dispatch_claimed
 from scheduler.intake.enqueue import enqueue_many
 from scheduler.intake.messages import NewMessage
-from scheduler.limits.memory import MemoryLimiter
 from scheduler.providers import Outbound, Providers, Sent
 from scheduler.runtime import Loaded, PolicySource, Runtime
 from scheduler.settings import Settings
 from scheduler.signals import consent, health
+from scheduler.simulate.limiter import SimulatedLimiter
 from scheduler.simulate.outcome import Outcome, SameDay, read_hour
 from scheduler.simulate.provider import Flag, WorldModel
 from scheduler.simulate.trace import ChatReport, Enqueue, Event, Inbound, LineReport, when
@@ -169,7 +169,7 @@ class Simulation:
             sessions=session_factory(engine),
             policies=FixedPolicy(self.policy),
             providers=Providers(settings, {SIMULATED: provider}),
-            limiter=MemoryLimiter(),
+            limiter=SimulatedLimiter(),
             clock=clock,
         )
         with runtime.sessions.begin() as session:
@@ -307,9 +307,11 @@ class Simulation:
         """Beat's tick at ``now``: claim what is due and dispatch it, batch after batch."""
         while True:
             claim = claim_due(runtime, now, self.scenario.batch)
-            if not claim.ids:
+            if claim.ids:
+                dispatch_claimed(runtime, claim, now)
+            if len(claim.ids) < self.scenario.batch:
+                # Everything due was claimed: a decision never holds to a moment passed.
                 return
-            dispatch_claimed(runtime, claim, now)
 
 
 def _line_report(session: Session, policy: Policy, item: LineReport, at: datetime) -> None:

@@ -69,7 +69,17 @@ def enqueues(world: World) -> Iterator[Enqueue]:
     streams = [_wave(world, people, wave, i) for i, wave in enumerate(world.traffic.waves)] + [
         _campaign(world, people, campaign, i) for i, campaign in enumerate(world.traffic.campaigns)
     ]
-    return heapq.merge(*streams, key=lambda e: e.at)
+    merged = heapq.merge(*streams, key=lambda e: e.at)
+    every = world.traffic.enqueue_every_seconds
+    if not every:
+        return merged
+    return (_batched(e, world.world.start, timedelta(seconds=every)) for e in merged)
+
+
+def _batched(message: Enqueue, start: datetime, every: timedelta) -> Enqueue:
+    """``message`` enqueued with the call it waits for: at the next multiple of ``every``."""
+    at = start + -(-(message.at - start) // every) * every
+    return message._replace(at=at)
 
 
 def _wave(world: World, people: Population, wave: Wave, n: int) -> Iterator[Enqueue]:

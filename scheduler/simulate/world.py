@@ -212,6 +212,9 @@ class Replies(_Section):
 
 
 class Traffic(_Section):
+    #: The application enqueues what it has every this many seconds, in one call
+    #: (``enqueue_many``); 0: each message the moment it comes.
+    enqueue_every_seconds: Annotated[float, Field(ge=0, le=86400)] = 0
     waves: tuple[Wave, ...] = ()
     campaigns: tuple[Campaign, ...] = ()
     replies: Replies = Replies()
