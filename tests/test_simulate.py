@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 from freezegun.api import FrozenDateTimeFactory
+from hypothesis import given
+from hypothesis import strategies as st
 
 from policies.config import load_policy
 from policies.statuses import Action
+from policies.usage import LineUsage
 from scheduler.client import Healthgate
 from scheduler.settings import Settings
 from scheduler.simulate.engine import Scenario, Simulation
@@ -360,3 +363,46 @@ def test_simulate_refuses_a_bad_world_in_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert f"{world}: world.seed" in result.output
+
+
+# The simulation's limiter: the memory limiter's answers, with windows it forgets.
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3 * 24 * 60),  # minute of three days
+            st.integers(0, 59),  # second
+            st.integers(0, 5),  # recipient
+            st.booleans(),  # new chat
+        ),
+        max_size=60,
+    ).map(sorted)
+)
+def test_the_simulated_limiter_answers_as_the_memory_limiter_over_days(
+    sends: list[tuple[int, int, int, bool]],
+) -> None:
+    from policies.pace import Limits
+    from scheduler.limits import MemoryLimiter, Ticket
+    from scheduler.simulate.limiter import SimulatedLimiter
+
+    caps = Limits(
+        sends_per_minute=3,
+        new_conversations_per_day=4,
+        distinct_recipients_per_hour=3,
+        sends_per_day=8,
+        sends_per_recipient_per_minute=2,
+        sends_per_recipient_per_day=3,
+    )
+    model, simulated = MemoryLimiter(), SimulatedLimiter()
+    for n, (minute, second, who, new) in enumerate(sends):
+        now = START + timedelta(minutes=minute, seconds=second)
+        ticket = Ticket(f"msg_{n}", 1, LINE_A, f"+1415200{who:04d}", new)
+        assert simulated.hit(None, ticket, caps, now) == model.hit(None, ticket, caps, now)  # type: ignore[arg-type]
+        windows = simulated.windows({1: LINE_A}, {1: caps}, now, 1, {1: [ticket.recipient]})
+        assert windows[1].sent_last_minute(now) == model._usage.get(
+            LINE_A, LineUsage()
+        ).sent_last_minute(now)
+        assert windows[1].recipients_last_hour(now) == model._usage.get(
+            LINE_A, LineUsage()
+        ).recipients_last_hour(now)
