@@ -406,3 +406,23 @@ def test_the_simulated_limiter_answers_as_the_memory_limiter_over_days(
         assert windows[1].recipients_last_hour(now) == model._usage.get(
             LINE_A, LineUsage()
         ).recipients_last_hour(now)
+
+
+def test_a_trace_written_reads_back_event_for_event(tmp_path: Path) -> None:
+    from scheduler.simulate.trace import write_trace
+    from scheduler.simulate.traffic import enqueues
+
+    world_file = tmp_path / "world.toml"
+    world_file.write_text(PACE_WORLD)
+    world = load_world(world_file)
+    events = [
+        *enqueues(world),
+        Inbound(world.world.end, LINE_A, "+14152000001", "STOP"),
+        LineReport(world.world.end, LINE_A, "AT_RISK", world.world.end + timedelta(minutes=5)),
+        ChatReport(world.world.end + timedelta(minutes=6), LINE_A, "+14152000002", "CRITICAL"),
+    ]
+    path = tmp_path / "trace.jsonl"
+    with open(path, "w") as out:
+        assert write_trace(events, out) == len(events)
+
+    assert list(read_trace(path)) == events

@@ -10,6 +10,7 @@ are the simulation's.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -134,9 +135,14 @@ class Simulation:
 
         model = scenario.model(flagged) if scenario.model else None
         runtime = self._runtime(clock, SimulatedProvider(clock, model, sent))
+        # A simulated refusal is a figure of the report, not a warning to the operator.
+        quiet = logging.getLogger("scheduler")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
         try:
             self._loop(runtime, clock, model, outcome, same_day)
         finally:
+            quiet.setLevel(level)
             runtime.close()
         outcome.wall_seconds = time.perf_counter() - began
         return outcome
