@@ -46,8 +46,8 @@ SIZES = {
         scale_due=200,
         recovery=500,
         chats=500,
-        simulate_messages=200,
-        simulate_days=0.1,
+        simulate_messages=100,
+        simulate_days=0.05,
     ),
     "full": Size(
         name="full",
