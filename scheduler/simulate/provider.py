@@ -44,7 +44,7 @@ class Flag(NamedTuple):
     status: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _Chat:
     unanswered: int = 0
     level: int = 0
