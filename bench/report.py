@@ -28,6 +28,8 @@ GOALS = {
     "end_to_end_ratio": 8.0,
     "scale_ratio": 1.2,
     "rss_growth_percent": 10,
+    #: A 30-day, 100,000-message world, two policies: in a minute.
+    "simulate_seconds": 60,
 }
 
 
@@ -154,6 +156,35 @@ def _end_to_end(r: dict[str, Any], history: Path | None) -> str:
             "flat (< 10%)",
             mem["growth_percent"] < GOALS["rss_growth_percent"],
         )
+    if "simulate" in r:
+        text += _simulate(r["simulate"])
+    return text
+
+
+def _simulate(s: dict[str, Any]) -> str:
+    text = _row(
+        f"simulate: {s['messages']:,} messages ({s['days']:g} days, {s['lines']} lines, "
+        "two policies in parallel)",
+        f"{s['wall_seconds']:,} s ({s['per_second']:,.0f} msg/s; "
+        f"{s['per_cpu_second']:,.0f} msg per CPU second)",
+        "2 x 100,000 over 30 days in ≤ 60 s",
+        s["wall_seconds"] <= GOALS["simulate_seconds"] if s["messages"] >= 200_000 else None,
+    )
+    text += _row(
+        "simulate: ratio to decide()'s rate, same run",
+        f"{s['ratio_to_decide']} ({s['decide_per_second']:,} decide/s)",
+        "",
+        None,
+    )
+    for i, mem in enumerate(s["memory"]):
+        if mem["growth_percent"] is not None:
+            text += _row(
+                f"simulate: RSS of run {i + 1}, first vs last quarter",
+                f"{mem['first_quarter_mib']} → {mem['last_quarter_mib']} MiB "
+                f"({mem['growth_percent']:+}%)",
+                "flat (< 10%)",
+                mem["growth_percent"] < GOALS["rss_growth_percent"],
+            )
     return text
 
 

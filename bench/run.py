@@ -22,6 +22,7 @@ from bench.enqueue import bench_enqueue
 from bench.gate import bench_gate
 from bench.history import append, commit, plot
 from bench.report import GOALS, markdown
+from bench.simulate import bench_simulate
 from bench.sizes import SIZES, Size
 from bench.store import CAPS, fresh_database, migrate, write_policy
 from policies.config import CAP_MAXIMA
@@ -145,6 +146,12 @@ def run(size: Size, only: set[str] | None = None) -> dict[str, Any]:
             settings = settings_for(root, "recovery", size, caps)
             results["recovery"] = bench_recovery(settings, size.chats, size.recovery, size.lines)
             _say("recovery", results["recovery"])
+        if wanted("simulate"):
+            # BENCH_SIMULATE_MESSAGES / _DAYS run a part of the size's world.
+            messages = int(os.environ.get("BENCH_SIMULATE_MESSAGES", size.simulate_messages))
+            days = float(os.environ.get("BENCH_SIMULATE_DAYS", size.simulate_days))
+            results["simulate"] = bench_simulate(root, messages, days, size.lines)
+            _say("simulate", {k: v for k, v in results["simulate"].items() if k != "summaries"})
     results["goals"] = GOALS
     results["load"]["end"] = round(os.getloadavg()[0], 2)
     return results
@@ -157,7 +164,9 @@ def _say(name: str, figures: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--only", nargs="*", help="cli gate enqueue end_to_end scale recovery")
+    parser.add_argument(
+        "--only", nargs="*", help="cli gate enqueue end_to_end scale recovery simulate"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--batch", type=int, help="messages per dispatch task (a setting)")
     parser.add_argument("--note", default="", help="conditions of the run, kept with it")

@@ -30,6 +30,9 @@ class Size:
     recovery: int
     #: Starts of ``healthgate --help`` (and of bare Python beside each).
     cli_runs: int = 10
+    #: Messages of the simulator's world, and the days they span (two policies each).
+    simulate_messages: int = 0
+    simulate_days: float = 1
     lines: int = 10
     chats: int = 5000
 
@@ -49,6 +52,8 @@ SIZES = {
         recovery=500,
         cli_runs=3,
         chats=500,
+        simulate_messages=100,
+        simulate_days=0.05,
     ),
     "full": Size(
         name="full",
@@ -63,5 +68,9 @@ SIZES = {
         scale_due=5_000,
         recovery=100_000,
         cli_runs=15,
+        # A part of the goal's world (30 days, 100,000 messages) that runs in minutes:
+        # BENCH_SIMULATE_MESSAGES=100000 BENCH_SIMULATE_DAYS=30 runs the whole of it.
+        simulate_messages=10_000,
+        simulate_days=3,
     ),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -105,6 +106,8 @@ class Runtime:
     providers: Providers
     #: Global caps: in Redis when ``redis_url`` is set, counted in the database otherwise.
     limiter: Limiter = field(default_factory=DatabaseLimiter)
+    #: The time of a provider's answer; a simulation passes its own clock.
+    clock: Callable[[], datetime] = utcnow
 
     @classmethod
     def build(cls, settings: Settings, providers: dict[str, Provider] | None = None) -> Runtime:

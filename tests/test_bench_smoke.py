@@ -37,7 +37,9 @@ def test_smoke_run_writes_every_measure_to_markdown_and_json(
 
     # Then both files hold every measure, and every gated message was decided
     results = json.loads((tmp_path / "smoke.json").read_text())
-    assert {"cli", "gate", "enqueue", "end_to_end", "scale", "recovery", "machine"} <= set(results)
+    measures = {"cli", "gate", "enqueue", "end_to_end", "scale", "recovery", "simulate"}
+    assert measures | {"machine"} <= set(results)
+    assert results["simulate"]["messages"] > 0
     states = results["end_to_end"]["gated"]["states_after"]
     assert sum(states.values()) == results["sizes"]["end_to_end"]
     assert not {"queued", "claimed", "sending"} & set(states)

@@ -21,6 +21,7 @@ from scheduler import constants
 from scheduler.limits import DatabaseLimiter, Limiter, MemoryLimiter, RedisLimiter, Ticket
 from scheduler.runtime import Runtime
 from scheduler.settings import Settings
+from scheduler.simulate.limiter import SimulatedLimiter
 from scheduler.store.db import create_db_engine, session_factory
 from scheduler.store.models import Chat, Line, Message
 from tests.conftest import TABLES
@@ -106,7 +107,7 @@ def postgres_engine(url: str) -> sqlalchemy.Engine:
     return engine
 
 
-KINDS = ["memory", "database-sqlite", "database-postgresql", "redis"]
+KINDS = ["memory", "simulated", "database-sqlite", "database-postgresql", "redis"]
 
 
 @contextmanager
@@ -123,6 +124,8 @@ def open_backend(kind: str, request: pytest.FixtureRequest, path: Path) -> Itera
     limiter: Limiter
     if kind == "memory":
         limiter = MemoryLimiter()
+    elif kind == "simulated":
+        limiter = SimulatedLimiter()
     elif kind == "redis":
         limiter = RedisLimiter(
             redis.Redis.from_url(require_redis()), prefix=f"test:{uuid.uuid4().hex[:8]}:"

@@ -13,6 +13,7 @@ from scheduler.cli import (
     policy,
     setup,
     signals,
+    simulate,
     status,
     workers,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "policy",
     "setup",
     "signals",
+    "simulate",
     "status",
     "workers",
 ]

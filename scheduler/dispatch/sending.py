@@ -18,7 +18,7 @@ from scheduler import constants, metrics
 from scheduler.dispatch.answers import BatchAnswers
 from scheduler.dispatch.report import Report
 from scheduler.providers import Outbound, SendFailed, Sent
-from scheduler.runtime import Runtime, utcnow
+from scheduler.runtime import Runtime
 from scheduler.signals import consent, health
 from scheduler.store import transitions
 from scheduler.store.bulk import one_of, pipelined
@@ -73,7 +73,7 @@ def send_batch(
     for send in sends:
         sent = _call(runtime, send, report, answers)
         if sent is not None:
-            accepted.append(Accepted(send, sent, utcnow()))
+            accepted.append(Accepted(send, sent, runtime.clock()))
         if accepted and time.monotonic() - since >= constants.RECORD_SENT_SECONDS:
             record_sent(runtime, accepted, report)
             accepted, since = [], time.monotonic()
@@ -122,7 +122,7 @@ def record_sent(runtime: Runtime, accepted: Sequence[Accepted], report: Report) 
     transaction; one that someone else settled meanwhile (a reconciler) is left as it is."""
     if not accepted:
         return
-    now = utcnow()
+    now = runtime.clock()
     ids = [a.send.outbound.message_id for a in accepted]
     with runtime.sessions.begin() as session:
         sending = set(
@@ -218,7 +218,7 @@ def record_failure(
     runtime: Runtime, outbound: Outbound, failure: SendFailed, report: Report
 ) -> None:
     """Record a failed attempt and what the provider's answer means for the message."""
-    now = utcnow()
+    now = runtime.clock()
     policy = runtime.policy
     with runtime.sessions.begin() as session:
         message = session.get_one(Message, outbound.message_id, with_for_update=True)
