@@ -235,8 +235,11 @@ def test_without_a_callback_anywhere_outcomes_are_not_kept(hg: Healthgate) -> No
 
 
 def test_a_worker_without_a_callback_leaves_outcomes_to_one_that_has_it(
-    hg: Healthgate, caplog: pytest.LogCaptureFixture
+    hg: Healthgate, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import scheduler.outcomes
+
+    monkeypatch.setattr(scheduler.outcomes, "_warned", set())  # said once a process
     finish_one_of_each(hg, START)
     listening = Recording()
     listening.down = True
