@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
+from policies.config import DEFAULT_CATEGORY
 from scheduler.cli.base import (
     app,
     open_client,
@@ -25,6 +26,14 @@ def enqueue(
     key: str | None = typer.Option(None, "--idempotency-key", help="Deduplication key."),
     send_at: str | None = typer.Option(None, help="Not before this ISO 8601 time."),
     expires_at: str | None = typer.Option(None, help="Drop if not sent by this ISO 8601 time."),
+    category: str = typer.Option(
+        DEFAULT_CATEGORY,
+        help="transactional (any time, first), marketing (in the recipient's day hours), "
+        "or a category the policy defines.",
+    ),
+    recipient_tz: str | None = typer.Option(
+        None, help="The recipient's IANA time zone (default: from the number)."
+    ),
 ) -> None:
     """Enqueue one message and print its id."""
     with open_client() as client:
@@ -36,6 +45,8 @@ def enqueue(
             key,
             parse_time(send_at, "send_at"),
             parse_time(expires_at, "expires_at"),
+            category=category,
+            recipient_tz=recipient_tz,
         )
     out.print(message_id, markup=False, highlight=False)
 

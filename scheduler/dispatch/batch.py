@@ -132,7 +132,7 @@ def _queue(message: Message, decision: Decision) -> QueueKey | None:
     if decision.action is not Action.THROTTLE or decision.pace is None or message.line_id is None:
         return None
     chat = message.chat_id if decision.pace.queue is Queue.CHAT else None
-    return QueueKey(decision.code, message.line_id, chat)
+    return QueueKey(decision.code, message.line_id, chat, message.priority)
 
 
 def load_batch(
@@ -319,6 +319,8 @@ def facts_for(message: Message, batch: Batch) -> Facts:
             held_since=message.held_since,
             may_reroute=not message.pinned and is_new,
             body_hash=message.body_hash,
+            category=message.category,
+            recipient_tz=message.recipient_tz,
         ),
         ChatFacts(
             health=health,
