@@ -124,7 +124,8 @@ def follow(message: MessageFacts, policy: Policy, start: datetime) -> tuple[Acti
         )
         if decision.action in (Action.SEND, Action.EXPIRE):
             return decision.action, now
-        assert decision.not_before is not None and decision.not_before > now
+        assert decision.not_before is not None
+        assert decision.not_before > now
         now = decision.not_before
     return Action.DEFER, now
 
@@ -161,7 +162,8 @@ def test_no_marketing_message_is_ever_sent_outside_its_recipients_window(
             assert line.timezone is not None
             assert inside(line.model_dump(exclude_none=True), line.timezone, at)
     if action is Action.EXPIRE:
-        assert expires_at is not None and at == expires_at
+        assert expires_at is not None
+        assert at == expires_at
 
 
 @settings(max_examples=examples(100))
