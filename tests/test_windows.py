@@ -29,8 +29,8 @@ LOS_ANGELES = "+13105550100"
 HONOLULU = "+18085550100"
 #: An Australian mobile: its region runs from Indian/Cocos (+6:30) to Lord Howe (+11).
 AUSTRALIA = "+61412345678"
-#: A number with no zone of its own (555 numbers are fictional).
-NOWHERE = "+15555550100"
+#: A number with no zone of its own (an international freephone number).
+NOWHERE = "+80012345678"
 
 
 def utc(*parts: int) -> datetime:

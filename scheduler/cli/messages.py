@@ -81,6 +81,19 @@ def explain(
         f"{escape(data['line'] or '(no line yet)')}: [bold]{escape(data['state'])}[/bold]",
         highlight=False,
     )
+    hours = data.get("sending_hours")
+    if hours:
+        zones = ", ".join(hours["time_zones"]) or "(unknown)"
+        window = hours["window"]
+        if window != "any time":
+            window += f" recipient time, in {zones}"
+        line_hours = f"; line hours {hours['line_hours']}" if hours["line_hours"] else ""
+        out.print(
+            f"  {data['category']} (priority {data['priority']}): {window}{line_hours}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     held = data.get("line_health")
     if held:
         out.print(
