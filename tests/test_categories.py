@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from policies.errors import IdempotencyConflict, InvalidInput
+from scheduler import constants
 from scheduler.cli import app as cli_app
 from scheduler.client import Healthgate
 from scheduler.settings import Settings
 from scheduler.store.models import Message
+from tasks import intake
 from tests.conftest import POLICY
 
 Sends = Callable[[], list[dict[str, str]]]
@@ -244,3 +247,37 @@ def test_the_cli_enqueues_with_a_category_and_a_zone(
     assert "marketing (priority 0): 08:00-21:00 recipient time, in America/Chicago" in shown.output
     assert "quiet_hours" in shown.output
     assert "held until 2026-11-22 08:00 America/Chicago" in shown.output
+
+
+def test_the_broker_task_takes_a_category_and_refuses_a_bad_one(hg: Healthgate) -> None:
+    # Given healthgate's enqueue task on an application's Celery app, called by name
+    app = Celery("shop", broker="memory://", set_as_current=False)
+    intake.register(app, lambda: hg.runtime, hg.runtime.settings)
+    task = app.tasks[constants.ENQUEUE_MANY_TASK]
+
+    # When a campaign comes with its category and zone, and then one with a bad category
+    taken = task.apply(
+        kwargs={
+            "messages": [
+                {
+                    "to": NOWHERE,
+                    "body": "Sale",
+                    "category": "marketing",
+                    "recipient_tz": "Asia/Tokyo",
+                }
+            ]
+        }
+    ).get()
+    refused = task.apply(
+        kwargs={"messages": [{"to": NEW_YORK, "body": "Sale", "category": "promotional"}]}
+    ).get()
+
+    # Then the first is stored as marketing in Tokyo, the second answered naming the field
+    [message_id] = taken["ids"]
+    assert (hg.explain(message_id)["category"], hg.explain(message_id)["recipient_tz"]) == (
+        "marketing",
+        "Asia/Tokyo",
+    )
+    assert refused["field"] == "category"
+    assert "'promotional'" in refused["error"]
+    assert len(stored(hg)) == 1
