@@ -3,6 +3,7 @@ recipients in turn within a priority, and sending windows on the way."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -160,3 +161,44 @@ def test_within_a_priority_recipients_take_turns(hg: Healthgate) -> None:
     # Then each recipient's first message comes before anyone's second, in the order
     # they came, and marketing after every transactional message
     assert order == [many[0], bob, carol, code, many[1], many[2], many[3], many[4], promo]
+
+
+#: The pace alone binds, and marketing held overnight is let out over half an hour.
+SPREAD = CAPPED + "\n[categories.marketing]\nrelease_spread_minutes = 30\n"
+#: 08:00 UTC: midnight in Los Angeles. 16:00 UTC: 08:00 there, marketing's window opens.
+MIDNIGHT = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+OPENING = datetime(2026, 11, 22, 16, 0, tzinfo=UTC)
+BACKLOG = 400
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("policy_text", [SPREAD])
+def test_a_night_backlog_is_let_out_spread_under_the_caps_and_the_recovery_ramp(
+    hg: Healthgate, sends: Sends, morning: FrozenDateTimeFactory
+) -> None:
+    # Given a line that came back to HEALTHY at midnight (its caps ramp up from half),
+    # and a campaign of 400 held overnight for Los Angeles' morning
+    morning.move_to(MIDNIGHT)
+    hg.set_line_health(LINE_A, "AT_RISK")
+    hg.set_line_health(LINE_A, "HEALTHY")
+    enqueue_campaign(hg, BACKLOG)
+    hg.drain()
+    assert hg.status()["waiting"]["by_reason"] == {"quiet_hours": BACKLOG}
+
+    # When the worker ticks every 10 seconds from the opening on, for an hour
+    for tick in range(360):
+        morning.move_to(OPENING + timedelta(seconds=10 * tick))
+        hg.drain()
+
+    # Then nothing went before 08:00 and all of it went in the hour
+    times = sorted(datetime.fromisoformat(s["at"]) for s in sends())
+    assert len(times) == BACKLOG
+    assert times[0] >= OPENING
+    # And no minute took more than the ramped cap: 20 a minute at two thirds, 8 h in
+    ramped = 13
+    in_a_minute = [sum(1 for t in times if s <= t < s + timedelta(minutes=1)) for s in times]
+    assert max(in_a_minute) <= ramped
+    # And the release is spread, not a burst at 08:00: no tick sends half a minute's
+    # room at once (unspread, the first tick sends 10)
+    per_tick = Counter(times)
+    assert max(per_tick.values()) < ramped / 2
