@@ -281,3 +281,42 @@ def test_the_broker_task_takes_a_category_and_refuses_a_bad_one(hg: Healthgate) 
     assert refused["field"] == "category"
     assert "'promotional'" in refused["error"]
     assert len(stored(hg)) == 1
+
+
+#: The README's campaign: marketing from 10 am to 8 pm on the recipient's clock.
+TEN_AM = POLICY + '\n[categories.marketing]\nwindow = "10:00-20:00"\nrelease_spread_minutes = 0\n'
+
+
+@pytest.mark.parametrize("policy_text", [TEN_AM])
+def test_the_readmes_campaign_goes_at_10_am_local_in_each_zone(
+    hg: Healthgate, sends: Sends, night: FrozenDateTimeFactory
+) -> None:
+    # Given the campaign enqueued once at 05:00 UTC on 1 April 2026 (01:00 in New York;
+    # both the US and the UK are on summer time by then)
+    enqueued = datetime(2026, 4, 1, 5, 0, tzinfo=UTC)
+    night.move_to(enqueued)
+    people = {
+        "+12125550100": "New York",
+        "+13125550100": "Chicago",
+        "+13105550100": "Los Angeles",
+        "+447911123456": "London",
+    }
+    ids = hg.enqueue_many(
+        [{"to": to, "body": "Spring sale", "category": "marketing"} for to in people]
+    )
+
+    # When the worker runs every quarter of an hour through the day
+    went: dict[str, datetime] = {}
+    for quarter in range(4 * 14):
+        night.move_to(enqueued + timedelta(minutes=15 * quarter))
+        hg.drain()
+        for send in sends():
+            went.setdefault(send["message_id"], datetime.now(UTC))
+
+    # Then each went at 10:00 on its recipient's clock
+    assert {place: went[i].isoformat() for place, i in zip(people.values(), ids, strict=True)} == {
+        "New York": "2026-04-01T14:00:00+00:00",
+        "Chicago": "2026-04-01T15:00:00+00:00",
+        "Los Angeles": "2026-04-01T17:00:00+00:00",
+        "London": "2026-04-01T09:00:00+00:00",
+    }
