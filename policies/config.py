@@ -477,6 +477,8 @@ class Policy(_Section):
 
     # Merged caps per line, computed once: the gate asks for them on every message.
     _caps: dict[str, Caps] = PrivateAttr(default_factory=dict)
+    # Each line's own hours and zone, found once (the gate asks on every message too).
+    _hours: dict[str, tuple[Window, str] | None] = PrivateAttr(default_factory=dict)
 
     @field_validator("lines")
     @classmethod
@@ -509,6 +511,16 @@ class Policy(_Section):
 
     def line_config(self, number: str) -> LineConfig | None:
         return next((line for line in self.lines if line.number == number), None)
+
+    def hours_of_line(self, number: str) -> tuple[Window, str] | None:
+        """A line's own sending window and the zone it is read in; None: any hour."""
+        if number not in self._hours:
+            line = self.line_config(number)
+            found = None
+            if line is not None and line.hours is not None and line.timezone is not None:
+                found = (line.hours, line.timezone)
+            self._hours[number] = found
+        return self._hours[number]
 
     def caps_for(self, number: str) -> Caps:
         """The caps of one line: its overrides on top of the defaults."""

@@ -4,7 +4,8 @@ clock, and inside its line's own hours; outside them it is held until both are o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import NamedTuple
 
 from policies.codes import Code
@@ -46,8 +47,12 @@ class Hours(NamedTuple):
     def open_at(self, now: datetime) -> bool:
         return all(is_open(self.window, name, now) for name in self.zones)
 
-    def spans(self, now: datetime) -> list[list[Span]]:
-        return [spans(self.window, name, now) for name in self.zones]
+
+@lru_cache(maxsize=4096)
+def common_spans(held: tuple[Hours, ...], day: date) -> tuple[Span, ...]:
+    """The spans inside every window of ``held`` around the UTC ``day`` (the days before
+    it, and the horizon after): one computation for all the messages of a night."""
+    return tuple(intersection([spans(h.window, name, day) for h in held for name in h.zones]))
 
 
 def outside_hours(
@@ -80,8 +85,8 @@ def outside_hours(
     recipient_open = theirs is None or theirs.open_at(now)
     if recipient_open and (ours is None or ours.open_at(now)):
         return None
-    held = [hours for hours in (theirs, ours) if hours is not None]
-    common = intersection([each for hours in held for each in hours.spans(now)])
+    held = tuple(hours for hours in (theirs, ours) if hours is not None)
+    common = common_spans(held, now.astimezone(UTC).date())
     # Opening later than now: a window read open by the wall clock is never held.
     span = next((s for s in common if s.start > now), None)
     if span is None:
@@ -106,10 +111,8 @@ def outside_hours(
 
 def line_hours(policy: Policy, line: str) -> Hours | None:
     """The line's own sending hours, if the policy gives it some."""
-    config = policy.line_config(line)
-    if config is None or config.hours is None or config.timezone is None:
-        return None
-    return Hours(config.hours, (config.timezone,))
+    found = policy.hours_of_line(line)
+    return None if found is None else Hours(found[0], (found[1],))
 
 
 def _no_hours(reason: str, policy: Policy, now: datetime, expires_at: datetime | None) -> Decision:

@@ -158,13 +158,15 @@ class Span(NamedTuple):
     end: datetime
 
 
-def spans(window: Window, zone_name: str, since: datetime) -> list[Span]:
-    """The UTC spans ``window`` is open in ``zone_name``, from the day before ``since``
-    over ``HORIZON_DAYS``, in order."""
+@lru_cache(maxsize=4096)
+def spans(window: Window, zone_name: str, day: date) -> tuple[Span, ...]:
+    """The UTC spans ``window`` is open in ``zone_name``, in order, from two local days
+    before the UTC ``day`` (a window open since the evening before, in any zone) to
+    ``HORIZON_DAYS`` after it."""
     tz = _zone(zone_name)
-    first = since.astimezone(tz).date() - timedelta(days=1)
+    first = day - timedelta(days=2)
     found = []
-    for offset in range(HORIZON_DAYS + 1):
+    for offset in range(HORIZON_DAYS + 3):
         day = first + timedelta(days=offset)
         if not _on(window, day.weekday()):
             continue
@@ -173,7 +175,7 @@ def spans(window: Window, zone_name: str, since: datetime) -> list[Span]:
         closes = wall_instant(end_day, window.end, tz)
         if closes > opens:
             found.append(Span(opens, closes))
-    return found
+    return tuple(found)
 
 
 def wall_instant(day: date, minutes: int, tz: ZoneInfo) -> datetime:
