@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from scheduler.client import Healthgate
 from scheduler.dispatch.gating import in_turn
@@ -202,3 +203,30 @@ def test_a_night_backlog_is_let_out_spread_under_the_caps_and_the_recovery_ramp(
     # room at once (unspread, the first tick sends 10)
     per_tick = Counter(times)
     assert max(per_tick.values()) < ramped / 2
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_claim_reads_its_index_in_priority_order_without_sorting(hg: Healthgate) -> None:
+    # Given the statement a claim runs (captured while draining one message)
+    enqueue_codes(hg, 1)
+    captured: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if "SKIP LOCKED" in statement and "priority DESC" in statement:
+            captured.append((statement, params))
+
+    event.listen(hg.runtime.engine, "before_cursor_execute", capture)
+    hg.drain()
+    event.remove(hg.runtime.engine, "before_cursor_execute", capture)
+    statement, params = captured[0]
+
+    # When PostgreSQL plans it, reading the table whole being the costlier way
+    with hg.runtime.engine.begin() as connection:
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(
+            row[0] for row in connection.exec_driver_sql("EXPLAIN " + statement, params)
+        )
+
+    # Then the due messages are read from the claim's index in its order, never sorted
+    assert "ix_messages_waiting_priority_due" in plan, plan
+    assert "Sort" not in plan, plan
