@@ -3,7 +3,6 @@ clock, and inside its line's own hours; outside them it is held until both are o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import NamedTuple
@@ -144,10 +143,6 @@ def window_text(window: Window | None) -> str:
     return "any time" if window is None else str(window)
 
 
-def zones_text(zones: Sequence[str]) -> str:
-    return ", ".join(zones) if zones else "(unknown)"
-
-
 __all__ = [
     "FALLBACK_CATEGORY",
     "Hours",
@@ -155,5 +150,4 @@ __all__ = [
     "outside_hours",
     "rules_of",
     "window_text",
-    "zones_text",
 ]
