@@ -18,7 +18,9 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 from phonenumbers import timezone as number_zones
+from phonenumbers.tzdata import TIMEZONE_DATA
 
 #: How to write a window: ``HH:MM-HH:MM``, ``24:00`` allowed as an end.
 _WINDOW = re.compile(r"(\d\d):(\d\d)-(\d\d):(\d\d)")
@@ -125,6 +127,22 @@ def number_zones_of(number: str) -> tuple[str, ...]:
             continue  # a zone the local database lacks: the others still hold
         known.append(name)
     return tuple(sorted(known))
+
+
+def has_zone(number: str) -> bool:
+    """Whether ``number`` (E.164, valid) has a zone: ``number_zones_of`` is not empty.
+
+    Cheap for nearly every number: when its country code has zones of its own, every
+    valid number of it has some (its area's, or the country's), so the costly look-up
+    of its type is left for the gate.
+    """
+    digits = number[1:]
+    for size in (1, 2, 3):
+        if int(digits[:size] or 0) in COUNTRY_CODE_TO_REGION_CODE:
+            if digits[:size] in TIMEZONE_DATA:
+                return True
+            break
+    return bool(number_zones_of(number))
 
 
 def recipient_zones(number: str, recipient_tz: str | None) -> tuple[str, ...]:
@@ -249,6 +267,7 @@ __all__ = [
     "WEEKDAYS",
     "Span",
     "Window",
+    "has_zone",
     "intersection",
     "is_open",
     "next_span",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import phonenumbers
 import pytest
+from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 from policies.codes import Code
 from policies.config import Policy, parse_policy
@@ -15,6 +17,7 @@ from policies.gate import ChatFacts, LineFacts, MessageFacts, decide
 from policies.statuses import Action
 from policies.usage import LineUsage
 from policies.windows import (
+    has_zone,
     intersection,
     number_zones_of,
     parse_window,
@@ -341,3 +344,28 @@ def test_a_bad_category_or_window_is_refused_naming_the_key(
 
     assert key in str(error.value)
     assert words in str(error.value)
+
+
+def every_example_number() -> list[str]:
+    """phonenumbers' example number of each type in each region: every kind of number."""
+    found = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE, PhoneNumberType.TOLL_FREE):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is not None:
+                found.append(phonenumbers.format_number(example, PhoneNumberFormat.E164))
+    for code in sorted(phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS):
+        example = phonenumbers.example_number_for_non_geo_entity(code)
+        if example is not None:
+            found.append(phonenumbers.format_number(example, PhoneNumberFormat.E164))
+    return found
+
+
+def test_the_quick_zone_check_at_enqueue_agrees_with_the_gates_zones() -> None:
+    numbers = every_example_number()
+    assert len(numbers) > 500
+
+    disagree = [n for n in numbers if has_zone(n) != bool(number_zones_of(n))]
+
+    assert disagree == []
+    assert not has_zone(NOWHERE)

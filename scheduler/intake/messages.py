@@ -11,7 +11,7 @@ from policies.config import CATEGORY_NAME, DEFAULT_CATEGORY, Policy
 from policies.e164 import to_e164
 from policies.errors import InvalidInput
 from policies.text import storable_text, storable_time
-from policies.windows import number_zones_of, zone
+from policies.windows import has_zone, zone
 
 #: Longer bodies are refused rather than split: splitting is the provider's business.
 MAX_BODY_CHARS = 10_000
@@ -175,7 +175,7 @@ def check_categories(items: Sequence[Valid], policy: Policy) -> None:
                 item.category,
                 f"is not a category of the policy (it defines {defined})",
             )
-        if rules.window is not None and item.recipient_tz is None and not number_zones_of(item.to):
+        if rules.window is not None and item.recipient_tz is None and not has_zone(item.to):
             raise InvalidInput(
                 f"{item.where}recipient_tz",
                 None,
