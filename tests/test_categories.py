@@ -16,6 +16,9 @@ from freezegun.api import FrozenDateTimeFactory
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from policies.changes import Affected, affected, normalised, priorities
+from policies.codes import Code
+from policies.config import parse_policy
 from policies.errors import IdempotencyConflict, InvalidInput
 from scheduler import constants
 from scheduler.cli import app as cli_app
@@ -23,7 +26,7 @@ from scheduler.client import Healthgate
 from scheduler.settings import Settings
 from scheduler.store.models import Message
 from tasks import intake
-from tests.conftest import POLICY
+from tests.conftest import LINE_A, POLICY
 
 Sends = Callable[[], list[dict[str, str]]]
 NEW_YORK = "+12125550100"
@@ -320,3 +323,42 @@ def test_the_readmes_campaign_goes_at_10_am_local_in_each_zone(
         "Los Angeles": "2026-04-01T17:00:00+00:00",
         "London": "2026-04-01T09:00:00+00:00",
     }
+
+
+def normal(**data: Any) -> dict[str, Any]:
+    return normalised(parse_policy({"lines": [{"number": LINE_A}], **data}, "p.toml"))
+
+
+def test_a_window_change_governs_quiet_hours_and_a_lines_hours_change_that_line() -> None:
+    old = normal()
+    new = normal(
+        categories={"marketing": {"window": "09:00-20:00"}},
+        lines=[{"number": LINE_A, "window": "09:00-17:00", "timezone": "America/Chicago"}],
+    )
+
+    found = affected(old, new)
+
+    assert Affected(frozenset({Code.QUIET_HOURS})) in found
+    assert Affected(frozenset({Code.LINE_HOURS}), frozenset({LINE_A})) in found
+    # A priority alone holds nothing: it is written to the waiting messages instead
+    assert affected(old, normal(categories={"marketing": {"priority": 3}})) == []
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "changed"),
+    [
+        ({}, {"marketing": {"priority": 3}}, {"marketing": 3}),
+        ({"alerts": {"priority": 50}}, {}, {"alerts": 0}),  # gone: marketing's priority
+        (
+            {"alerts": {"priority": 50}},
+            {"marketing": {"priority": 2}},
+            {"alerts": 2, "marketing": 2},
+        ),
+        ({}, {"alerts": {"priority": 50}}, {}),  # new: no message of it waits yet
+        ({"marketing": {"window": "09:00-20:00"}}, {}, {}),
+    ],
+)
+def test_a_priority_change_names_the_categories_whose_messages_change(
+    before: dict[str, Any], after: dict[str, Any], changed: dict[str, int]
+) -> None:
+    assert priorities(normal(categories=before), normal(categories=after)) == changed
