@@ -16,6 +16,7 @@ from freezegun.api import FrozenDateTimeFactory
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+import scheduler
 from policies.changes import Affected, affected, normalised, priorities
 from policies.codes import Code
 from policies.config import parse_policy
@@ -362,3 +363,20 @@ def test_a_priority_change_names_the_categories_whose_messages_change(
     before: dict[str, Any], after: dict[str, Any], changed: dict[str, int]
 ) -> None:
     assert priorities(normal(categories=before), normal(categories=after)) == changed
+
+
+def test_the_module_level_enqueue_takes_a_category_and_a_zone(
+    settings: Settings, night: FrozenDateTimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The module's client is put back as it was after the test
+    monkeypatch.setattr(scheduler, "_default", None)
+    client = scheduler.configure(settings)
+    try:
+        message_id = scheduler.enqueue(
+            NEW_YORK, "Sale", category="marketing", recipient_tz="Europe/Berlin"
+        )
+        data = client.explain(message_id)
+    finally:
+        client.close()
+
+    assert (data["category"], data["recipient_tz"]) == ("marketing", "Europe/Berlin")
