@@ -17,6 +17,7 @@ from policies.windows import (
     intersection,
     is_open,
     opening_zone,
+    own_zones_first,
     recipient_zones,
     spans,
     spread_offset,
@@ -93,8 +94,10 @@ def outside_hours(
         return _no_hours(reason + ": give recipient_tz", policy, now, expires_at)
     if not recipient_open:
         assert theirs is not None
-        code, clock = Code.QUIET_HOURS, opening_zone(theirs.window, theirs.zones, span.start)
-        reason = f"{category} goes {theirs.window} recipient time, outside it in {_named(theirs)}"
+        # Named as the recipient would: their own country's zones first.
+        named = Hours(theirs.window, tuple(own_zones_first(theirs.zones, recipient)))
+        code, clock = Code.QUIET_HOURS, opening_zone(named.window, named.zones, span.start)
+        reason = f"{category} goes {named.window} recipient time, outside it in {_named(named)}"
     else:
         assert ours is not None
         code, clock = Code.LINE_HOURS, ours.zones[0]

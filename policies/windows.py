@@ -14,8 +14,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from importlib import resources
+from pathlib import Path
 from typing import NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
@@ -143,6 +145,52 @@ def has_zone(number: str) -> bool:
                 return True
             break
     return bool(number_zones_of(number))
+
+
+def own_zones_first(zones: Sequence[str], number: str) -> list[str]:
+    """``zones`` with those of the number's own country first (the zone database's
+    ``zone.tab``): a British mobile's zones open together, and London names them best."""
+    if len(zones) < 2:
+        return list(zones)
+    country = _country_of(number)
+    own = _zones_by_country().get(country, frozenset()) if country else frozenset()
+    return sorted(zones, key=lambda name: name not in own)
+
+
+def _country_of(number: str) -> str | None:
+    """The main region of the number's country code (``GB`` for +44, ``US`` for +1)."""
+    digits = number[1:]
+    for size in (1, 2, 3):
+        code = int(digits[:size] or 0)
+        if code in COUNTRY_CODE_TO_REGION_CODE:
+            return str(phonenumbers.region_code_for_country_code(code))
+    return None
+
+
+@lru_cache(maxsize=1)
+def _zones_by_country() -> dict[str, frozenset[str]]:
+    """Each country's zones, from the zone database's ``zone.tab`` (empty without one)."""
+    found: dict[str, set[str]] = {}
+    for line in _zone_tab().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) >= 3:
+            found.setdefault(fields[0], set()).add(fields[2])
+    return {country: frozenset(names) for country, names in found.items()}
+
+
+def _zone_tab() -> str:
+    try:
+        return (resources.files("tzdata.zoneinfo") / "zone.tab").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, OSError):
+        pass
+    for folder in TZPATH:
+        try:
+            return (Path(folder) / "zone.tab").read_text(encoding="utf-8")
+        except OSError:
+            continue
+    return ""
 
 
 def recipient_zones(number: str, recipient_tz: str | None) -> tuple[str, ...]:
@@ -273,6 +321,7 @@ __all__ = [
     "next_span",
     "number_zones_of",
     "opening_zone",
+    "own_zones_first",
     "parse_days",
     "parse_window",
     "recipient_zones",

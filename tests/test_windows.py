@@ -369,3 +369,13 @@ def test_the_quick_zone_check_at_enqueue_agrees_with_the_gates_zones() -> None:
 
     assert disagree == []
     assert not has_zone(NOWHERE)
+
+
+def test_zones_that_open_together_are_named_by_the_numbers_own_country() -> None:
+    # Given a British mobile: London, Guernsey, Jersey and the Isle of Man share a clock
+    decision = gate("+447911123456", utc(2026, 4, 1, 5, 0))  # 06:00 BST
+
+    # Then the reason names London, the zone of the number's own country
+    assert "held until 2026-04-01 08:00 Europe/London" in decision.reason
+    assert "every zone of the number (Europe/London, " in decision.reason
+    assert decision.not_before == utc(2026, 4, 1, 7, 0)
