@@ -14,7 +14,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import phonenumbers
-from hypothesis import given, settings
+import pytest
+from freezegun import freeze_time
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from phonenumbers import timezone as number_zones
 
@@ -22,6 +24,9 @@ from policies.config import Policy, parse_policy
 from policies.gate import ChatFacts, LineFacts, MessageFacts, decide
 from policies.statuses import Action
 from policies.usage import LineUsage
+from scheduler.client import Healthgate
+from scheduler.providers.log import read_send_log
+from scheduler.settings import Settings
 from tests.conftest import examples
 
 LINE = "+14155550100"
@@ -186,3 +191,60 @@ def test_a_recipient_of_one_zone_is_sent_to_within_the_week(
     # Then it is sent within the week the windows are looked for in
     assert action is Action.SEND
     assert at - start < timedelta(days=8)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@settings(
+    max_examples=examples(10),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    recipients=st.lists(numbers, min_size=1, max_size=5, unique=True),
+    start=clocks,
+    window=windows(),
+)
+def test_through_the_store_no_marketing_message_is_sent_outside_its_window(
+    tmp_path_factory: pytest.TempPathFactory,
+    database_url: str,
+    recipients: list[str],
+    start: datetime,
+    window: dict[str, Any],
+) -> None:
+    # Given a policy with a random marketing window, and a campaign enqueued at a random
+    # instant to random numbers, dispatched every 20 minutes for two days
+    folder = tmp_path_factory.mktemp("store")
+    policy = folder / "healthgate.toml"
+    days = f"days = {window['days']!r}\n".replace("'", '"') if "days" in window else ""
+    policy.write_text(
+        f'[[lines]]\nnumber = "{LINE}"\nprovider = "log"\n\n[categories.marketing]\n'
+        f'window = "{window["window"]}"\n{days}'
+        f"release_spread_minutes = {window['release_spread_minutes']}\n"
+    )
+    settings_ = Settings(
+        data_dir=folder / "data",
+        policy_file=policy,
+        database_url=database_url,
+        broker_url="memory://",
+    )
+    with freeze_time(start) as clock:
+        hg = Healthgate(settings_)
+        try:
+            hg.sync_lines()
+            hg.enqueue_many(
+                [{"to": to, "body": "Sale", "category": "marketing"} for to in recipients]
+            )
+            for _ in range(6 * 24 * 2):
+                hg.drain()
+                clock.tick(timedelta(minutes=20))
+        finally:
+            hg.close()
+
+    # Then every send was inside the window on every clock of its recipient's number
+    log = read_send_log(settings_.send_log_path)
+    for send in log:
+        at = datetime.fromisoformat(send["at"])
+        zones = zones_of(send["recipient"], None)
+        assert all(inside(window, zone, at) for zone in zones), (send, zones)
+    # And a campaign to numbers of one zone each, open every day, was all sent
+    if "days" not in window and all(len(zones_of(to, None)) == 1 for to in recipients):
+        assert len(log) == len(recipients)
