@@ -163,8 +163,11 @@ def affected(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Affected]:
             continue  # read below, line by line
         if section == "categories":
             # A window moved, or a category came or went: held messages of any category
-            # are looked at again (a priority alone holds nothing; see ``priorities``).
-            if not change.key.endswith(".priority"):
+            # are looked at again (a priority alone holds nothing; see ``priorities``); a
+            # category's share of the caps governs the caps' holds.
+            if change.key.endswith(".cap_share"):
+                found.append(Affected(_CAPS))
+            elif not change.key.endswith(".priority"):
                 found.append(Affected(frozenset({Code.QUIET_HOURS})))
             continue
         codes = GOVERNS.get(change.key, _ALL_HOLDS)  # a key unknown here: every hold

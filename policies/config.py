@@ -400,6 +400,9 @@ class CategoryPolicy(_Section):
     days: tuple[str, ...] | None = None
     #: Higher goes first when a line's caps cannot take every due message.
     priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY, strict=True)] = 0
+    #: The share of each line-wide cap its messages may use; the rest is kept for the
+    #: categories above it, so a campaign that fills a line leaves room for a passcode.
+    cap_share: Annotated[float, Field(gt=0, le=1, strict=True)] = 1.0
     #: Messages held for the window are let out over this long once it opens, each
     #: recipient at its own fixed moment, so a night's backlog is not all due at the
     #: opening minute (the caps and the recovery ramp still apply on top).
@@ -446,11 +449,17 @@ class CategoryPolicy(_Section):
 
 #: The categories every policy has, with what a policy leaves out of them: marketing
 #: texts between 8 am and 9 pm where the recipient is (the hours US telemarketing
-#: rules and carriers expect), let out over half an hour once the window opens;
-#: transactional messages (passcodes, receipts) at any time, and first.
+#: rules and carriers expect), let out over half an hour once the window opens, using
+#: at most four fifths of a line's caps; transactional messages (passcodes, receipts)
+#: at any time, first, and with the fifth a campaign leaves them.
 DEFAULT_CATEGORIES: Mapping[str, Mapping[str, Any]] = {
     "transactional": {"priority": 10},
-    "marketing": {"window": "08:00-21:00", "priority": 0, "release_spread_minutes": 30},
+    "marketing": {
+        "window": "08:00-21:00",
+        "priority": 0,
+        "release_spread_minutes": 30,
+        "cap_share": 0.8,
+    },
 }
 #: The category of a message enqueued without one.
 DEFAULT_CATEGORY = "transactional"

@@ -100,14 +100,34 @@ def test_transactional_messages_due_with_a_campaign_go_first_in_the_first_cap_wi
     # When the line's first minute is dispatched
     hg.drain()
 
-    # Then every transactional message went in that minute, before any marketing one
+    # Then every transactional message went in that minute, before any marketing one,
+    # and the campaign took no more than its share: four fifths of the 20
     sent = [s["message_id"] for s in sends()]
-    assert len(sent) == 20
     assert sent[:TRANSACTIONAL] == codes
     assert set(sent[TRANSACTIONAL:]) <= set(campaign)
+    assert len(sent) == 16
     # And the campaign waits its turn at the line's pace, not dropped
     states = hg.status()["waiting"]["by_state"]
-    assert states == {"throttled": MARKETING - 10}
+    assert states == {"throttled": MARKETING - 6}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_passcode_goes_at_once_while_a_campaign_fills_the_line(
+    hg: Healthgate, sends: Sends, morning: FrozenDateTimeFactory
+) -> None:
+    # Given a campaign sending as fast as the line lets marketing (16 of 20 a minute)
+    enqueue_campaign(hg, MARKETING)
+    hg.drain()
+    assert len(sends()) == 16
+    morning.tick(timedelta(seconds=10))
+
+    # When a passcode comes in the same minute
+    [code] = enqueue_codes(hg, 1)
+    hg.drain()
+
+    # Then it goes at once, in the room the campaign had to leave
+    assert sends()[-1]["message_id"] == code
+    assert hg.explain(code)["state"] == "sent"
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -379,3 +379,21 @@ def test_zones_that_open_together_are_named_by_the_numbers_own_country() -> None
     assert "held until 2026-04-01 08:00 Europe/London" in decision.reason
     assert "every zone of the number (Europe/London, " in decision.reason
     assert decision.not_before == utc(2026, 4, 1, 7, 0)
+
+
+def test_marketing_uses_its_share_of_a_cap_and_leaves_the_rest_to_transactional() -> None:
+    # Given a line that sent 16 messages this minute, of its 20
+    now = utc(2026, 11, 22, 18, 0)  # 10:00 in Los Angeles
+    usage = LineUsage(recent=[now - timedelta(seconds=s) for s in range(16, 0, -1)], day_count=16)
+
+    def decided(category: str) -> Decision:
+        message = MessageFacts(LOS_ANGELES, category=category)
+        return decide(message, ChatFacts(is_new=False), LineFacts(LINE), usage, POLICY, now)
+
+    # Then a marketing message waits (four fifths of the cap are used), naming its share,
+    marketing = decided("marketing")
+    assert (marketing.action, marketing.code) == (Action.THROTTLE, Code.CAP_SENDS_PER_MINUTE)
+    assert "sends_per_minute=16" in marketing.reason
+    assert "marketing may use 80%" in marketing.reason
+    # and a transactional one goes in the fifth kept for it
+    assert decided("transactional").action is Action.SEND

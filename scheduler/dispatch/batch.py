@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from policies.config import OptOutScope, Policy
 from policies.decision import Decision, Queue
 from policies.gate import ChatFacts, LineFacts, MessageFacts, limits_for
+from policies.pace import LINE_WIDE, Limits, scaled
 from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
 from scheduler.limits import Limiter
@@ -210,6 +211,9 @@ def batch_usage(
     worker shares), else from the store; the content rule's from the store.
     """
     limits = {line.id: limits_for(line_facts(line), policy, now) for line in lines}
+    # A category that may use only a share of a cap reaches it sooner: its times are
+    # needed that much earlier.
+    headroom += kept_back(limits.values(), policy)
     body_limit = policy.content.same_body_max_recipients_per_hour
     numbers = {line.id: line.number for line in lines}
     windows = limiter.windows(numbers, limits, now, headroom, recipients) if limiter else None
@@ -219,6 +223,21 @@ def batch_usage(
     if digests:
         load_bodies(session, windows, digests, now, headroom, body_limit, everyone)
     return windows
+
+
+def kept_back(limits: Iterable[Limits], policy: Policy) -> int:
+    """The most any category leaves of a line-wide cap to the ones above it."""
+    share = min(rules.cap_share for rules in policy.categories.values())
+    if share >= 1:
+        return 0
+    return max(
+        (
+            getattr(each, cap) - scaled(getattr(each, cap), share)
+            for each in limits
+            for cap in LINE_WIDE
+        ),
+        default=0,
+    )
 
 
 def _recipients_by_line(messages: Sequence[Message]) -> dict[int, frozenset[str]]:

@@ -14,7 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from policies.codes import CAP_CODES, Code
 from policies.decision import Decision
 from policies.decision import send as fit_to_send
-from policies.gate import LineFacts, decide, limits_for, throttled
+from policies.gate import LineFacts, decide, limits_of, throttled
 from policies.pace import Limits
 from policies.statuses import Action, LineReputation, LineStatus
 from scheduler.dispatch.answers import BatchAnswers
@@ -234,7 +234,7 @@ def _request(
 ) -> tuple[Ticket, Limits]:
     """What the limiter is asked for one send: its ticket, and its line's caps now."""
     ticket = Ticket(message.id, attempt, line.number, message.recipient, new_chat)
-    return ticket, limits_for(line, batch.policy, batch.now)
+    return ticket, limits_of(line, message.category, batch.policy, batch.now)
 
 
 def _elsewhere(
