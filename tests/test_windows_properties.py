@@ -112,6 +112,14 @@ def inside(fields: dict[str, Any], zone: str, at: datetime) -> bool:
     return (minute >= start and local.weekday() in days) or (minute < end and yesterday in days)
 
 
+def length(fields: dict[str, Any]) -> int:
+    """How many minutes the window is open a day."""
+    start_text, end_text = fields["window"].split("-")
+    start = int(start_text[:2]) * 60 + int(start_text[3:])
+    end = int(end_text[:2]) * 60 + int(end_text[3:])
+    return (end - start) % (24 * 60) or 24 * 60
+
+
 def zones_of(number: str, recipient_tz: str | None) -> list[str]:
     """The model's zones: the one given, else every zone the number's prefix names."""
     if recipient_tz is not None:
@@ -245,6 +253,11 @@ def test_through_the_store_no_marketing_message_is_sent_outside_its_window(
         at = datetime.fromisoformat(send["at"])
         zones = zones_of(send["recipient"], None)
         assert all(inside(window, zone, at) for zone in zones), (send, zones)
-    # And a campaign to numbers of one zone each, open every day, was all sent
-    if "days" not in window and all(len(zones_of(to, None)) == 1 for to in recipients):
+    # And a campaign to numbers of one zone each, open every day for long enough that
+    # the 20-minute dispatches fall inside it, was all sent
+    if (
+        "days" not in window
+        and length(window) >= 60
+        and all(len(zones_of(to, None)) == 1 for to in recipients)
+    ):
         assert len(log) == len(recipients)
