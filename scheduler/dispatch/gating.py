@@ -232,7 +232,8 @@ def _reserve_all(
 def _request(
     message: Message, attempt: int, line: LineFacts, new_chat: bool, batch: Batch
 ) -> tuple[Ticket, Limits]:
-    """What the limiter is asked for one send: its ticket, and its line's caps now."""
+    """What the limiter is asked for one send: its ticket, and the caps its category
+    may use on its line now."""
     ticket = Ticket(message.id, attempt, line.number, message.recipient, new_chat)
     return ticket, limits_of(line, message.category, batch.policy, batch.now)
 

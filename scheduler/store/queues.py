@@ -1,9 +1,9 @@
 """Where each rate rule's queue of held messages ends, so a new hold joins its end.
 
 A message a cap throttles waits for its turn, not for the moment the cap first allows
-one more send: held messages on the same queue (a line, or one recipient on it, at one priority) are
-spaced at the cap's pace. The scheduler reads the latest time already given on each
-queue it adds to, once a batch, from an index of throttled messages.
+one more send: held messages on the same queue (a line, or one recipient on it, at one
+priority) are spaced at the cap's pace. The scheduler reads the latest time already
+given on each queue it adds to, once a batch, from an index of throttled messages.
 """
 
 from __future__ import annotations
