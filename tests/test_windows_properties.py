@@ -238,7 +238,7 @@ def test_through_the_store_no_marketing_message_is_sent_outside_its_window(
         hg = Healthgate(settings_)
         try:
             hg.sync_lines()
-            hg.enqueue_many(
+            ids = hg.enqueue_many(
                 [{"to": to, "body": "Sale", "category": "marketing"} for to in recipients]
             )
             for _ in range(6 * 24 * 2):
@@ -260,4 +260,5 @@ def test_through_the_store_no_marketing_message_is_sent_outside_its_window(
         and length(window) >= 60
         and all(len(zones_of(to, None)) == 1 for to in recipients)
     ):
-        assert len(log) == len(recipients)
+        # (the store is shared by the examples: earlier ones' messages may go too)
+        assert set(ids) <= {send["message_id"] for send in log}
