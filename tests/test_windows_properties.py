@@ -203,6 +203,8 @@ def test_a_recipient_of_one_zone_is_sent_to_within_the_week(
     assert at - start < timedelta(days=8)
 
 
+# Two days of dispatches take a second or two an example: the timeout grows with them.
+@pytest.mark.timeout(examples(10) * 12)
 @settings(
     max_examples=examples(10),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

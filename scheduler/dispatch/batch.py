@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from policies.config import OptOutScope, Policy
 from policies.decision import Decision, Queue
 from policies.gate import ChatFacts, LineFacts, MessageFacts, limits_for
+from policies.hours import rules_of
 from policies.pace import LINE_WIDE, Limits, scaled
 from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
@@ -55,6 +56,8 @@ class Batch:
     #: New recipients whose line the router chose: they may move to another line.
     movable: frozenset[str] = frozenset()
     limiter: Limiter | None = None
+    #: The smallest share of the caps a message of the batch may use (``cap_share``).
+    share: float = 1.0
     #: The end of each queue of held messages the batch holds messages on, once read.
     queue_ends: dict[QueueKey, datetime | None] = field(default_factory=dict)
 
@@ -123,7 +126,15 @@ class Batch:
         whom = {line.id: self.recipients_by_line.get(line.id, self.movable) for line in lines}
         self.usage.update(
             batch_usage(
-                session, lines, self.policy, self.now, self.size, whom, self.digests, self.limiter
+                session,
+                lines,
+                self.policy,
+                self.now,
+                self.size,
+                whom,
+                self.digests,
+                self.limiter,
+                self.share,
             )
         )
 
@@ -180,6 +191,7 @@ def load_batch(
         recipients_by_line=_recipients_by_line(messages),
         movable=movable,
         limiter=runtime.limiter,
+        share=min(rules_of(policy, m.category).cap_share for m in messages),
     )
     batch.load_usage(session, used)
     return batch
@@ -203,9 +215,11 @@ def batch_usage(
     recipients: Mapping[int, Collection[str]],
     digests: Collection[str] = (),
     limiter: Limiter | None = None,
+    share: float = 1.0,
 ) -> dict[int, LineUsage]:
     """Usage of ``lines`` under each line's caps as they apply at ``now``, for up to
-    ``headroom`` sends to ``recipients`` (by line id) with bodies of ``digests``.
+    ``headroom`` sends to ``recipients`` (by line id) with bodies of ``digests``, by
+    messages that may use ``share`` of each line-wide cap.
 
     The caps' windows come from the limiter when it keeps them (it is the count every
     worker shares), else from the store; the content rule's from the store.
@@ -213,7 +227,7 @@ def batch_usage(
     limits = {line.id: limits_for(line_facts(line), policy, now) for line in lines}
     # A category that may use only a share of a cap reaches it sooner: its times are
     # needed that much earlier.
-    headroom += kept_back(limits.values(), policy)
+    headroom += kept_back(limits.values(), share)
     body_limit = policy.content.same_body_max_recipients_per_hour
     numbers = {line.id: line.number for line in lines}
     windows = limiter.windows(numbers, limits, now, headroom, recipients) if limiter else None
@@ -225,9 +239,8 @@ def batch_usage(
     return windows
 
 
-def kept_back(limits: Iterable[Limits], policy: Policy) -> int:
-    """The most any category leaves of a line-wide cap to the ones above it."""
-    share = min(rules.cap_share for rules in policy.categories.values())
+def kept_back(limits: Iterable[Limits], share: float) -> int:
+    """The most a category that may use ``share`` of them leaves of the line-wide caps."""
     if share >= 1:
         return 0
     return max(
