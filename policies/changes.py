@@ -46,8 +46,16 @@ _ALL_HOLDS = (
     _CAPS
     | _DEFERRED
     | _PROVIDER
-    | {Code.CHAT_AT_RISK, Code.CONTENT_REPEATED, Code.CONTENT_SAME_BODY}
+    | {
+        Code.CHAT_AT_RISK,
+        Code.CONTENT_REPEATED,
+        Code.CONTENT_SAME_BODY,
+        Code.QUIET_HOURS,
+        Code.LINE_HOURS,
+    }
 )
+#: A line's own keys that say when it sends.
+_LINE_HOURS_KEYS = ("window", "days", "timezone")
 #: Keys that scale a line's caps only while it runs below them (AT_RISK, or ramping up).
 _PACES = frozenset({"line.at_risk_pace_factor", "line.recovery_ramp_hours"})
 
@@ -153,6 +161,15 @@ def affected(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Affected]:
         section = change.key.partition(".")[0]
         if section in ("lines", "caps"):
             continue  # read below, line by line
+        if section == "categories":
+            # A window moved, or a category came or went: held messages of any category
+            # are looked at again (a priority alone holds nothing; see ``priorities``); a
+            # category's share of the caps governs the caps' holds.
+            if change.key.endswith(".cap_share"):
+                found.append(Affected(_CAPS))
+            elif not change.key.endswith(".priority"):
+                found.append(Affected(frozenset({Code.QUIET_HOURS})))
+            continue
         codes = GOVERNS.get(change.key, _ALL_HOLDS)  # a key unknown here: every hold
         if codes:
             found.append(Affected(codes, None, paced=change.key in _PACES))
@@ -177,8 +194,24 @@ def _line_holds(old: Mapping[str, Any], new: Mapping[str, Any]) -> Iterator[Affe
         }
         if any(before[number].get(k) != after[number].get(k) for k in ("provider", "api_key_env")):
             codes |= _PROVIDER
+        if any(before[number].get(k) != after[number].get(k) for k in _LINE_HOURS_KEYS):
+            codes.add(Code.LINE_HOURS)
         if codes:
             yield Affected(frozenset(codes), frozenset({number}))
+
+
+def priorities(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, int]:
+    """The categories whose messages' priority changes from ``old`` to ``new`` (normal
+    forms), with the new one: a category no longer defined takes marketing's."""
+    before, after = old.get("categories") or {}, new.get("categories") or {}
+    fallback = (after.get("marketing") or {}).get("priority", 0)
+    changed: dict[str, int] = {}
+    for name in sorted(before.keys() | after.keys()):
+        was = (before.get(name) or {}).get("priority")
+        now = (after.get(name) or {}).get("priority", fallback)
+        if was != now and name in before:
+            changed[name] = now
+    return changed
 
 
 def _cap(policy: Mapping[str, Any], line: Mapping[str, Any], cap: str) -> Any:
@@ -197,4 +230,5 @@ __all__ = [
     "diff",
     "fingerprint",
     "normalised",
+    "priorities",
 ]

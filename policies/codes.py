@@ -47,6 +47,10 @@ class Code(StrEnum):
     CAP_SENDS_PER_RECIPIENT_PER_DAY = "cap_sends_per_recipient_per_day"
     CAP_DISTINCT_RECIPIENTS_PER_HOUR = "cap_distinct_recipients_per_hour"
     CAP_NEW_CONVERSATIONS_PER_DAY = "cap_new_conversations_per_day"
+    #: Outside its category's window in the recipient's local time: held until it opens.
+    QUIET_HOURS = "quiet_hours"
+    #: Outside its line's own sending hours: held until they open.
+    LINE_HOURS = "line_hours"
     #: A near-identical body to an AT_RISK chat inside the repeat window.
     CONTENT_REPEATED = "content_repeated"
     #: The line sent this near-identical body to too many recipients this hour.

@@ -24,6 +24,8 @@ from pydantic import (
 
 from policies.e164 import to_e164
 from policies.errors import InvalidInput, PolicyFileError, cut, shown
+from policies.statuses import DEFAULT_CATEGORY as DEFAULT_CATEGORY
+from policies.windows import Window, parse_days, parse_window, window_of, zone
 
 Provider = Literal["log", "linq", "360dialog"]
 #: What a shell accepts as a variable name: the file names the variable, not the key.
@@ -185,6 +187,42 @@ class LineConfig(_Section):
     #: The environment variable holding the line's API key (360dialog keys are per
     #: number); the file names the variable, never the secret.
     api_key_env: Annotated[str | None, Field(validate_default=True)] = None
+    #: The business's own hours (``09:00-18:00``) in ``timezone``: the line sends
+    #: nothing outside them, whatever the message's category.
+    window: str | None = None
+    #: The days ``window`` opens on (``["mon", "tue"]``); every day when left out.
+    days: tuple[str, ...] | None = None
+    #: The zone of the line's window (an IANA name such as ``America/New_York``).
+    timezone: Annotated[str | None, Field(validate_default=True)] = None
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_window(value)
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            parse_days(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            if info.data.get("window") is not None:
+                raise ValueError("a line with a window needs the time zone of its hours")
+            return None
+        zone(value)
+        return value
+
+    @property
+    def hours(self) -> Window | None:
+        """The line's own sending window, if it has one."""
+        return None if self.window is None else window_of(self.window, self.days)
 
     @field_validator("api_key_env")
     @classmethod
@@ -332,6 +370,104 @@ class DispatchPolicy(_Section):
     retry_max_seconds: Seconds = 3600
 
 
+#: What a category may be called: an application passes it as ``category``.
+CATEGORY_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+#: The highest priority: a hundred levels are more than any team tells apart.
+MAX_PRIORITY = 100
+#: The longest spread of a released backlog: a day, the longest a window can be.
+MAX_SPREAD_MINUTES = 24 * 60
+
+
+def _category_name(name: str) -> str:
+    if not CATEGORY_NAME.fullmatch(name):
+        raise ValueError(
+            f"{shown(name)} is not a category name: a lower-case letter, then up to 31 "
+            "lower-case letters, digits or underscores"
+        )
+    return name
+
+
+#: A category's name, as a policy key and as an enqueue's ``category``.
+CategoryName = Annotated[str, Field(strict=True), AfterValidator(_category_name)]
+
+
+class CategoryPolicy(_Section):
+    """When messages of one category may go, in the recipient's local time, and how soon."""
+
+    #: Local hours in the recipient's time zone (``08:00-21:00``); any time when left
+    #: out, or ``00:00-24:00``.
+    window: str | None = None
+    #: The days ``window`` opens on (``["mon", "tue"]``); every day when left out.
+    days: tuple[str, ...] | None = None
+    #: Higher goes first when a line's caps cannot take every due message.
+    priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY, strict=True)] = 0
+    #: The share of each line-wide cap its messages may use; the rest is kept for the
+    #: categories above it, so a campaign that fills a line leaves room for a passcode.
+    cap_share: Annotated[float, Field(gt=0, le=1, strict=True)] = 1.0
+    #: Messages held for the window are let out over this long once it opens, each
+    #: recipient at its own fixed moment, so a night's backlog is not all due at the
+    #: opening minute (the caps and the recovery ramp still apply on top).
+    release_spread_minutes: Annotated[float, Field(ge=0, le=MAX_SPREAD_MINUTES, strict=True)] = 0
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_window(value)
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            parse_days(value)
+        return value
+
+    @field_validator("release_spread_minutes")
+    @classmethod
+    def _spread(cls, value: float, info: ValidationInfo) -> float:
+        text = info.data.get("window")
+        if text is None or not value:
+            return value
+        hours = parse_window(text)
+        length = (hours.end - hours.start) % (24 * 60) or 24 * 60
+        if value >= length:
+            raise ValueError(
+                f"is not shorter than the window {text} ({length} minutes): messages let "
+                "out late in the spread would find it closed again"
+            )
+        return value
+
+    @property
+    def hours(self) -> Window | None:
+        """The category's window, if it has one (parsed once)."""
+        return None if self.window is None else window_of(self.window, self.days)
+
+    @property
+    def release_spread(self) -> timedelta:
+        return timedelta(minutes=self.release_spread_minutes)
+
+
+#: The categories every policy has, with what a policy leaves out of them: marketing
+#: texts between 8 am and 9 pm where the recipient is (the hours US telemarketing
+#: rules and carriers expect), let out over half an hour once the window opens, using
+#: at most four fifths of a line's caps; transactional messages (passcodes, receipts)
+#: at any time, first, and with the fifth a campaign leaves them.
+DEFAULT_CATEGORIES: Mapping[str, Mapping[str, Any]] = {
+    "transactional": {"priority": 10},
+    "marketing": {
+        "window": "08:00-21:00",
+        "priority": 0,
+        "release_spread_minutes": 30,
+        "cap_share": 0.8,
+    },
+}
+
+
+def _default_categories() -> dict[str, CategoryPolicy]:
+    return {name: CategoryPolicy(**fields) for name, fields in DEFAULT_CATEGORIES.items()}
+
+
 class Policy(_Section):
     """The whole policy file."""
 
@@ -343,9 +479,14 @@ class Policy(_Section):
     opt_out: OptOutPolicy = OptOutPolicy()
     signals: SignalPolicy = SignalPolicy()
     dispatch: DispatchPolicy = DispatchPolicy()
+    #: Each category's window and priority; the default ones are always there, and a
+    #: table of the same name changes only the keys it gives.
+    categories: dict[CategoryName, CategoryPolicy] = Field(default_factory=_default_categories)
 
     # Merged caps per line, computed once: the gate asks for them on every message.
     _caps: dict[str, Caps] = PrivateAttr(default_factory=dict)
+    # Each line's own hours and zone, found once (the gate asks on every message too).
+    _hours: dict[str, tuple[Window, str] | None] = PrivateAttr(default_factory=dict)
 
     @field_validator("lines")
     @classmethod
@@ -357,8 +498,37 @@ class Policy(_Section):
             seen.add(line.number)
         return lines
 
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _with_defaults(cls, given: object) -> object:
+        if not isinstance(given, Mapping):
+            return given  # refused by the field's type, naming it
+        merged: dict[object, object] = {k: dict(v) for k, v in DEFAULT_CATEGORIES.items()}
+        for name, fields in given.items():
+            default = merged.get(name)
+            merged[name] = (
+                {**default, **fields}
+                if isinstance(default, dict) and isinstance(fields, Mapping)
+                else fields
+            )
+        return merged
+
+    def category(self, name: str) -> CategoryPolicy | None:
+        """The policy of category ``name`` (None for a name the policy does not define)."""
+        return self.categories.get(name)
+
     def line_config(self, number: str) -> LineConfig | None:
         return next((line for line in self.lines if line.number == number), None)
+
+    def hours_of_line(self, number: str) -> tuple[Window, str] | None:
+        """A line's own sending window and the zone it is read in; None: any hour."""
+        if number not in self._hours:
+            line = self.line_config(number)
+            found = None
+            if line is not None and line.hours is not None and line.timezone is not None:
+                found = (line.hours, line.timezone)
+            self._hours[number] = found
+        return self._hours[number]
 
     def caps_for(self, number: str) -> Caps:
         """The caps of one line: its overrides on top of the defaults."""

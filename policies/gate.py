@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from policies.codes import CAP_CODES, LINE_PAUSE_CODES, Code
-from policies.config import Policy
+from policies.config import DEFAULT_CATEGORY, Policy
 from policies.content import repeat_to_at_risk_chat, same_body_spread
 from policies.decision import Decision, Pace, Queue, send
-from policies.pace import Limits, Verdict, cap_pace, check, line_limits, scaled
+from policies.hours import outside_hours, rules_of
+from policies.pace import Limits, Verdict, cap_pace, check, line_limits, scaled, shared
 from policies.statuses import Action, ChatHealth, LineReputation, LineStatus
 from policies.usage import LineUsage, earliest_allowed
 
@@ -27,6 +28,10 @@ class MessageFacts:
     may_reroute: bool = False
     #: Digest of the normalised body (see ``policies.content``); None skips content rules.
     body_hash: str | None = None
+    #: Its category: the policy's window (on the recipient's clock) and priority for it.
+    category: str = DEFAULT_CATEGORY
+    #: The recipient's time zone as the application gave it; None: read from the number.
+    recipient_tz: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +100,17 @@ def decide(
             Code.LINE_AT_RISK,
             f"line {line.number} is AT_RISK: a new recipient goes to a HEALTHY line",
         )
+    hours = outside_hours(
+        message.recipient,
+        message.category,
+        message.recipient_tz,
+        line.number,
+        message.expires_at,
+        policy,
+        now,
+    )
+    if hours is not None:
+        return hours
     if chat.health is ChatHealth.AT_RISK:
         throttle = _chat_throttle(chat, policy, now, message.expires_at)
         if throttle is not None:
@@ -188,6 +204,12 @@ def limits_for(line: LineFacts, policy: Policy, now: datetime) -> Limits:
     )
 
 
+def limits_of(line: LineFacts, category: str, policy: Policy, now: datetime) -> Limits:
+    """The caps a message of ``category`` may use on ``line`` at ``now``: the line's,
+    less what the category leaves to the ones above it."""
+    return shared(limits_for(line, policy, now), rules_of(policy, category).cap_share, category)
+
+
 def _caps(
     message: MessageFacts,
     chat: ChatFacts,
@@ -197,7 +219,7 @@ def _caps(
     now: datetime,
 ) -> Decision | None:
     """THROTTLE to the earliest moment every line cap allows, naming the cap that binds."""
-    limits = limits_for(line, policy, now)
+    limits = limits_of(line, message.category, policy, now)
     verdict = check(usage, limits, message.recipient, chat.is_new, now)
     if verdict.allowed_at <= now:
         return None
@@ -246,5 +268,6 @@ __all__ = [
     "decide",
     "effective_limit",
     "limits_for",
+    "limits_of",
     "throttled",
 ]

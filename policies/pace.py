@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -55,6 +55,25 @@ def pace_factor(
 def scaled(cap: int, factor: float) -> int:
     """A cap times a factor, never below one (a paced line still sends, slowly)."""
     return cap if factor >= 1 else max(1, math.floor(cap * factor))
+
+
+#: The caps of the whole line (the others count one recipient's sends).
+LINE_WIDE = (
+    "sends_per_minute",
+    "sends_per_day",
+    "distinct_recipients_per_hour",
+    "new_conversations_per_day",
+)
+
+
+def shared(limits: Limits, share: float, category: str) -> Limits:
+    """``limits`` as messages of ``category`` may use them: ``share`` of each line-wide
+    cap, the rest kept for higher priorities (a recipient's own caps are whole)."""
+    if share >= 1:
+        return limits
+    fewer = {cap: scaled(getattr(limits, cap), share) for cap in LINE_WIDE}
+    note = f"{limits.note} ({category} may use {share:.0%})"
+    return replace(limits, **fewer, note=note)
 
 
 def line_limits(

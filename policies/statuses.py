@@ -123,3 +123,8 @@ def parse_field(parser: Callable[[str], T], field: str, value: str) -> T:
 
 #: What a line can be set to by hand: a reputation, or a status at the provider.
 LINE_STATES: tuple[LineReputation | LineStatus, ...] = (*LineReputation, *LineStatus)
+
+
+#: The category of a message enqueued without one (the policy file's
+#: ``[categories.<name>]``; kept here, light enough for ``import scheduler``).
+DEFAULT_CATEGORY = "transactional"

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from policies.errors import HealthgateError, IdempotencyConflict, InvalidInput, PolicyFileError
+from policies.statuses import DEFAULT_CATEGORY
 
 if TYPE_CHECKING:
     from scheduler.client import Healthgate
@@ -76,9 +77,22 @@ def enqueue(
     idempotency_key: str | None = None,
     send_at: datetime | None = None,
     expires_at: datetime | None = None,
+    *,
+    category: str = DEFAULT_CATEGORY,
+    recipient_tz: str | None = None,
 ) -> str:
     """Enqueue one message; returns its id. See :meth:`Healthgate.enqueue`."""
-    return _client().enqueue(to, body, line, chat_id, idempotency_key, send_at, expires_at)
+    return _client().enqueue(
+        to,
+        body,
+        line,
+        chat_id,
+        idempotency_key,
+        send_at,
+        expires_at,
+        category=category,
+        recipient_tz=recipient_tz,
+    )
 
 
 def enqueue_many(messages: Iterable[NewMessage | Mapping[str, Any]]) -> list[str]:

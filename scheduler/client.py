@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from policies.errors import InvalidInput
 from policies.keywords import Inbound
-from policies.statuses import LINE_STATES, LineStatus
+from policies.statuses import DEFAULT_CATEGORY, LINE_STATES, LineStatus
 from policies.text import storable_time
 from scheduler import constants
 from scheduler.intake.enqueue import check_same_database, enqueue_many
@@ -68,15 +68,30 @@ class Healthgate:
         send_at: datetime | None = None,
         expires_at: datetime | None = None,
         *,
+        category: str = DEFAULT_CATEGORY,
+        recipient_tz: str | None = None,
         session: Session | None = None,
         connection: Connection | None = None,
     ) -> str:
         """Enqueue one message and return its id (the existing id for a known key with
         the same content; ``IdempotencyConflict`` for other content, storing nothing).
 
+        ``category``: ``transactional`` (any time, first), ``marketing`` (08:00-21:00 on
+        the recipient's clock by default) or one the policy defines. ``recipient_tz``:
+        the recipient's IANA zone, which wins over the one read from the number.
         ``session`` or ``connection``: store it in that transaction (see ``enqueue_many``).
         """
-        message = NewMessage(to, body, line, chat_id, idempotency_key, send_at, expires_at)
+        message = NewMessage(
+            to,
+            body,
+            line,
+            chat_id,
+            idempotency_key,
+            send_at,
+            expires_at,
+            category,
+            recipient_tz,
+        )
         return self.enqueue_many([message], session=session, connection=connection)[0]
 
     def enqueue_many(
@@ -200,7 +215,7 @@ class Healthgate:
 
     def explain(self, message_id: str) -> dict[str, Any]:
         with self.runtime.reads() as session:
-            return reports.explain(session, message_id)
+            return reports.explain(session, message_id, self.runtime.policy)
 
     def messages(
         self,

@@ -43,3 +43,27 @@ def test_the_window_indexes_go_back_to_whole_and_return_partial(engine: Engine) 
 
     assert not any("WHERE" in sql for sql in before)
     assert all("dispatched_at IS NOT NULL" in sql for sql in after)
+
+
+def test_messages_stored_before_categories_become_transactional(engine: Engine) -> None:
+    # Given a message stored before migration 0014
+    command.downgrade(alembic_config(engine), "0013")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO messages (id, pinned, recipient, body, state, attempts, "
+                "created_at, updated_at) VALUES ('m1', false, '+14155550123', 'hi', "
+                "'queued', 0, '2026-11-22 09:00:00', '2026-11-22 09:00:00')"
+            )
+        )
+
+    # When the store is upgraded
+    upgrade(engine)
+
+    # Then it is transactional, at the default category's priority, with no zone given
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT category, priority, recipient_tz FROM messages WHERE id = 'm1'")
+        ).one()
+    assert tuple(row) == ("transactional", 10, None)
+    assert "priority DESC" in index_sql(engine, "ix_messages_waiting_priority_due")

@@ -40,6 +40,8 @@ SEND_AT = st.sampled_from(
 
 
 EXPIRES_AT = st.sampled_from([None, LATER + timedelta(days=1), LATER + timedelta(days=2)])
+CATEGORY = st.sampled_from(["transactional", "marketing"])
+RECIPIENT_TZ = st.sampled_from([None, "Europe/Paris"])
 
 
 class Request(NamedTuple):
@@ -48,9 +50,11 @@ class Request(NamedTuple):
     line: str | None
     send_at: datetime | None
     expires_at: datetime | None
+    category: str = "transactional"
+    recipient_tz: str | None = None
 
 
-REQUESTS = st.builds(Request, TO, BODY, LINE, SEND_AT, EXPIRES_AT)
+REQUESTS = st.builds(Request, TO, BODY, LINE, SEND_AT, EXPIRES_AT, CATEGORY, RECIPIENT_TZ)
 
 
 def differing_field(first: Request, again: Request) -> str | None:
@@ -66,6 +70,10 @@ def differing_field(first: Request, again: Request) -> str | None:
         return "send_at"
     if first.expires_at != again.expires_at:
         return "expires_at"
+    if first.category != again.category:
+        return "category"
+    if first.recipient_tz != again.recipient_tz:
+        return "recipient_tz"
     return None
 
 
@@ -96,14 +104,30 @@ def test_a_key_reused_for_other_content_is_refused_and_a_repeat_returns_the_firs
     # Given a message stored with a key
     key = f"order-{next(_keys)}"
     first_id = hg.enqueue(
-        first.to, first.body, first.line, None, key, first.send_at, first.expires_at
+        first.to,
+        first.body,
+        first.line,
+        None,
+        key,
+        first.send_at,
+        first.expires_at,
+        category=first.category,
+        recipient_tz=first.recipient_tz,
     )
     before = snapshot(hg)
 
     # When the key comes again with these fields
     def repeat() -> str:
         return hg.enqueue(
-            again.to, again.body, again.line, None, key, again.send_at, again.expires_at
+            again.to,
+            again.body,
+            again.line,
+            None,
+            key,
+            again.send_at,
+            again.expires_at,
+            category=again.category,
+            recipient_tz=again.recipient_tz,
         )
 
     field = differing_field(first, again)

@@ -7,6 +7,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from policies.statuses import DEFAULT_CATEGORY
 from scheduler.cli.base import (
     app,
     open_client,
@@ -26,6 +27,14 @@ def enqueue(
     key: str | None = typer.Option(None, "--idempotency-key", help="Deduplication key."),
     send_at: str | None = typer.Option(None, help="Not before this ISO 8601 time."),
     expires_at: str | None = typer.Option(None, help="Drop if not sent by this ISO 8601 time."),
+    category: str = typer.Option(
+        DEFAULT_CATEGORY,
+        help="transactional (any time, first), marketing (in the recipient's day hours), "
+        "or a category the policy defines.",
+    ),
+    recipient_tz: str | None = typer.Option(
+        None, help="The recipient's IANA time zone (default: from the number)."
+    ),
 ) -> None:
     """Enqueue one message and print its id."""
     with open_client() as client:
@@ -37,6 +46,8 @@ def enqueue(
             key,
             parse_time(send_at, "send_at"),
             parse_time(expires_at, "expires_at"),
+            category=category,
+            recipient_tz=recipient_tz,
         )
     out.print(message_id, markup=False, highlight=False)
 
@@ -73,6 +84,19 @@ def explain(
         f"{escape(data['line'] or '(no line yet)')}: [bold]{escape(data['state'])}[/bold]",
         highlight=False,
     )
+    hours = data.get("sending_hours")
+    if hours:
+        zones = ", ".join(hours["time_zones"]) or "(unknown)"
+        window = hours["window"]
+        if window != "any time":
+            window += f" recipient time, in {zones}"
+        line_hours = f"; line hours {hours['line_hours']}" if hours["line_hours"] else ""
+        out.print(
+            f"  {data['category']} (priority {data['priority']}): {window}{line_hours}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     held = data.get("line_health")
     if held:
         out.print(

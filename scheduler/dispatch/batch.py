@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from policies.config import OptOutScope, Policy
 from policies.decision import Decision, Queue
 from policies.gate import ChatFacts, LineFacts, MessageFacts, limits_for
+from policies.hours import rules_of
+from policies.pace import LINE_WIDE, Limits, scaled
 from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
 from scheduler.limits import Limiter
@@ -56,6 +58,8 @@ class Batch:
     #: Recipients with one message in the batch (see ``Limiter.windows``).
     single: frozenset[str] = frozenset()
     limiter: Limiter | None = None
+    #: The smallest share of the caps a message of the batch may use (``cap_share``).
+    share: float = 1.0
     #: The end of each queue of held messages the batch holds messages on, once read.
     queue_ends: dict[QueueKey, datetime | None] = field(default_factory=dict)
 
@@ -133,6 +137,7 @@ class Batch:
                 self.digests,
                 self.limiter,
                 self.single,
+                self.share,
             )
         )
 
@@ -142,7 +147,7 @@ def _queue(message: Message, decision: Decision) -> QueueKey | None:
     if decision.action is not Action.THROTTLE or decision.pace is None or message.line_id is None:
         return None
     chat = message.chat_id if decision.pace.queue is Queue.CHAT else None
-    return QueueKey(decision.code, message.line_id, chat)
+    return QueueKey(decision.code, message.line_id, chat, message.priority)
 
 
 def load_batch(
@@ -190,6 +195,7 @@ def load_batch(
         movable=movable,
         single=_single(messages),
         limiter=runtime.limiter,
+        share=min(rules_of(policy, m.category).cap_share for m in messages),
     )
     batch.load_usage(session, used)
     return batch
@@ -223,14 +229,19 @@ def batch_usage(
     digests: Collection[str] = (),
     limiter: Limiter | None = None,
     single: Collection[str] = (),
+    share: float = 1.0,
 ) -> dict[int, LineUsage]:
     """Usage of ``lines`` under each line's caps as they apply at ``now``, for up to
-    ``headroom`` sends to ``recipients`` (by line id) with bodies of ``digests``.
+    ``headroom`` sends to ``recipients`` (by line id) with bodies of ``digests``, by
+    messages that may use ``share`` of each line-wide cap.
 
     The caps' windows come from the limiter when it keeps them (it is the count every
     worker shares), else from the store; the content rule's from the store.
     """
     limits = {line.id: limits_for(line_facts(line), policy, now) for line in lines}
+    # A category that may use only a share of a cap reaches it sooner: its times are
+    # needed that much earlier.
+    headroom += kept_back(limits.values(), share)
     body_limit = policy.content.same_body_max_recipients_per_hour
     numbers = {line.id: line.number for line in lines}
     windows = (
@@ -242,6 +253,20 @@ def batch_usage(
     if digests:
         load_bodies(session, windows, digests, now, headroom, body_limit, everyone)
     return windows
+
+
+def kept_back(limits: Iterable[Limits], share: float) -> int:
+    """The most a category that may use ``share`` of them leaves of the line-wide caps."""
+    if share >= 1:
+        return 0
+    return max(
+        (
+            getattr(each, cap) - scaled(getattr(each, cap), share)
+            for each in limits
+            for cap in LINE_WIDE
+        ),
+        default=0,
+    )
 
 
 def _recipients_by_line(messages: Sequence[Message]) -> dict[int, frozenset[str]]:
@@ -342,6 +367,8 @@ def facts_for(message: Message, batch: Batch) -> Facts:
             held_since=message.held_since,
             may_reroute=not message.pinned and is_new,
             body_hash=message.body_hash,
+            category=message.category,
+            recipient_tz=message.recipient_tz,
         ),
         ChatFacts(
             health=health,

@@ -23,7 +23,7 @@ class Claim(NamedTuple):
 
 
 def claim_due(runtime: Runtime, now: datetime, limit: int) -> Claim:
-    """Lease up to ``limit`` due messages atomically.
+    """Lease up to ``limit`` due messages atomically, highest priority first, then oldest.
 
     PostgreSQL skips rows another claimer holds (``FOR UPDATE SKIP LOCKED``); SQLite
     transactions take the write lock first (``BEGIN IMMEDIATE``), so claims never
@@ -49,7 +49,9 @@ def claim_due(runtime: Runtime, now: datetime, limit: int) -> Claim:
             # The partial index's own predicate, as literal text, so that the planner
             # uses it whatever plan it caches.
             .where(text(WAITING_SQL), Message.not_before <= now)
-            .order_by(Message.not_before, Message.id)
+            # Highest priority first: when the caps cannot take every due message, a
+            # passcode is claimed (and so decided and sent) before any campaign.
+            .order_by(Message.priority.desc(), Message.not_before, Message.id)
             .limit(room)
             .with_for_update(skip_locked=True)
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from sqlalchemy import select
@@ -14,7 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from policies.codes import CAP_CODES, Code
 from policies.decision import Decision
 from policies.decision import send as fit_to_send
-from policies.gate import LineFacts, decide, limits_for, throttled
+from policies.gate import LineFacts, decide, limits_of, throttled
 from policies.pace import Limits
 from policies.statuses import Action, LineReputation, LineStatus
 from scheduler.dispatch.answers import BatchAnswers
@@ -30,7 +30,7 @@ from scheduler.store.lines import claim_probe
 from scheduler.store.models import Chat, Message, MessageState
 from scheduler.store.router import chat_for, eligible_lines, rank
 
-__all__ = ["dispatch_claimed", "drain"]
+__all__ = ["dispatch_claimed", "drain", "in_turn"]
 
 #: Who applies a policy change found by ``drain`` (the tick names its worker).
 DRAIN_WORKER = "drain"
@@ -108,7 +108,7 @@ def _gate_all(
     to the earlier one.
     """
     sends: list[Send] = []
-    waiting = list(messages)
+    waiting = in_turn(messages)
     while waiting:
         proposals: list[_Proposal] = []
         later: list[Message] = []
@@ -133,6 +133,26 @@ def _gate_all(
                 sends.append(send)
         waiting = later
     return sends
+
+
+def in_turn(messages: Sequence[Message]) -> list[Message]:
+    """The order a batch is decided in, so the caps' room goes to the right messages:
+    higher priority first; within a priority, recipients in turn (each one's first
+    message, then each one's second...), so one recipient's many messages do not take
+    the room of everyone else's; then the oldest. One recipient's messages keep the
+    order they came in."""
+    seen: dict[tuple[int, str], int] = {}
+    keyed = []
+    for message in sorted(messages, key=lambda m: m.id):
+        place = (message.priority, message.recipient)
+        turn = seen.get(place, 0)
+        seen[place] = turn + 1
+        keyed.append(((-message.priority, turn, message.not_before or _EPOCH, message.id), message))
+    return [message for _, message in sorted(keyed, key=lambda pair: pair[0])]
+
+
+#: Sorts a message with no time first (a claimed message always has one).
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 def _propose(session: Session, message: Message, batch: Batch) -> _Proposal:
@@ -214,9 +234,10 @@ def _reserve_all(
 def _request(
     message: Message, attempt: int, line: LineFacts, new_chat: bool, batch: Batch
 ) -> tuple[Ticket, Limits]:
-    """What the limiter is asked for one send: its ticket, and its line's caps now."""
+    """What the limiter is asked for one send: its ticket, and the caps its category
+    may use on its line now."""
     ticket = Ticket(message.id, attempt, line.number, message.recipient, new_chat)
-    return ticket, limits_for(line, batch.policy, batch.now)
+    return ticket, limits_of(line, message.category, batch.policy, batch.now)
 
 
 def _elsewhere(

@@ -8,16 +8,16 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select, true
+from sqlalchemy import ColumnElement, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from policies.changes import Affected, affected, diff
+from policies.changes import Affected, affected, diff, priorities
 from policies.codes import Code
 from policies.errors import cut
 from policies.statuses import LineReputation
 from scheduler.runtime import Loaded
 from scheduler.store import transitions
-from scheduler.store.models import Line, Message
+from scheduler.store.models import FINAL_STATES, Line, Message
 from scheduler.store.policy_state import Applied, applied, record_first, take_change
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def apply_policy_change(session: Session, loaded: Loaded, now: datetime, worker:
         )
         for held in affected(previous.policy, mine.policy)
     )
+    reprioritise(session, priorities(previous.policy, mine.policy))
     log.info(
         "policy %s applied (was %s): %d held message(s) looked at again",
         mine.fingerprint,
@@ -59,6 +60,21 @@ def apply_policy_change(session: Session, loaded: Loaded, now: datetime, worker:
         released,
     )
     return released
+
+
+def reprioritise(session: Session, changed: Mapping[str, int]) -> None:
+    """Give the messages not yet finished of each category in ``changed`` its new
+    priority: the claim orders by the value kept on the message."""
+    for category, priority in changed.items():
+        session.execute(
+            update(Message)
+            .where(
+                Message.category == category,
+                Message.state.not_in([state.value for state in FINAL_STATES]),
+            )
+            .values(priority=priority)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _where(

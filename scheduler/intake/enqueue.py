@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from policies.errors import InvalidInput
 from scheduler.constants import ENQUEUE_COMMIT, SQLITE_WRITER_PAUSE_SECONDS
-from scheduler.intake.messages import NewMessage, Valid, validated
+from scheduler.intake.messages import NewMessage, Valid, check_categories, validated
 from scheduler.intake.outbox import Call, store_all
 from scheduler.intake.repeats import check_all_stored, check_call, line_numbers
 from scheduler.runtime import Runtime, utcnow
@@ -52,6 +52,7 @@ def enqueue_many(
     now = now or utcnow()
     given = list(messages)
     items = [validated(item, index, len(given), now) for index, item in enumerate(given)]
+    check_categories(items, runtime.policy)
     check_call(items)
     if connection is not None:
         return _in_savepoint(runtime, connection, items, now)

@@ -27,6 +27,8 @@ KEY_COLUMNS = (
     "line_id",
     "send_at",
     "expires_at",
+    "category",
+    "recipient_tz",
 )
 
 #: Keys a pre-check reads a statement: well under SQLite's limit of bound values.
@@ -45,7 +47,8 @@ def check_call(items: Sequence[Valid]) -> None:
         where = f"{earlier.where.rstrip('.')} of this call"
         named = (earlier.line is not None, earlier.line)
         times = (earlier.send_at, earlier.expires_at)
-        _compare(item, earlier.to, earlier.body, named, times, where)
+        kind = (earlier.category, earlier.recipient_tz)
+        _compare(item, earlier.to, earlier.body, named, times, kind, where)
 
 
 def check_stored(item: Valid, row: Any, line_numbers: Mapping[int, str]) -> None:
@@ -53,7 +56,8 @@ def check_stored(item: Valid, row: Any, line_numbers: Mapping[int, str]) -> None
     holds other content."""
     line = line_numbers.get(row.line_id) if row.pinned else None
     times = (_aware(row.send_at), _aware(row.expires_at))
-    _compare(item, row.recipient, row.body, (bool(row.pinned), line), times, "the message")
+    kind = (row.category, row.recipient_tz)
+    _compare(item, row.recipient, row.body, (bool(row.pinned), line), times, kind, "the message")
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -68,6 +72,7 @@ def _compare(
     body: str,
     line: tuple[bool, str | None],
     times: tuple[datetime | None, datetime | None],
+    kind: tuple[str, str | None],
     where: str,
 ) -> None:
     """The first field of ``item`` that differs from the first message's, as an error.
@@ -75,7 +80,8 @@ def _compare(
     A line counts only when the repeat names one: the first message must have named the
     same one. ``send_at`` counts as given: a repeat without it asks for now, which a
     message waiting for a later time is not (times compare as instants); so does
-    ``expires_at``: a repeat without one asks that the message never expire.
+    ``expires_at``: a repeat without one asks that the message never expire; and the
+    category and recipient's zone, which decide when it may go.
     """
     key = item.idempotency_key
     assert key is not None
@@ -91,6 +97,10 @@ def _compare(
         differs = ("send_at", times[0], item.send_at)
     elif item.expires_at != times[1]:
         differs = ("expires_at", times[1], item.expires_at)
+    elif item.category != kind[0]:
+        differs = ("category", kind[0], item.category)
+    elif item.recipient_tz != kind[1]:
+        differs = ("recipient_tz", kind[1], item.recipient_tz)
     if differs is not None:
         field, first, given = differs
         raise IdempotencyConflict(key, f"{item.where}{field}", first, given, where)

@@ -21,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from policies.config import DEFAULT_CATEGORIES, DEFAULT_CATEGORY
+
 # A message's states live in a module of their own, light enough for the command line's
 # help to list them without loading SQLAlchemy; they are re-exported here.
 from scheduler.store.states import CANCELLABLE_STATES as CANCELLABLE_STATES
@@ -28,6 +30,9 @@ from scheduler.store.states import FINAL_STATES as FINAL_STATES
 from scheduler.store.states import RETRYABLE_STATES as RETRYABLE_STATES
 from scheduler.store.states import WAITING_STATES as WAITING_STATES
 from scheduler.store.states import MessageState as MessageState
+
+#: The priority of a message stored before categories existed: the default category's.
+DEFAULT_PRIORITY: int = DEFAULT_CATEGORIES[DEFAULT_CATEGORY]["priority"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -203,10 +208,12 @@ class Message(Base):
     __table_args__ = (
         # The claim: waiting messages whose time has come, oldest first.
         Index("ix_messages_state_not_before", "state", "not_before"),
-        # The claim's order: read in index order up to its limit, never sorting every
-        # due message (a backlog released at once is all due).
+        # The claim's order, highest priority first and then oldest: read in index
+        # order up to its limit, never sorting every due message (a backlog released
+        # at once is all due).
         Index(
-            "ix_messages_waiting_due",
+            "ix_messages_waiting_priority_due",
+            text("priority DESC"),
             "not_before",
             "id",
             postgresql_where=text(WAITING_SQL),
@@ -236,11 +243,12 @@ class Message(Base):
         # Releases and opt-out drops: a chat's waiting messages.
         Index("ix_messages_chat_state", "chat_id", "state"),
         # The ends of the queues of held messages (``store.queues``): a line's, and a
-        # chat's, throttled messages by rule and time.
+        # chat's, throttled messages by rule, priority and time.
         Index(
             "ix_messages_throttled_line",
             "line_id",
             "last_code",
+            "priority",
             "not_before",
             postgresql_where=text(THROTTLED_SQL),
             sqlite_where=text(THROTTLED_SQL),
@@ -249,6 +257,7 @@ class Message(Base):
             "ix_messages_throttled_chat",
             "chat_id",
             "last_code",
+            "priority",
             "not_before",
             postgresql_where=text(THROTTLED_SQL),
             sqlite_where=text(THROTTLED_SQL),
@@ -310,6 +319,18 @@ class Message(Base):
     #: A digest of the normalised body, so near-identical bodies compare equal.
     body_hash: Mapped[str | None] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16))
+    #: What kind of message it is (``transactional``, ``marketing``, or one the policy
+    #: defines): its window and its priority come from the policy's category.
+    category: Mapped[str] = mapped_column(
+        String(32), default=DEFAULT_CATEGORY, server_default=DEFAULT_CATEGORY
+    )
+    #: Its category's priority, kept here for the claim's order (higher goes first);
+    #: set again for waiting messages when the policy changes it.
+    priority: Mapped[int] = mapped_column(
+        default=DEFAULT_PRIORITY, server_default=text(str(DEFAULT_PRIORITY))
+    )
+    #: The recipient's time zone as the application gave it (None: from the number).
+    recipient_tz: Mapped[str | None] = mapped_column(String(64))
     not_before: Mapped[datetime | None]
     send_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]

@@ -1,9 +1,9 @@
 """Where each rate rule's queue of held messages ends, so a new hold joins its end.
 
 A message a cap throttles waits for its turn, not for the moment the cap first allows
-one more send: held messages on the same queue (a line, or one recipient on it) are
-spaced at the cap's pace. The scheduler reads the latest time already given on each
-queue it adds to, once a batch, from an index of throttled messages.
+one more send: held messages on the same queue (a line, or one recipient on it, at one
+priority) are spaced at the cap's pace. The scheduler reads the latest time already
+given on each queue it adds to, once a batch, from an index of throttled messages.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class QueueKey(NamedTuple):
     line_id: int
     #: None for a line's queue.
     chat_id: int | None
+    #: Each priority has its own queue: a transactional message never joins the end of
+    #: a marketing backlog (the claim takes the higher priority first when both are due).
+    priority: int = 0
 
 
 def queue_ends(session: Session, keys: Collection[QueueKey]) -> dict[QueueKey, datetime]:
@@ -36,7 +39,7 @@ def queue_ends(session: Session, keys: Collection[QueueKey]) -> dict[QueueKey, d
     One statement per ``_CHUNK`` queues, each queue a lookup of the end of an
     ``ix_messages_throttled_*`` index, so the read does not grow with the backlog.
     """
-    ordered = sorted(keys, key=lambda k: (k.code, k.line_id, k.chat_id or 0))
+    ordered = sorted(keys, key=lambda k: (k.code, k.line_id, k.chat_id or 0, k.priority))
     ends: dict[QueueKey, datetime] = {}
     for start in range(0, len(ordered), _CHUNK):
         part = ordered[start : start + _CHUNK]
@@ -52,5 +55,8 @@ def _end(number: int, key: QueueKey) -> Select[int, datetime | None]:
         else Message.line_id == key.line_id
     )
     return select(literal(number), func.max(Message.not_before)).where(
-        Message.state == MessageState.THROTTLED.value, Message.last_code == key.code, where
+        Message.state == MessageState.THROTTLED.value,
+        Message.last_code == key.code,
+        Message.priority == key.priority,
+        where,
     )

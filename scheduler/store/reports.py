@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 
 from policies.config import Policy
 from policies.errors import InvalidInput
+from policies.hours import line_hours, rules_of, window_text
+from policies.windows import recipient_zones
 from scheduler.store import backlog, outcomes
 from scheduler.store.models import WAITING_STATES, Chat, Line, Message
 from scheduler.store.policy_state import applied, workers
@@ -99,8 +101,9 @@ def policy_in_force(
     return (current.fingerprint if current else None), seen
 
 
-def explain(session: Session, message_id: str) -> dict[str, Any]:
-    """Every decision taken on one message, oldest first."""
+def explain(session: Session, message_id: str, policy: Policy | None = None) -> dict[str, Any]:
+    """Every decision taken on one message, oldest first; with ``policy``, the hours it
+    may go in as well."""
     message = session.get(Message, message_id)
     if message is None:
         raise InvalidInput("id", message_id, "no message has this id")
@@ -120,6 +123,10 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
         "expires_at": _iso(message.expires_at),
         "attempts": message.attempts,
         "idempotency_key": message.idempotency_key,
+        "category": message.category,
+        "priority": message.priority,
+        "recipient_tz": message.recipient_tz,
+        "sending_hours": _hours(message, line, policy) if policy is not None else None,
         "created_at": _iso(message.created_at),
         "sent_at": _iso(message.sent_at),
         # When retention emptied its body; its decisions below are kept.
@@ -129,6 +136,19 @@ def explain(session: Session, message_id: str) -> dict[str, Any]:
         "decisions": [_decision(d) for d in _with_enqueue(message, line, decisions)],
         # Each final state it reached, and whether the application's callback has it.
         "outcomes": outcomes.of_message(session, message_id),
+    }
+
+
+def _hours(message: Message, line: Line | None, policy: Policy) -> dict[str, Any]:
+    """The window a message goes in, the zones it is read in, and its line's hours."""
+    rules = rules_of(policy, message.category)
+    ours = line_hours(policy, line.number) if line is not None else None
+    return {
+        "window": window_text(rules.hours),
+        "time_zones": list(recipient_zones(message.recipient, message.recipient_tz))
+        if rules.hours is not None
+        else [],
+        "line_hours": None if ours is None else f"{ours.window} {ours.zones[0]}",
     }
 
 
