@@ -42,15 +42,15 @@ def line_signals(
     window = now - policy.early_warning.window
     in_window = Message.dispatched_at > window
     # Sends old enough to have had an answer: the reply rate's denominator.
-    answerable = and_(in_window, Message.dispatched_at <= now - policy.early_warning.reply_wait)
+    old_enough = and_(in_window, Message.dispatched_at <= now - policy.early_warning.reply_wait)
     hour = Message.dispatched_at > now - HOUR
     counted = session.execute(
         select(
             Message.line_id,
             func.count(distinct(Message.chat_id)).filter(in_window),
-            func.count(distinct(Message.chat_id)).filter(answerable),
+            func.count(distinct(Message.chat_id)).filter(old_enough),
             func.count(distinct(Message.chat_id)).filter(
-                answerable, Chat.last_inbound_at > Message.dispatched_at
+                old_enough, Chat.last_inbound_at > Message.dispatched_at
             ),
             func.count(distinct(Message.chat_id)).filter(
                 in_window, Chat.first_sent_at > window, OURS
