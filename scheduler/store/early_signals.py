@@ -50,7 +50,10 @@ def line_signals(
             func.count(distinct(Message.chat_id)).filter(in_window),
             func.count(distinct(Message.chat_id)).filter(old_enough),
             func.count(distinct(Message.chat_id)).filter(
-                old_enough, Chat.last_inbound_at > Message.dispatched_at
+                # A STOP is no engagement: a chat opted out does not count as replied.
+                old_enough,
+                Chat.last_inbound_at > Message.dispatched_at,
+                Chat.opted_out_at.is_(None),
             ),
             func.count(distinct(Message.chat_id)).filter(
                 in_window, Chat.first_sent_at > window, OURS
