@@ -70,6 +70,23 @@ class Estimate:
     status: LineReputation = LineReputation.HEALTHY
     reasons: tuple[Reason, ...] = ()
 
+    def as_json(self) -> dict[str, object]:
+        """The status and each reason, for ``status`` and ``explain``."""
+        return {
+            "status": self.status.value,
+            "reasons": [
+                {
+                    "signal": r.signal,
+                    "value": r.value,
+                    "threshold": r.threshold,
+                    "window": r.window,
+                    "status": r.status.value,
+                    "text": str(r),
+                }
+                for r in sorted(self.reasons, key=lambda r: -severity(r.status))
+            ],
+        }
+
     def why(self) -> str:
         """The reasons in one line, worst first."""
         ordered = sorted(self.reasons, key=lambda r: -severity(r.status))

@@ -7,17 +7,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+import pydantic.v1  # noqa: F401  FastAPI imports it lazily, which fails once freezegun fakes date
 import pytest
+from fastapi.testclient import TestClient
 from freezegun.api import FrozenDateTimeFactory
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from policies.outcome import Failure
+from scheduler.cli import app
 from scheduler.client import Healthgate
 from scheduler.providers import SendFailed
+from scheduler.settings import Settings
 from scheduler.store.early_signals import chat_signals, line_signals
 from scheduler.store.models import Chat, Line
+from scheduler.web import create_app
 from tests.conftest import LINE_A, START
 from tests.test_dispatch import Refusing, use
+from tests.web_client import BASE_URL, TOKEN, web_settings
 
 Sends = Callable[[], list[dict[str, str]]]
 BOB, CAROL, DAN, EVE, FAY = (f"+1415555012{i}" for i in range(3, 8))
@@ -197,3 +204,65 @@ def test_enforce_slows_a_line_before_the_provider_says_anything(
     seventh = hg.enqueue(to="+14155550198", body="hi again", line=LINE_A)
     hg.drain()
     assert state(hg, seventh) == "sent"
+
+
+@pytest.mark.parametrize(
+    "policy_text",
+    [with_mode("shadow", min_chats=5, reply_wait_hours=1)],
+    indirect=True,
+)
+def test_status_explain_and_the_page_show_the_estimate_beside_the_provider(
+    hg: Healthgate,
+    clock: FrozenDateTimeFactory,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given five conversations two hours old, none answered: the estimate says AT_RISK,
+    # the provider nothing
+    ids = [hg.enqueue(to=r, body=f"hello {r}", line=LINE_A) for r in FIVE]
+    hg.drain()
+    clock.tick(timedelta(hours=2))
+    reason = "reply rate 0 < 0.05 over 24 h"
+
+    # Then status (the API's JSON) shows both
+    (line,) = hg.status()["lines"]
+    assert (line["reputation"], line["health_estimate"]["status"]) == ("HEALTHY", "AT_RISK")
+    assert [r["text"] for r in line["health_estimate"]["reasons"]] == [reason]
+    assert hg.status()["early_warning"] == "shadow"
+    # And explain shows the line's and the chat's, each as the provider and the estimate
+    health = hg.explain(ids[0])["health"]
+    assert health["line"]["provider"] == "HEALTHY"
+    assert health["line"]["estimate"]["status"] == "AT_RISK"
+    assert (health["chat"]["provider"], health["chat"]["estimate"]["status"]) == (
+        "HEALTHY",
+        "HEALTHY",
+    )
+
+    # And so do the CLI's status and explain
+    for name, value in (
+        ("DATABASE_URL", settings.database_url),
+        ("POLICY_FILE", str(settings.policy_file)),
+        ("DATA_DIR", str(settings.data_dir)),
+        ("BROKER_URL", "memory://"),
+    ):
+        monkeypatch.setenv(f"HEALTHGATE_{name}", value)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "estimate (shadow)" in shown.output
+    assert f"{LINE_A}: estimate AT_RISK: {reason}" in shown.output
+    explained = runner.invoke(app, ["explain", ids[0]], env={"COLUMNS": "200"})
+    assert explained.exit_code == 0, explained.output
+    assert (
+        f"line: provider HEALTHY, healthgate's estimate AT_RISK ({reason}) [early warning shadow]"
+        in explained.output
+    )
+
+    # And the status page
+    web = create_app(web_settings(settings))
+    with TestClient(web, base_url=BASE_URL, follow_redirects=False) as browser:
+        browser.post("/login", data={"token": TOKEN})
+        page = browser.get("/", params={"message": ids[0]}).text
+    assert "estimate AT_RISK <small>(shadow)</small>" in page
+    assert f'title="{reason.replace("<", "&lt;")}"' in page
+    assert f"provider HEALTHY · estimate AT_RISK ({reason.replace('<', '&lt;')})" in page

@@ -15,17 +15,10 @@ from sqlalchemy.orm import Session
 
 from policies.config import EarlyWarningMode, Policy
 from policies.decision import Decision
-from policies.early_warning import (
-    HEALTHY,
-    Estimate,
-    chat_status,
-    estimate_chat,
-    estimate_line,
-    more_severe,
-)
+from policies.early_warning import HEALTHY, Estimate, chat_status, more_severe
 from policies.gate import ChatFacts, LineFacts
 from policies.statuses import Action, ChatHealth
-from scheduler.store.early_signals import chat_signals, line_signals
+from scheduler.store.early_signals import chat_estimates, line_estimates
 from scheduler.store.models import Chat, Line
 
 
@@ -128,12 +121,10 @@ def load_estimates(
     if mode is EarlyWarningMode.OFF:
         return None
     found = Estimates(mode, policy, now)
-    for line_id, signals in line_signals(session, lines, policy, now).items():
-        estimate = estimate_line(signals, policy, now)
+    for line_id, estimate in line_estimates(session, lines, policy, now).items():
         if estimate.reasons:
             found.lines[line_id] = estimate
-    for chat_id, chat_signal in chat_signals(session, chats, policy, now).items():
-        estimate = estimate_chat(chat_signal, policy.early_warning, now)
+    for chat_id, estimate in chat_estimates(session, chats, policy, now).items():
         if estimate.reasons:
             found.chats[chat_id] = estimate
     return found

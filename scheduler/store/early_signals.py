@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 
 from policies.codes import Code
 from policies.config import Policy
-from policies.early_warning import ChatSignals, LineSignals
+from policies.early_warning import (
+    ChatSignals,
+    Estimate,
+    LineSignals,
+    estimate_chat,
+    estimate_line,
+)
 from policies.keywords import Inbound
 from policies.statuses import ChatHealth
 from policies.usage import DAY, HOUR
@@ -180,4 +186,30 @@ def chat_signals(
     return found
 
 
-__all__ = ["REFUSALS", "chat_signals", "line_signals"]
+def line_estimates(
+    session: Session, lines: Collection[Line], policy: Policy, now: datetime
+) -> dict[int, Estimate]:
+    """The estimate of each of ``lines`` at ``now``."""
+    return {
+        line_id: estimate_line(signals, policy, now)
+        for line_id, signals in line_signals(session, lines, policy, now).items()
+    }
+
+
+def chat_estimates(
+    session: Session, chats: Mapping[int, Chat], policy: Policy, now: datetime
+) -> dict[int, Estimate]:
+    """The estimate of each of ``chats`` at ``now``."""
+    return {
+        chat_id: estimate_chat(signals, policy.early_warning, now)
+        for chat_id, signals in chat_signals(session, chats, policy, now).items()
+    }
+
+
+__all__ = [
+    "REFUSALS",
+    "chat_estimates",
+    "chat_signals",
+    "line_estimates",
+    "line_signals",
+]
