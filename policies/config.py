@@ -403,6 +403,10 @@ class EarlyWarningPolicy(_Section):
     chat_reply_rate_at_risk: Share = 0.1
     chat_min_sends: Count = 5
     chat_window_hours: Hours = 7 * 24
+    #: A worker reads its lines' signals again once they are this old (0: every batch).
+    #: A line's windows are an hour and a day: a minute-old reading is as good, and
+    #: reading them every batch would cost a busy worker. Chats are read every batch.
+    refresh_seconds: Annotated[float, Field(ge=0, le=MAX_RETRY_SECONDS, strict=True)] = 60
     #: A message held only by the estimate is looked at again this often, so it goes
     #: when the signals recover (no provider signal releases it).
     recheck_minutes: Annotated[float, Field(gt=0, le=MAX_PROBE_MINUTES, strict=True)] = 30
@@ -440,6 +444,10 @@ class EarlyWarningPolicy(_Section):
     @property
     def chat_silence(self) -> timedelta:
         return timedelta(hours=self.chat_silence_hours_at_risk)
+
+    @property
+    def refresh(self) -> timedelta:
+        return timedelta(seconds=self.refresh_seconds)
 
     @property
     def reply_wait(self) -> timedelta:

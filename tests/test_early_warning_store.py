@@ -201,6 +201,7 @@ def test_enforce_slows_a_line_before_the_provider_says_anything(
     # a seventh conversation waits only for the day's cap of ten
     hg.record_inbound(LINE_A, BOB, "sure")
     hg.record_inbound(LINE_A, CAROL, "ok")
+    clock.tick(timedelta(minutes=1))  # a worker reads its lines' signals once a minute
     seventh = hg.enqueue(to="+14155550198", body="hi again", line=LINE_A)
     hg.drain()
     assert state(hg, seventh) == "sent"

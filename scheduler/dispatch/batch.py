@@ -182,7 +182,7 @@ def load_batch(
     )
     runtime.limiter.lock(session, sorted(lines) if movable else [line.id for line in used])
     enabled = [line for line in lines.values() if line.enabled]
-    estimates = load_estimates(session, enabled, chats, policy, now)
+    estimates = load_estimates(session, enabled, chats, policy, now, runtime.engine)
     at_risk = at_risk_chats(chats, estimates)
     batch = Batch(
         policy,

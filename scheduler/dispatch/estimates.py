@@ -8,8 +8,10 @@ the provider's status and the estimate, and each decision it changed names both.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+import weakref
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
@@ -109,21 +111,53 @@ class Estimates:
         return "; ".join(parts)
 
 
+class _Read(NamedTuple):
+    """Line estimates as read at ``at`` under ``policy``."""
+
+    at: datetime
+    policy: Policy
+    lines: frozenset[int]
+    estimates: dict[int, Estimate]
+
+
+#: Each store's line estimates, last read (per process; see ``refresh_seconds``).
+_LINES: weakref.WeakKeyDictionary[object, _Read] = weakref.WeakKeyDictionary()
+
+
 def load_estimates(
     session: Session,
     lines: Collection[Line],
     chats: Mapping[int, Chat],
     policy: Policy,
     now: datetime,
+    store: object | None = None,
 ) -> Estimates | None:
-    """The estimate of ``lines`` and ``chats`` at ``now`` (None when the mode is off)."""
+    """The estimate of ``lines`` and ``chats`` at ``now`` (None when the mode is off).
+
+    The lines' are read again once ``refresh_seconds`` old for ``store`` (their windows
+    are an hour and a day: a busy worker need not count them every batch); the chats'
+    every batch (they are the batch's own, and a reply must count at once).
+    """
     mode = policy.early_warning.mode
     if mode is EarlyWarningMode.OFF:
         return None
     found = Estimates(mode, policy, now)
-    for line_id, estimate in line_estimates(session, lines, policy, now).items():
-        if estimate.reasons:
-            found.lines[line_id] = estimate
+    ids = frozenset(line.id for line in lines)
+    kept = _LINES.get(store) if store is not None else None
+    fresh = (
+        kept is not None
+        and kept.policy is policy
+        and kept.lines == ids
+        and kept.at <= now < kept.at + policy.early_warning.refresh
+    )
+    if fresh and kept is not None:
+        found.lines.update(kept.estimates)
+    else:
+        for line_id, estimate in line_estimates(session, lines, policy, now).items():
+            if estimate.reasons:
+                found.lines[line_id] = estimate
+        if store is not None:
+            _LINES[store] = _Read(now, policy, ids, dict(found.lines))
     for chat_id, estimate in chat_estimates(session, chats, policy, now).items():
         if estimate.reasons:
             found.chats[chat_id] = estimate
