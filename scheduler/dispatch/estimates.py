@@ -7,8 +7,8 @@ the provider's status and the estimate, and each decision it changed names both.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
 import weakref
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import NamedTuple
