@@ -5,7 +5,7 @@ enforce mode slowing a line before the provider says anything."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pydantic.v1  # noqa: F401  FastAPI imports it lazily, which fails once freezegun fakes date
 import pytest
@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from policies.outcome import Failure
 from scheduler.cli import app
 from scheduler.client import Healthgate
+from scheduler.dispatch.estimates import load_estimates
 from scheduler.providers import SendFailed
 from scheduler.settings import Settings
 from scheduler.store.early_signals import chat_signals, line_signals
@@ -267,3 +268,42 @@ def test_status_explain_and_the_page_show_the_estimate_beside_the_provider(
     assert "estimate AT_RISK <small>(shadow)</small>" in page
     assert f'title="{reason.replace("<", "&lt;")}"' in page
     assert f"provider HEALTHY · estimate AT_RISK ({reason.replace('<', '&lt;')})" in page
+
+
+class Store:
+    """What a worker's estimates are kept by (its engine, in dispatch)."""
+
+
+@pytest.mark.parametrize(
+    "policy_text",
+    [with_mode("enforce", min_chats=5, reply_wait_hours=1)],
+    indirect=True,
+)
+def test_a_worker_reads_its_lines_signals_again_once_a_refresh_old(
+    hg: Healthgate, clock: FrozenDateTimeFactory
+) -> None:
+    # Given a line whose five conversations of two hours ago are unanswered
+    for recipient in FIVE:
+        hg.enqueue(to=recipient, body=f"hello {recipient}", line=LINE_A)
+    hg.drain()
+    clock.tick(timedelta(hours=2))
+    now = START + timedelta(hours=2)
+    runtime, store = hg.runtime, Store()
+
+    def line_status(at: datetime) -> str:
+        with runtime.sessions.begin() as session:
+            lines = list(session.scalars(select(Line)))
+            found = load_estimates(session, lines, {}, runtime.policy, at, store)
+            assert found is not None
+            return found.line(lines[0].id).status.value
+
+    assert line_status(now) == "AT_RISK"
+    # When two recipients answer
+    hg.record_inbound(LINE_A, BOB, "sure")
+    hg.record_inbound(LINE_A, CAROL, "ok")
+
+    # Then the reading is kept for refresh_seconds (60), and read again after
+    assert line_status(now + timedelta(seconds=59)) == "AT_RISK"
+    assert line_status(now + timedelta(seconds=60)) == "HEALTHY"
+    # And a moment before the reading (another worker's clock) reads again
+    assert line_status(now - timedelta(hours=1)) == "HEALTHY"
