@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import sqlite3
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -174,7 +175,7 @@ def worlds() -> dict[str, World]:
             2,
             engaged,
             {"at_risk_sends_per_minute": 15, "critical_sends_per_minute": 30},
-            [_wave("09:00:00", 800, 1)],
+            [_wave("09:00:00", 2000, 0.5)],
             200_000,
         ),
     }
@@ -196,6 +197,8 @@ class Watched(Simulation):
     """A simulation that reads every line's estimate at the end of each simulated hour."""
 
     readings: list[tuple[float, str, str]] = field(default_factory=list)
+    #: The signals past a threshold at each reading where there was one.
+    signals: list[tuple[float, str, tuple[str, ...]]] = field(default_factory=list)
 
     def _close_hour(self, runtime: Runtime, outcome: Outcome, end: datetime) -> None:
         super()._close_hour(runtime, outcome, end)
@@ -204,7 +207,11 @@ class Watched(Simulation):
             lines = list(session.scalars(select(Line)))
             found = line_estimates(session, lines, self.policy, end)
             for line in lines:
-                self.readings.append((hour, line.number, found[line.id].status.value))
+                estimate = found[line.id]
+                self.readings.append((hour, line.number, estimate.status.value))
+                if estimate.reasons:
+                    names = tuple(sorted({r.signal for r in estimate.reasons}))
+                    self.signals.append((hour, line.number, names))
 
 
 def _run(job: tuple[str, str, str]) -> dict[str, Any]:
@@ -227,6 +234,7 @@ def _run(job: tuple[str, str, str]) -> dict[str, Any]:
         "engaged_sent": engaged,
         "flags": [(h, line, s) for h, line, s in outcome.line_flags if s in FLAGS],
         "readings": run.readings,
+        "signals": run.signals,
     }
 
 
@@ -259,6 +267,12 @@ def measure(world: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     quiet = [n for n in LINES if n not in flagged]
     alarms = _long_alarms(shadow["readings"]) & set(quiet)
     enforced_flagged = _first(enforce["flags"], FLAGS)
+    # Which signals raised the estimate: on the lines flagged, up to their flag; on the
+    # others, at every reading.
+    raised: Counter[str] = Counter()
+    for hour, line, names in shadow["signals"]:
+        if line not in flagged or hour <= flagged[line]:
+            raised.update(names)
     return {
         "world": world,
         "flagged": len(flagged),
@@ -273,6 +287,7 @@ def measure(world: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "sent_enforce": enforce["sent"],
         "seconds_off": round(off["wall_seconds"], 1) if off else None,
         "seconds_shadow": round(shadow["wall_seconds"], 1),
+        "signals_hours": dict(raised.most_common()),
     }
 
 
@@ -308,7 +323,18 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['sent_enforce']:,} / {r['sent_shadow']:,} "
             f"| {_cost(r)} |\n"
         )
-    return head + body
+    causes = "".join(
+        f"- {r['world']}: "
+        + (", ".join(f"{name} ({hours})" for name, hours in r["signals_hours"].items()) or "none")
+        + "\n"
+        for r in rows
+    )
+    return (
+        head
+        + body
+        + "\nSignals past a threshold, with the number of line-hours each was (on flagged "
+        "lines, up to their flag):\n\n" + causes
+    )
 
 
 def main() -> None:

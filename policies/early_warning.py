@@ -62,6 +62,10 @@ class Reason:
             f"over {self.window}"
         )
 
+    def rule(self) -> str:
+        """The threshold crossed, without the value (which moves with every send)."""
+        return f"{self.signal} {self.op} {_number(self.threshold)} over {self.window}"
+
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
@@ -89,8 +93,16 @@ class Estimate:
 
     def why(self) -> str:
         """The reasons in one line, worst first."""
-        ordered = sorted(self.reasons, key=lambda r: -severity(r.status))
-        return "; ".join(str(r) for r in ordered) or "no signal past a threshold"
+        return "; ".join(str(r) for r in self._ordered()) or "no signal past a threshold"
+
+    def rules(self) -> str:
+        """The thresholds crossed in one line, worst first, without the values: what a
+        decision records, so a hold decided again under the same rules is one record
+        counted again (``explain`` and ``status`` show the values as they are now)."""
+        return "; ".join(r.rule() for r in self._ordered()) or "no signal past a threshold"
+
+    def _ordered(self) -> list[Reason]:
+        return sorted(self.reasons, key=lambda r: -severity(r.status))
 
 
 HEALTHY = Estimate()

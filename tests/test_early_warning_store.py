@@ -158,7 +158,7 @@ def test_shadow_mode_writes_down_what_it_would_change_and_sends_the_same(
     if "shadow" in policy_text:
         assert reason == (
             "chat and line are fit to send; early warning (shadow) would THROTTLE "
-            "(chat_at_risk): chat estimated AT_RISK (unanswered streak 2 >= 2 over 168 h), "
+            "(chat_at_risk): chat estimated AT_RISK (unanswered streak >= 2 over 168 h), "
             "provider says HEALTHY"
         )
         assert "early warning" not in last(hg, ids[1])["reason"]
@@ -193,7 +193,7 @@ def test_enforce_slows_a_line_before_the_provider_says_anything(
     assert decision["code"] == "cap_new_conversations_per_day"
     assert decision["reason"] == (
         f"line {LINE_A} reached new_conversations_per_day=5 (AT_RISK pace); early "
-        "warning: line estimated AT_RISK (reply rate 0 < 0.05 over 24 h), provider says "
+        "warning: line estimated AT_RISK (reply rate < 0.05 over 24 h), provider says "
         "HEALTHY"
     )
     assert len(sends()) == 5

@@ -101,12 +101,12 @@ class Estimates:
         line = self.line(line_id)
         if line.reasons and line_said is not None:
             parts.append(
-                f"line estimated {line.status.value} ({line.why()}), provider says {line_said}"
+                f"line estimated {line.status.value} ({line.rules()}), provider says {line_said}"
             )
         chat = self.chat(chat_id)
         if chat.reasons:
             parts.append(
-                f"chat estimated {chat.status.value} ({chat.why()}), provider says {chat_said}"
+                f"chat estimated {chat.status.value} ({chat.rules()}), provider says {chat_said}"
             )
         return "; ".join(parts)
 
