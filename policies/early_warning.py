@@ -127,7 +127,8 @@ class LineSignals:
     """What healthgate counted on one line."""
 
     #: Chats sent to inside the window, and of those: opened inside it (new
-    #: conversations), opted out inside it, held AT_RISK or CRITICAL now.
+    #: conversations), new conversations opted out inside it, held AT_RISK or
+    #: CRITICAL now.
     chats: int = 0
     #: Chats sent to inside the window at least ``reply_wait_hours`` ago, and of those
     #: the ones whose recipient replied after such a send.

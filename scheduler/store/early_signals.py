@@ -64,7 +64,12 @@ def line_signals(
             func.count(distinct(Message.chat_id)).filter(
                 in_window, Chat.first_sent_at > window, OURS
             ),
-            func.count(distinct(Message.chat_id)).filter(in_window, Chat.opted_out_at > window),
+            # Of those new conversations, the ones that ended in an opt-out: a list
+            # written to again and again opts out of old chats too, which would inflate
+            # a rate over the few conversations it opens.
+            func.count(distinct(Message.chat_id)).filter(
+                in_window, Chat.first_sent_at > window, OURS, Chat.opted_out_at > window
+            ),
             func.count(distinct(Message.chat_id)).filter(in_window, Chat.health.in_(_UNHEALTHY)),
             func.count(distinct(Message.chat_id)).filter(Chat.first_sent_at > now - DAY, OURS),
             func.count(distinct(Message.recipient)).filter(hour),
