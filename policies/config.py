@@ -377,8 +377,8 @@ class EarlyWarningPolicy(_Section):
     opt_out_rate_critical: Share = 0.08
     #: Share of the chats sent to in the window that the provider holds AT_RISK or
     #: CRITICAL: above, AT_RISK (chat health rolls up into the line).
-    unhealthy_chats_at_risk: Share = 0.15
-    unhealthy_chats_critical: Share = 0.35
+    unhealthy_chats_at_risk: Share = 0.25
+    unhealthy_chats_critical: Share = 0.5
     #: New conversations in the last day and distinct recipients in the last hour, as a
     #: share of their caps: at or above, AT_RISK (a line run at its caps all day is
     #: what the provider scores; the caps stop it, the estimate slows it before).
@@ -389,8 +389,11 @@ class EarlyWarningPolicy(_Section):
     #: A rejection rate speaks once the line sent this many messages in the hour.
     min_sends_per_hour: Count = 20
     #: Recipients of one near-identical body in the last hour, as a share of
-    #: ``content.same_body_max_recipients_per_hour``: at or above, AT_RISK.
-    same_body_use_at_risk: Annotated[float, Field(gt=0, le=1, strict=True)] = 0.9
+    #: ``content.same_body_max_recipients_per_hour``: at or above, AT_RISK. 0 (the
+    #: default) turns it off: the content rule already holds a body at its cap, and a
+    #: template sent at that cap is an ordinary campaign; set it where the provider is
+    #: known to score repeated content.
+    same_body_use_at_risk: Share = 0
     #: A chat's unanswered outbound streak (sends since the recipient's last reply,
     #: inside ``chat_window_hours``): at or above, AT_RISK or CRITICAL.
     chat_unanswered_at_risk: Count = 3

@@ -274,7 +274,7 @@ def estimate_line(signals: LineSignals, policy: Policy, now: datetime) -> Estima
             ew.rejections_critical,
             "1 h",
         )
-    if signals.same_body_cap:
+    if signals.same_body_cap and ew.same_body_use_at_risk:
         found.high(
             "recipients of one body per hour / cap",
             signals.same_body_hour / signals.same_body_cap,

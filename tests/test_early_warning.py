@@ -77,10 +77,10 @@ def test_a_quiet_line_is_healthy_with_no_reasons() -> None:
         ({"opted_out": 1}, HEALTHY),
         ({"opted_out": 2}, AT_RISK),
         ({"opted_out": 4}, CRITICAL),
-        # Chats the provider holds AT_RISK or CRITICAL: 15 % and 35 %.
-        ({"unhealthy": 14}, HEALTHY),
-        ({"unhealthy": 15}, AT_RISK),
-        ({"unhealthy": 35}, CRITICAL),
+        # Chats the provider holds AT_RISK or CRITICAL: 25 % and 50 %.
+        ({"unhealthy": 24}, HEALTHY),
+        ({"unhealthy": 25}, AT_RISK),
+        ({"unhealthy": 50}, CRITICAL),
         # The caps: 90 % of a cap used is AT_RISK.
         ({"new_conversations_day": 89}, HEALTHY),
         ({"new_conversations_day": 90}, AT_RISK),
@@ -90,9 +90,8 @@ def test_a_quiet_line_is_healthy_with_no_reasons() -> None:
         ({"rejections_hour": 1}, HEALTHY),
         ({"rejections_hour": 2}, AT_RISK),
         ({"rejections_hour": 4}, CRITICAL),
-        # Recipients of one body: 90 % of the content rule's cap.
-        ({"same_body_hour": 17}, HEALTHY),
-        ({"same_body_hour": 18}, AT_RISK),
+        # Recipients of one body: off by default (the content rule holds it at its cap).
+        ({"same_body_hour": 20}, HEALTHY),
     ],
 )
 def test_each_line_signal_turns_the_estimate_at_its_threshold(
@@ -114,6 +113,12 @@ def test_each_line_signal_turns_the_estimate_at_its_threshold(
 )
 def test_a_rate_on_too_small_a_sample_says_nothing(changed: dict[str, int]) -> None:
     assert line_status(**changed) is HEALTHY
+
+
+def test_recipients_of_one_body_count_once_turned_on() -> None:
+    on = policy(same_body_use_at_risk=0.9)
+    assert estimate_line(replace(QUIET, same_body_hour=17), on, NOW).status is HEALTHY
+    assert estimate_line(replace(QUIET, same_body_hour=18), on, NOW).status is AT_RISK
 
 
 def test_a_reason_names_the_signal_its_value_threshold_and_window() -> None:
