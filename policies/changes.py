@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from policies.codes import CAP_CODES, Code
-from policies.config import Policy
+from policies.config import EarlyWarningPolicy, Policy
 from policies.errors import cut
 
 #: Hex digits of the fingerprint shown and stored: enough to tell policies apart.
@@ -86,6 +86,8 @@ GOVERNS: Mapping[str, frozenset[Code]] = {
     "opt_out.opt_out_keywords": frozenset(),
     "opt_out.opt_in_keywords": frozenset(),
     "signals.time_tolerance_seconds": frozenset(),
+    # The estimate may raise or lower any chat's or line's status: every hold it shapes.
+    **{f"early_warning.{key}": _ALL_HOLDS for key in EarlyWarningPolicy.model_fields},
 }
 
 

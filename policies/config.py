@@ -468,6 +468,135 @@ def _default_categories() -> dict[str, CategoryPolicy]:
     return {name: CategoryPolicy(**fields) for name, fields in DEFAULT_CATEGORIES.items()}
 
 
+class EarlyWarningMode(StrEnum):
+    """What healthgate does with its own estimate of a chat's and a line's health."""
+
+    #: Not estimated at all.
+    OFF = "off"
+    #: Estimated and written beside each decision it would have changed; sends unchanged.
+    SHADOW = "shadow"
+    #: The gate uses the more severe of the provider's status and the estimate.
+    ENFORCE = "enforce"
+
+
+Share = Annotated[float, Field(ge=0, le=1, strict=True)]
+#: A count threshold of the estimate (a streak, a sample size).
+Count = Annotated[int, Field(gt=0, le=100_000, strict=True)]
+#: Rejections per hundred sends.
+PerHundred = Annotated[float, Field(gt=0, le=100, strict=True)]
+
+
+class EarlyWarningPolicy(_Section):
+    """healthgate's own estimate of health, from the sends and replies it records.
+
+    Each signal has an AT_RISK and a CRITICAL threshold; ``*_critical`` must be as bad
+    as ``*_at_risk`` or worse. The README defends each default.
+    """
+
+    mode: EarlyWarningMode = EarlyWarningMode.OFF
+    #: The window of a line's rates (reply, opt-out, chats not HEALTHY): a day, the
+    #: window the providers score a line's activity over.
+    window_hours: Hours = 24
+    #: A line's rates speak once it sent to this many chats inside the window: fewer
+    #: is noise (one silent recipient of three is no trend).
+    min_chats: Count = 20
+    #: Sends younger than this are not counted in a line's reply rate yet: a recipient
+    #: answers within minutes to hours, and a burst just sent has had no time to.
+    reply_wait_hours: Annotated[float, Field(ge=0, le=MAX_HOURS, strict=True)] = 2
+    #: Share of the chats sent to in the window (before ``reply_wait_hours``) that
+    #: replied since: below, AT_RISK. Low engagement only slows a line by default (0
+    #: turns CRITICAL off): a pause is for what the provider punishes outright.
+    line_reply_rate_at_risk: Share = 0.05
+    line_reply_rate_critical: Share = 0
+    #: Opt-outs per new conversation in the window: above, AT_RISK.
+    opt_out_rate_at_risk: Share = 0.03
+    opt_out_rate_critical: Share = 0.08
+    #: Share of the chats sent to in the window that the provider holds AT_RISK or
+    #: CRITICAL: above, AT_RISK (chat health rolls up into the line).
+    unhealthy_chats_at_risk: Share = 0.25
+    unhealthy_chats_critical: Share = 0.5
+    #: New conversations in the last day and distinct recipients in the last hour, as a
+    #: share of their caps: at or above, AT_RISK (a line run at its caps all day is
+    #: what the provider scores; the caps stop it, the estimate slows it before).
+    cap_use_at_risk: Annotated[float, Field(gt=0, le=1, strict=True)] = 0.9
+    #: Provider refusals (403, 429) per hundred sends in the last hour.
+    rejections_at_risk: PerHundred = 3
+    rejections_critical: PerHundred = 10
+    #: A rejection rate speaks once the line sent this many messages in the hour.
+    min_sends_per_hour: Count = 20
+    #: Recipients of one near-identical body in the last hour, as a share of
+    #: ``content.same_body_max_recipients_per_hour``: at or above, AT_RISK. 0 (the
+    #: default) turns it off: the content rule already holds a body at its cap, and a
+    #: template sent at that cap is an ordinary campaign; set it where the provider is
+    #: known to score repeated content.
+    same_body_use_at_risk: Share = 0
+    #: A chat's unanswered outbound streak (sends since the recipient's last reply,
+    #: inside ``chat_window_hours``): at or above, AT_RISK or CRITICAL.
+    chat_unanswered_at_risk: Count = 3
+    chat_unanswered_critical: Count = 6
+    #: Hours since the recipient last replied (or since the chat's first send, when they
+    #: never did) with the streak unanswered: at or above, AT_RISK.
+    chat_silence_hours_at_risk: Hours = 72
+    #: A chat's replies per send inside ``chat_window_hours``, once it has
+    #: ``chat_min_sends`` sends there: below, AT_RISK.
+    chat_reply_rate_at_risk: Share = 0.1
+    chat_min_sends: Count = 5
+    chat_window_hours: Hours = 7 * 24
+    #: A worker reads its lines' signals again once they are this old (0: every batch).
+    #: A line's windows are an hour and a day: a minute-old reading is as good, and
+    #: reading them every batch would cost a busy worker. Chats are read every batch.
+    refresh_seconds: Annotated[float, Field(ge=0, le=MAX_RETRY_SECONDS, strict=True)] = 60
+    #: A message held only by the estimate is looked at again this often, so it goes
+    #: when the signals recover (no provider signal releases it).
+    recheck_minutes: Annotated[float, Field(gt=0, le=MAX_PROBE_MINUTES, strict=True)] = 30
+
+    @field_validator(
+        "line_reply_rate_critical",
+        "opt_out_rate_critical",
+        "unhealthy_chats_critical",
+        "rejections_critical",
+        "chat_unanswered_critical",
+    )
+    @classmethod
+    def _ordered(cls, value: float, info: ValidationInfo) -> float:
+        name = info.field_name or ""
+        at_risk = info.data.get(name.replace("_critical", "_at_risk"))
+        if at_risk is None:
+            return value
+        lower_is_worse = name == "line_reply_rate_critical"
+        if (value > at_risk) if lower_is_worse else (value < at_risk):
+            side = "above" if lower_is_worse else "below"
+            raise ValueError(
+                f"is {side} {name.replace('_critical', '_at_risk')} ({at_risk:g}): "
+                "CRITICAL must be as bad as AT_RISK or worse"
+            )
+        return value
+
+    @property
+    def window(self) -> timedelta:
+        return timedelta(hours=self.window_hours)
+
+    @property
+    def chat_window(self) -> timedelta:
+        return timedelta(hours=self.chat_window_hours)
+
+    @property
+    def chat_silence(self) -> timedelta:
+        return timedelta(hours=self.chat_silence_hours_at_risk)
+
+    @property
+    def refresh(self) -> timedelta:
+        return timedelta(seconds=self.refresh_seconds)
+
+    @property
+    def reply_wait(self) -> timedelta:
+        return timedelta(hours=self.reply_wait_hours)
+
+    @property
+    def recheck(self) -> timedelta:
+        return timedelta(minutes=self.recheck_minutes)
+
+
 class Policy(_Section):
     """The whole policy file."""
 
@@ -482,6 +611,7 @@ class Policy(_Section):
     #: Each category's window and priority; the default ones are always there, and a
     #: table of the same name changes only the keys it gives.
     categories: dict[CategoryName, CategoryPolicy] = Field(default_factory=_default_categories)
+    early_warning: EarlyWarningPolicy = EarlyWarningPolicy()
 
     # Merged caps per line, computed once: the gate asks for them on every message.
     _caps: dict[str, Caps] = PrivateAttr(default_factory=dict)

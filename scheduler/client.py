@@ -215,7 +215,7 @@ class Healthgate:
 
     def explain(self, message_id: str) -> dict[str, Any]:
         with self.runtime.reads() as session:
-            return reports.explain(session, message_id, self.runtime.policy)
+            return reports.explain(session, message_id, self.runtime.policy, utcnow())
 
     def messages(
         self,

@@ -107,6 +107,19 @@ def explain(
         )
         for reason in reports.reasons(held["detail"]):
             out.print(f"    {reason}", markup=False, highlight=False, soft_wrap=True)
+    for what, health in (data.get("health") or {}).items():
+        if what == "early_warning":
+            continue
+        reasons = "; ".join(r["text"] for r in health["estimate"]["reasons"])
+        out.print(
+            f"  {what}: provider {health['provider']}, healthgate's estimate "
+            f"{health['estimate']['status']}"
+            + (f" ({reasons})" if reasons else "")
+            + f" [early warning {data['health']['early_warning']}]",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     for d in data["decisions"]:
         until = f" (until {d['not_before']})" if d["not_before"] else ""
         again = f"; taken {d['repeats']} more time(s), last {d['last_at']}" if d["repeats"] else ""

@@ -33,12 +33,22 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _lines(data: dict[str, Any]) -> Table:
-    table = Table("line", "reputation", "status", "pace", "waiting", "due drains in", title="lines")
+    table = Table(
+        "line",
+        "reputation",
+        f"estimate ({data['early_warning']})",
+        "status",
+        "pace",
+        "waiting",
+        "due drains in",
+        title="lines",
+    )
     for line in data["lines"]:
         state = line["status"] if line["enabled"] else f"{line['status']} (not declared)"
         table.add_row(
             f"{line['number']} ({line['provider']})",
             line["reputation"],
+            line["health_estimate"]["status"],
             state,
             line["pace"] or "full",
             _counts(line["waiting"]),
@@ -121,6 +131,13 @@ def status(
             # The provider's words: printed as they are, never read as Rich markup.
             out.print(
                 f"  {line['number']}: {reason}", markup=False, highlight=False, soft_wrap=True
+            )
+        for reason in line["health_estimate"]["reasons"]:
+            out.print(
+                f"  {line['number']}: estimate {reason['status']}: {reason['text']}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
             )
     if any(line["oldest_waiting"] for line in data["lines"]):
         out.print(_oldest(data))

@@ -17,6 +17,7 @@ from policies.hours import rules_of
 from policies.pace import LINE_WIDE, Limits, scaled
 from policies.statuses import Action, ChatHealth
 from policies.usage import LineUsage
+from scheduler.dispatch.estimates import Estimates, at_risk_chats, load_estimates
 from scheduler.limits import Limiter
 from scheduler.runtime import Runtime
 from scheduler.store.lines import line_facts, next_probe
@@ -62,6 +63,8 @@ class Batch:
     share: float = 1.0
     #: The end of each queue of held messages the batch holds messages on, once read.
     queue_ends: dict[QueueKey, datetime | None] = field(default_factory=dict)
+    #: healthgate's own estimate of the batch's lines and chats (None when it is off).
+    estimates: Estimates | None = None
 
     def read_queues(self, session: Session, held: Iterable[tuple[Message, Decision]]) -> None:
         """Read where the queues ``held`` messages join end, those not read yet."""
@@ -105,10 +108,16 @@ class Batch:
         digest = message.body_hash
         if digest is not None and (chat.id, digest) in self.same_body:
             self.same_body[(chat.id, digest)].append(self.now)
-        elif digest is not None and chat.health == ChatHealth.AT_RISK.value:
+        elif digest is not None and self._at_risk(chat):
             self.same_body[(chat.id, digest)] = [self.now]
         if chat.id in self.unanswered:
             self.unanswered[chat.id] = (*self.unanswered[chat.id], self.now)
+
+    def _at_risk(self, chat: Chat) -> bool:
+        if chat.health == ChatHealth.AT_RISK.value:
+            return True
+        estimate = self.estimates.chat(chat.id) if self.estimates else None
+        return estimate is not None and estimate.status.value == ChatHealth.AT_RISK.value
 
     def settle_opening(self, chat_id: int | None) -> None:
         """The limiter answered the send that would start ``chat_id``'s conversation."""
@@ -138,6 +147,7 @@ class Batch:
                 self.limiter,
                 self.single,
                 self.share,
+                self.estimates,
             )
         )
 
@@ -179,6 +189,9 @@ def load_batch(
         m.recipient for m in messages if not m.pinned and is_new_chat(chats.get(m.chat_id or 0))
     )
     runtime.limiter.lock(session, sorted(lines) if movable else [line.id for line in used])
+    enabled = [line for line in lines.values() if line.enabled]
+    estimates = load_estimates(session, enabled, chats, policy, now, runtime.engine)
+    at_risk = at_risk_chats(chats, estimates)
     batch = Batch(
         policy,
         now,
@@ -186,9 +199,9 @@ def load_batch(
         chats,
         opted_out,
         {},
-        _unanswered(session, chats, policy, now),
+        _unanswered(session, chats, at_risk, policy, now),
         Moves(now),
-        _same_body(session, chats, messages, policy, now),
+        _same_body(session, chats, at_risk, messages, policy, now),
         digests=frozenset(m.body_hash for m in messages if m.body_hash is not None),
         size=len(messages),
         recipients_by_line=_recipients_by_line(messages),
@@ -196,6 +209,7 @@ def load_batch(
         single=_single(messages),
         limiter=runtime.limiter,
         share=min(rules_of(policy, m.category).cap_share for m in messages),
+        estimates=estimates,
     )
     batch.load_usage(session, used)
     return batch
@@ -230,15 +244,17 @@ def batch_usage(
     limiter: Limiter | None = None,
     single: Collection[str] = (),
     share: float = 1.0,
+    estimates: Estimates | None = None,
 ) -> dict[int, LineUsage]:
     """Usage of ``lines`` under each line's caps as they apply at ``now``, for up to
     ``headroom`` sends to ``recipients`` (by line id) with bodies of ``digests``, by
     messages that may use ``share`` of each line-wide cap.
 
     The caps' windows come from the limiter when it keeps them (it is the count every
-    worker shares), else from the store; the content rule's from the store.
+    worker shares), else from the store; the content rule's from the store. Under an
+    enforced estimate a line's caps are those of the status the gate will see.
     """
-    limits = {line.id: limits_for(line_facts(line), policy, now) for line in lines}
+    limits = {line.id: limits_for(_seen(line, estimates), policy, now) for line in lines}
     # A category that may use only a share of a cap reaches it sooner: its times are
     # needed that much earlier.
     headroom += kept_back(limits.values(), share)
@@ -269,6 +285,11 @@ def kept_back(limits: Iterable[Limits], share: float) -> int:
     )
 
 
+def _seen(line: Line, estimates: Estimates | None) -> LineFacts:
+    facts = line_facts(line)
+    return estimates.raise_line(facts, line.id) if estimates and estimates.enforced else facts
+
+
 def _recipients_by_line(messages: Sequence[Message]) -> dict[int, frozenset[str]]:
     found: dict[int, set[str]] = {}
     for message in messages:
@@ -280,6 +301,7 @@ def _recipients_by_line(messages: Sequence[Message]) -> dict[int, frozenset[str]
 def _same_body(
     session: Session,
     chats: dict[int, Chat],
+    at_risk: Collection[int],
     messages: Sequence[Message],
     policy: Policy,
     now: datetime,
@@ -288,14 +310,13 @@ def _same_body(
 
     These are the repeat rule's facts: a reply lifts the rule, as it lifts the throttle.
     """
-    at_risk = [c.id for c in chats.values() if c.health == ChatHealth.AT_RISK.value]
     digests = {m.body_hash for m in messages if m.body_hash is not None}
     found: dict[tuple[int, str], list[datetime]] = {}
     if not at_risk or not digests:
         return found
     rows = session.execute(
         select(Message.chat_id, Message.body_hash, Message.dispatched_at).where(
-            Message.chat_id.in_(at_risk),
+            Message.chat_id.in_(sorted(at_risk)),
             Message.body_hash.in_(digests),
             Message.dispatched_at > now - policy.content.at_risk_repeat_window,
         )
@@ -310,11 +331,14 @@ def _same_body(
 
 
 def _unanswered(
-    session: Session, chats: dict[int, Chat], policy: Policy, now: datetime
+    session: Session,
+    chats: dict[int, Chat],
+    at_risk: Collection[int],
+    policy: Policy,
+    now: datetime,
 ) -> dict[int, tuple[datetime, ...]]:
     """Dispatch times since the last reply, for AT_RISK chats (the only ones that need it)."""
-    at_risk = [c for c in chats.values() if c.health == ChatHealth.AT_RISK.value]
-    found: dict[int, list[datetime]] = {chat.id: [] for chat in at_risk}
+    found: dict[int, list[datetime]] = {chat_id: [] for chat_id in sorted(at_risk)}
     if not at_risk:
         return {}
     rows = session.execute(
@@ -352,15 +376,16 @@ class Facts(NamedTuple):
     usage: LineUsage
 
 
-def facts_for(message: Message, batch: Batch) -> Facts:
-    """The gate's inputs for one message, from the batch."""
+def facts_for(message: Message, batch: Batch, *, estimated: bool | None = None) -> Facts:
+    """The gate's inputs for one message, from the batch: with the estimate where it is
+    enforced (``estimated`` None), with it (True) or as the provider alone says (False)."""
     line = batch.lines.get(message.line_id) if message.line_id is not None else None
     chat = batch.chats.get(message.chat_id) if message.chat_id is not None else None
     is_new = is_new_chat(chat)
     health = ChatHealth(chat.health) if chat else ChatHealth.HEALTHY
     if chat is not None and chat.opted_out_at is not None:
         health = ChatHealth.OPTED_OUT
-    return Facts(
+    facts = Facts(
         MessageFacts(
             recipient=message.recipient,
             expires_at=message.expires_at,
@@ -381,4 +406,11 @@ def facts_for(message: Message, batch: Batch) -> Facts:
         ),
         None if line is None or not line.enabled else _line(line, batch),
         batch.usage.get(line.id, LineUsage()) if line else LineUsage(),
+    )
+    estimates = batch.estimates
+    if estimates is None or not (estimates.enforced if estimated is None else estimated):
+        return facts
+    return facts._replace(
+        chat=estimates.raise_chat(facts.chat, message.chat_id),
+        line=None if facts.line is None else estimates.raise_line(facts.line, message.line_id),
     )

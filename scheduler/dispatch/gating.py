@@ -72,6 +72,8 @@ def dispatch_claimed(runtime: Runtime, claim: Claim, now: datetime | None = None
         # flushed as it is made), so flushing before every read would only cost.
         with session.no_autoflush:
             to_send = _gate_all(session, messages, batch, report, runtime)
+        if batch.estimates is not None and batch.estimates.changed:
+            report.add(f"estimate_{batch.estimates.mode.value}", batch.estimates.changed)
         batch.moves.write(session.connection())
     send_batch(runtime, to_send, report, BatchAnswers(runtime.policy.opt_out.scope))
     return report
@@ -182,9 +184,40 @@ def _propose(session: Session, message: Message, batch: Batch) -> _Proposal:
         batch.spend_probe(line.id)
         if not claim_probe(session, line, batch.policy, batch.now):
             facts, decision = _decide_staying(message, batch)
+    decision = _weigh(message, facts, decision, batch)
     return _Proposal(
         message, decision, attempt, facts.line, facts.chat.is_new, facts.message.may_reroute
     )
+
+
+def _weigh(message: Message, facts: Facts, decision: Decision, batch: Batch) -> Decision:
+    """``decision`` beside the one the other view of health takes (the estimate's in
+    shadow mode, the provider's alone in enforce mode), saying what the estimate changed.
+    The other decision is taken only when the estimate is worse than the provider here.
+    """
+    estimates = batch.estimates
+    if estimates is None:
+        return decision
+    provider = facts_for(message, batch, estimated=False)
+    provider = provider._replace(
+        message=replace(provider.message, may_reroute=facts.message.may_reroute)
+    )
+    line_id, chat_id = message.line_id, message.chat_id
+    if not estimates.raises(provider.line, line_id, provider.chat, chat_id):
+        return decision
+    if estimates.enforced:
+        other_facts = provider
+    else:
+        other_facts = provider._replace(
+            chat=estimates.raise_chat(provider.chat, chat_id),
+            line=None if provider.line is None else estimates.raise_line(provider.line, line_id),
+        )
+    other = decide(*other_facts, batch.policy, batch.now)
+    said = (
+        None if provider.line is None else provider.line.reputation.value,
+        provider.chat.health.value,
+    )
+    return estimates.note(decision, other, line_id, chat_id, said)
 
 
 def _decide_staying(message: Message, batch: Batch) -> tuple[Facts, Decision]:

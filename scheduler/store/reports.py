@@ -13,6 +13,7 @@ from policies.errors import InvalidInput
 from policies.hours import line_hours, rules_of, window_text
 from policies.windows import recipient_zones
 from scheduler.store import backlog, outcomes
+from scheduler.store.early_signals import chat_estimates, line_estimates
 from scheduler.store.models import WAITING_STATES, Chat, Line, Message
 from scheduler.store.policy_state import applied, workers
 from scheduler.store.transitions import (
@@ -47,6 +48,9 @@ def status(
     )
     rows = list(session.scalars(select(Line).order_by(Line.id)))
     pressure, waiting = backlog.lines(session, rows, policy, now)
+    # healthgate's own estimate beside the provider's reputation, whatever the mode
+    # (under ``off`` it is what ``shadow`` would weigh).
+    estimates = line_estimates(session, rows, policy, now)
     lines = [
         {
             "number": line.number,
@@ -54,6 +58,7 @@ def status(
             "enabled": line.enabled,
             "reputation": line.reputation,
             "reputation_updated_at": _iso(line.reputation_updated_at),
+            "health_estimate": estimates[line.id].as_json(),
             "status": line.status,
             "status_updated_at": _iso(line.status_updated_at),
             # Its pace ramps up from here (``line.recovery_ramp_hours``).
@@ -81,6 +86,8 @@ def status(
         "waiting": waiting,
         # The policy applied to held messages, and the one each worker runs.
         "policy": {"applied": fingerprint},
+        # What the gate does with the estimate: off, shadow or enforce.
+        "early_warning": policy.early_warning.mode.value,
         "workers": seen,
         # The outbox of final states: what the application's callback has not taken yet.
         "outcomes": {"callback": callback, **outcomes.summary(session, now)},
@@ -101,9 +108,15 @@ def policy_in_force(
     return (current.fingerprint if current else None), seen
 
 
-def explain(session: Session, message_id: str, policy: Policy | None = None) -> dict[str, Any]:
+def explain(
+    session: Session,
+    message_id: str,
+    policy: Policy | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """Every decision taken on one message, oldest first; with ``policy``, the hours it
-    may go in as well."""
+    may go in as well, and with ``now`` too, its line's and chat's health as the
+    provider says and as healthgate estimates."""
     message = session.get(Message, message_id)
     if message is None:
         raise InvalidInput("id", message_id, "no message has this id")
@@ -133,6 +146,7 @@ def explain(session: Session, message_id: str, policy: Policy | None = None) -> 
         "purged_at": _iso(message.purged_at),
         # Why the line holds the message, in the provider's words, while it does.
         "line_health": _line_health(line) if held_by_line and line else None,
+        "health": _health(session, message, line, policy, now) if policy and now else None,
         "decisions": [_decision(d) for d in _with_enqueue(message, line, decisions)],
         # Each final state it reached, and whether the application's callback has it.
         "outcomes": outcomes.of_message(session, message_id),
@@ -150,6 +164,22 @@ def _hours(message: Message, line: Line | None, policy: Policy) -> dict[str, Any
         else [],
         "line_hours": None if ours is None else f"{ours.window} {ours.zones[0]}",
     }
+
+
+def _health(
+    session: Session, message: Message, line: Line | None, policy: Policy, now: datetime
+) -> dict[str, Any]:
+    """The provider's status and healthgate's estimate of the message's line and chat."""
+    chat = session.get(Chat, message.chat_id) if message.chat_id is not None else None
+    found: dict[str, Any] = {"early_warning": policy.early_warning.mode.value}
+    if line is not None:
+        estimate = line_estimates(session, [line], policy, now)[line.id]
+        found["line"] = {"provider": line.reputation, "estimate": estimate.as_json()}
+    if chat is not None:
+        provider = "OPTED_OUT" if chat.opted_out_at is not None else chat.health
+        estimate = chat_estimates(session, {chat.id: chat}, policy, now)[chat.id]
+        found["chat"] = {"provider": provider, "estimate": estimate.as_json()}
+    return found
 
 
 def _with_enqueue(

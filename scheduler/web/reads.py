@@ -72,7 +72,7 @@ def read_routes(app: APIRouter, runtime: Runtime) -> None:
         """Every decision taken on one message: why it was or was not sent."""
         try:
             with runtime.reads() as session:
-                return JSONResponse(reports.explain(session, message_id, runtime.policy))
+                return JSONResponse(reports.explain(session, message_id, runtime.policy, utcnow()))
         except InvalidInput as exc:
             return JSONResponse({"error": str(exc), "field": exc.field}, status_code=404)
 

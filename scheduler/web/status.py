@@ -106,7 +106,7 @@ def status_routes(
             recent = backlog.recent_decisions(session, RECENT)
             if message:
                 try:
-                    found = reports.explain(session, message.strip())
+                    found = reports.explain(session, message.strip(), runtime.policy, now)
                 except InvalidInput as exc:
                     missing = str(exc)
         return _page(
