@@ -114,6 +114,22 @@ def _keyword(word: str) -> str:
 Keyword = Annotated[str, Field(strict=True), AfterValidator(_keyword)]
 
 
+def _window_text(value: str) -> str:
+    parse_window(value)
+    return value
+
+
+def _day_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    parse_days(value)
+    return value
+
+
+#: Local hours (``08:00-21:00``), and the days they open on (``["mon", "tue"]``), as
+#: a category's or a line's window is written.
+WindowText = Annotated[str, AfterValidator(_window_text)]
+DayNames = Annotated[tuple[str, ...], AfterValidator(_day_names)]
+
+
 class _Section(BaseModel):
     # A misspelt key is an error, not a silently ignored default.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -189,25 +205,11 @@ class LineConfig(_Section):
     api_key_env: Annotated[str | None, Field(validate_default=True)] = None
     #: The business's own hours (``09:00-18:00``) in ``timezone``: the line sends
     #: nothing outside them, whatever the message's category.
-    window: str | None = None
+    window: WindowText | None = None
     #: The days ``window`` opens on (``["mon", "tue"]``); every day when left out.
-    days: tuple[str, ...] | None = None
+    days: DayNames | None = None
     #: The zone of the line's window (an IANA name such as ``America/New_York``).
     timezone: Annotated[str | None, Field(validate_default=True)] = None
-
-    @field_validator("window")
-    @classmethod
-    def _window(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_window(value)
-        return value
-
-    @field_validator("days")
-    @classmethod
-    def _days(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is not None:
-            parse_days(value)
-        return value
 
     @field_validator("timezone")
     @classmethod
@@ -396,9 +398,9 @@ class CategoryPolicy(_Section):
 
     #: Local hours in the recipient's time zone (``08:00-21:00``); any time when left
     #: out, or ``00:00-24:00``.
-    window: str | None = None
+    window: WindowText | None = None
     #: The days ``window`` opens on (``["mon", "tue"]``); every day when left out.
-    days: tuple[str, ...] | None = None
+    days: DayNames | None = None
     #: Higher goes first when a line's caps cannot take every due message.
     priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY, strict=True)] = 0
     #: The share of each line-wide cap its messages may use; the rest is kept for the
@@ -408,20 +410,6 @@ class CategoryPolicy(_Section):
     #: recipient at its own fixed moment, so a night's backlog is not all due at the
     #: opening minute (the caps and the recovery ramp still apply on top).
     release_spread_minutes: Annotated[float, Field(ge=0, le=MAX_SPREAD_MINUTES, strict=True)] = 0
-
-    @field_validator("window")
-    @classmethod
-    def _window(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_window(value)
-        return value
-
-    @field_validator("days")
-    @classmethod
-    def _days(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is not None:
-            parse_days(value)
-        return value
 
     @field_validator("release_spread_minutes")
     @classmethod
