@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -114,6 +115,18 @@ def _keyword(word: str) -> str:
 Keyword = Annotated[str, Field(strict=True), AfterValidator(_keyword)]
 
 
+def _line_number(value: object) -> str:
+    """A line's number in E.164, or the problem for pydantic to report under its key."""
+    try:
+        return to_e164(value, "number")
+    except InvalidInput as exc:
+        raise ValueError(exc.problem) from None
+
+
+#: A line's number, written any way ``phonenumbers`` reads it, kept in E.164.
+LineNumber = Annotated[str, BeforeValidator(_line_number)]
+
+
 def _window_text(value: str) -> str:
     parse_window(value)
     return value
@@ -197,7 +210,7 @@ class CapsOverride(_Section):
 class LineConfig(_Section):
     """One sending line as declared by the user."""
 
-    number: str
+    number: LineNumber
     provider: Provider = "log"
     caps: CapsOverride = CapsOverride()
     #: The environment variable holding the line's API key (360dialog keys are per
@@ -247,14 +260,6 @@ class LineConfig(_Section):
                 "are sent to 360dialog"
             )
         return value
-
-    @field_validator("number", mode="before")
-    @classmethod
-    def _e164(cls, value: object) -> str:
-        try:
-            return to_e164(value, "number")
-        except InvalidInput as exc:
-            raise ValueError(exc.problem) from None
 
 
 class ChatPolicy(_Section):

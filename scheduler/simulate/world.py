@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from policies.e164 import to_e164
-from policies.errors import HealthgateError, InvalidInput, cut, shown
+from policies.config import LineNumber
+from policies.errors import HealthgateError, cut, shown
 
 #: A world file larger than this is a mistake (a trace belongs in a trace file).
 MAX_WORLD_BYTES = 1_000_000
@@ -127,16 +127,8 @@ class ProviderModel(_Section):
 
 
 class WorldLine(_Section):
-    number: str
+    number: LineNumber
     provider: str
-
-    @field_validator("number", mode="before")
-    @classmethod
-    def _e164(cls, value: object) -> str:
-        try:
-            return to_e164(value, "number")
-        except InvalidInput as exc:
-            raise ValueError(exc.problem) from None
 
 
 class Segment(_Section):
