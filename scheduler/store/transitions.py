@@ -408,7 +408,8 @@ def move_where(
             session.connection(),
             [record(i, action, code, reason, now, actor=actor) for i in ids],
         )
-    settle(session.connection(), [(i, moved["state"], code, reason) for i in ids], now)
+    if moved["state"] in _FINAL:  # a claim or a release of a thousand builds no list
+        settle(session.connection(), [(i, moved["state"], code, reason) for i in ids], now)
     return ids
 
 
